@@ -1,0 +1,56 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) celeryops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment(object):
+
+    # The broker connection shared by every module (module_utils/_broker.py).
+    DOCUMENTATION = r"""
+options:
+  broker_url:
+    description:
+      - The Celery broker URL, as in C(CELERY_BROKER_URL) or Celery's C(broker_url) setting.
+      - C(redis://[:password@]host[:port][/db]), C(rediss://...) for TLS, C(amqp://user:password@host[:port]/vhost)
+        or C(amqps://...) for TLS. kombu's C(amqp://host:5672//) form for the default vhost is accepted.
+      - For C(rediss://), the query parameters C(ssl_cert_reqs) (C(required), C(optional), C(none)),
+        C(ssl_ca_certs), C(ssl_certfile) and C(ssl_keyfile) are understood, as Celery understands them.
+      - If not set, the environment variable E(CELERY_BROKER_URL) is used.
+      - The value is never shown in output; messages name the endpoint without credentials.
+    type: str
+  broker_password:
+    description:
+      - Password for the broker, used instead of any password in O(broker_url).
+    type: str
+  connect_timeout:
+    description:
+      - Seconds to wait for the broker to accept a connection and to answer each call.
+      - Must be greater than zero.
+    type: float
+    default: 5.0
+  tls_ca_file:
+    description:
+      - CA certificate bundle to verify the broker's TLS certificate with. Needs a C(rediss://) or C(amqps://) URL.
+    type: path
+  tls_cert_file:
+    description:
+      - Client certificate for TLS client authentication.
+    type: path
+  tls_key_file:
+    description:
+      - Private key of O(tls_cert_file).
+    type: path
+  tls_verify:
+    description:
+      - Whether to verify the broker's TLS certificate and host name.
+      - When not set, C(ssl_cert_reqs) in the URL decides, and verification is on if that is absent too.
+    type: bool
+requirements:
+  - redis (Python library) for a Redis broker
+  - pika (Python library) for a RabbitMQ broker
+notes:
+  - The module talks to the broker, not to the host it runs on. Run it once per play (for example with
+    C(run_once) or on the controller) rather than once per worker host.
+"""

@@ -1,0 +1,52 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) celeryops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment(object):
+
+    # kombu's Redis transport options and the RabbitMQ management API (module_utils/_queues.py).
+    DOCUMENTATION = r"""
+options:
+  global_keyprefix:
+    description:
+      - Redis only. kombu's C(global_keyprefix) transport option, prepended to every key.
+      - Must match the C(broker_transport_options) of the Celery app.
+    type: str
+    default: ''
+  priority_steps:
+    description:
+      - Redis only. kombu's C(priority_steps) transport option. A queue is one list per step; step 0 is the bare
+        queue name, step N is the queue name followed by O(sep) and N.
+    type: list
+    elements: int
+    default: [0, 3, 6, 9]
+  sep:
+    description:
+      - Redis only. kombu's C(sep) transport option, between a queue name and its priority step.
+    type: str
+    default: "\x06\x16"
+  management_url:
+    description:
+      - RabbitMQ only. Base URL of the management HTTP API, used to discover queues and count unacknowledged
+        messages.
+      - Defaults to the broker's host on port 15672 (C(http://)), or 15671 (C(https://)) for C(amqps://).
+      - When the API cannot be reached, ready messages and consumers still come from AMQP, unacknowledged counts
+        are V(null), and RV(management_error) says why.
+    type: str
+  management_user:
+    description:
+      - RabbitMQ only. User for the management API. Defaults to the broker user.
+    type: str
+  management_password:
+    description:
+      - RabbitMQ only. Password for the management API. Defaults to the broker password.
+    type: str
+  management_validate_certs:
+    description:
+      - RabbitMQ only. Whether to verify the management API's TLS certificate.
+    type: bool
+    default: true
+"""

@@ -1,0 +1,288 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) celeryops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""RabbitMQ queues through AMQP (pika) and, where enabled, the management HTTP API.
+
+Ready messages and consumers come from a passive ``queue.declare``: real time and always
+there. Unacknowledged counts exist only in the management API (statistics that lag a few
+seconds); when it cannot be reached they are ``None`` and the reason is kept.
+Reading messages (peek, breakdown, filtered purge, trim) consumes them without acking
+and lets the channel close requeue them, which puts them back in their places.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from urllib.parse import quote
+
+try:
+    import pika
+    from pika import exceptions as pika_exceptions
+    HAS_PIKA = True
+    PIKA_IMPORT_ERROR = None
+except ImportError:  # guarded: the module reports missing_required_lib
+    HAS_PIKA = False
+    PIKA_IMPORT_ERROR = traceback.format_exc()
+
+from ansible.module_utils.urls import open_url
+from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
+
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
+    BrokerError, scrub, ssl_context, time_limit)
+from ansible_collections.celeryops.fleet.plugins.module_utils._messages import describe_message
+from ansible_collections.celeryops.fleet.plugins.module_utils._redis_queues import is_internal_queue
+
+MANAGEMENT_PORT = 15672
+MANAGEMENT_TLS_PORT = 15671
+
+
+def default_management_url(broker):
+    """Same host as the broker, the management port (never the AMQP port)."""
+    host = ('[%s]' % broker.host) if ':' in broker.host else broker.host
+    if broker.tls:
+        return 'https://%s:%d' % (host, MANAGEMENT_TLS_PORT)
+    return 'http://%s:%d' % (host, MANAGEMENT_PORT)
+
+
+class Management(object):
+    """The RabbitMQ management HTTP API, or why it cannot be used."""
+
+    def __init__(self, broker, url=None, user=None, password=None, validate_certs=True):
+        self.broker = broker
+        self.url = (url or default_management_url(broker)).rstrip('/')
+        self.user = user if user is not None else (broker.user or 'guest')
+        self.password = password if password is not None else (broker.password or 'guest')
+        self.validate_certs = validate_certs
+        self.error = None
+
+    def get(self, path):
+        try:
+            response = open_url(self.url + path, method='GET', url_username=self.user, url_password=self.password,
+                                force_basic_auth=True, timeout=self.broker.timeout,
+                                validate_certs=self.validate_certs, ca_path=self.broker.tls_ca_file,
+                                use_proxy=False, use_netrc=False)
+            return json.loads(response.read())
+        except HTTPError as exc:
+            if exc.code == 404:
+                return None
+            reason = 'HTTP %s%s' % (exc.code, ' (check management_user and management_password)'
+                                    if exc.code in (401, 403) else '')
+        except (URLError, OSError, ValueError) as exc:
+            reason = scrub(getattr(exc, 'reason', exc), self.password)
+        self.error = 'management API at %s: %s' % (self.url, reason)
+        raise BrokerError(self.error, option='management_url', endpoint=self.url)
+
+    def queues(self, vhost):
+        """name -> the queue's record, for every queue of the vhost, in one request."""
+        columns = 'name,messages_ready,messages_unacknowledged,consumers,memory'
+        records = self.get('/api/queues/%s?columns=%s' % (quote(vhost, safe=''), columns)) or []
+        return dict((r['name'], r) for r in records)
+
+
+class AmqpQueues(object):
+    """Queue state and changes on a RabbitMQ broker."""
+
+    transport = 'amqp'
+
+    def __init__(self, broker, management=None):
+        if not HAS_PIKA:
+            raise BrokerError('the pika Python library is needed for %s' % broker.endpoint)
+        self.broker = broker
+        self.management = management
+        credentials = pika.PlainCredentials(broker.user or 'guest', broker.password or 'guest')
+        kwargs = dict(host=broker.host, port=broker.port, virtual_host=broker.vhost, credentials=credentials,
+                      connection_attempts=1, retry_delay=0, socket_timeout=broker.timeout,
+                      stack_timeout=broker.timeout, blocked_connection_timeout=broker.timeout, heartbeat=0,
+                      client_properties={'connection_name': 'celeryops.fleet'})
+        if broker.tls:
+            kwargs['ssl_options'] = pika.SSLOptions(ssl_context(broker), server_hostname=broker.host)
+        self.connection = self._rpc(pika.BlockingConnection, pika.ConnectionParameters(**kwargs),
+                                    what='connecting')
+        self.channel = None
+
+    def close(self):
+        try:
+            if self.connection.is_open:
+                self.connection.close()
+        except Exception:  # closing is best effort; the broker requeues anything still held
+            pass
+
+    # -- errors -----------------------------------------------------------------------------
+
+    def _rpc(self, func, *args, **kwargs):
+        """One blocking pika call, bounded in time, its failures turned into a BrokerError."""
+        what = kwargs.pop('what', 'waiting for a reply')
+        endpoint = self.broker.endpoint
+        try:
+            with time_limit(self.broker.timeout + 0.5, '%s %s' % (what, endpoint)):
+                return func(*args, **kwargs)
+        except pika_exceptions.ProbableAuthenticationError as exc:
+            raise BrokerError('authentication failed at %s: %s (check the user and password in broker_url or '
+                              'broker_password)' % (endpoint, self._reason(exc)), option='broker_password',
+                              endpoint=endpoint)
+        except pika_exceptions.ProbableAccessDeniedError as exc:
+            raise BrokerError("broker_url: access to vhost '%s' refused at %s (does the vhost exist, and may the "
+                              "user use it?): %s" % (self.broker.vhost, endpoint, self._reason(exc)),
+                              option='broker_url', endpoint=endpoint)
+        except pika_exceptions.ConnectionClosedByBroker as exc:
+            reason = self._reason(exc)
+            if 'vhost' in reason.lower() or exc.reply_code == 530:
+                raise BrokerError("broker_url: vhost '%s' is not usable at %s: %s" % (self.broker.vhost, endpoint, reason),
+                                  option='broker_url', endpoint=endpoint)
+            raise BrokerError('%s closed the connection: %s' % (endpoint, reason), endpoint=endpoint)
+        except pika_exceptions.IncompatibleProtocolError as exc:
+            raise BrokerError('cannot connect to %s: the port does not speak AMQP%s (%s)'
+                              % (endpoint, '' if self.broker.tls else ' in plaintext; use amqps:// for TLS',
+                                 type(exc).__name__), option='broker_url', endpoint=endpoint)
+        except pika_exceptions.AMQPConnectionError as exc:
+            reason = self._reason(exc)
+            raise BrokerError('cannot connect to %s: %s' % (endpoint, reason), option='broker_url', endpoint=endpoint)
+        except pika_exceptions.AMQPError as exc:
+            raise BrokerError('%s: %s' % (endpoint, self._reason(exc)), endpoint=endpoint)
+        except OSError as exc:
+            raise BrokerError('cannot connect to %s: %s' % (endpoint, self._reason(exc)), option='broker_url',
+                              endpoint=endpoint)
+
+    def _reason(self, exc):
+        text = scrub(exc, self.broker.password)
+        # pika's AMQPConnectionError often wraps the real cause as its first argument.
+        if getattr(exc, 'args', None) and not text.strip('() ,'):
+            text = scrub(repr(exc.args[0]), self.broker.password)
+        return text or type(exc).__name__
+
+    def _open_channel(self):
+        if self.channel is None or not self.channel.is_open:
+            self.channel = self._rpc(self.connection.channel, what='opening a channel on')
+        return self.channel
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def discover(self, include_internal=False):
+        if self.management is None:
+            raise BrokerError('queue discovery on RabbitMQ needs the management API; name the queues with `queues` '
+                              'or set management_url', option='queues', endpoint=self.broker.endpoint)
+        records = self.management.queues(self.broker.vhost)
+        return sorted(name for name in records if include_internal or not is_internal_queue(name))
+
+    def declare_passive(self, name):
+        """(exists, ready messages, consumers) in real time."""
+        channel = self._open_channel()
+
+        def declare():
+            try:
+                return channel.queue_declare(queue=name, passive=True)
+            except pika_exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code == 404:  # no such queue: data, not a failure
+                    return None
+                raise
+        ok = self._rpc(declare, what='declaring (passive) on')
+        if ok is None:
+            self.channel = None
+            return False, 0, 0
+        return True, ok.method.message_count, ok.method.consumer_count
+
+    def unacked(self):
+        """name -> unacked count from the management API; None when it cannot tell (reason kept)."""
+        if self.management is None:
+            return None
+        try:
+            records = self.management.queues(self.broker.vhost)
+        except BrokerError:
+            return None
+        return dict((name, r.get('messages_unacknowledged')) for name, r in records.items())
+
+    def _consume_ready(self, name, limit=None):
+        """Receive the ready messages of a queue without acking them: [(delivery_tag, decoded)].
+
+        Stops when the count from the passive declare has arrived (or ``limit``), or after
+        a quiet period; the caller acks what should go and closes the channel, which
+        requeues the rest in their original places.
+        """
+        exists, ready, _consumers = self.declare_passive(name)
+        wanted = ready if limit is None else min(ready, limit)
+        if not exists or wanted <= 0:
+            return []
+        channel = self._open_channel()
+        received = []
+
+        def on_message(_channel, method, properties, body):
+            envelope = {'content-type': properties.content_type, 'body': body}
+            decoded = describe_message(properties.headers, {'priority': properties.priority}, envelope)
+            decoded['redelivered'] = method.redelivered
+            received.append((method.delivery_tag, decoded))
+
+        self._rpc(channel.basic_qos, prefetch_count=0 if limit is None else wanted, what='setting qos on')
+        tag = self._rpc(channel.basic_consume, name, on_message, auto_ack=False, exclusive=False,
+                        what='consuming from')
+        deadline = time.monotonic() + max(self.broker.timeout, 1.0) + wanted / 20000.0
+        last_count, quiet_since = -1, time.monotonic()
+        while len(received) < wanted and time.monotonic() < deadline:
+            self._rpc(self.connection.process_data_events, time_limit=0.05, what='receiving from')
+            if len(received) != last_count:
+                last_count, quiet_since = len(received), time.monotonic()
+            elif time.monotonic() - quiet_since > 1.0:
+                break  # other consumers took the rest
+        self._rpc(channel.basic_cancel, tag, what='cancelling the consumer on')
+        return received[:wanted] if limit is not None else received
+
+    def _release(self):
+        """Close the channel: every message still unacked goes back to its place."""
+        if self.channel is not None and self.channel.is_open:
+            self._rpc(self.channel.close, what='closing a channel on')
+        self.channel = None
+
+    def peek(self, name, count):
+        if count <= 0:
+            return []
+        try:
+            return [decoded for _tag, decoded in self._consume_ready(name, limit=count)]
+        finally:
+            self._release()
+
+    def breakdown(self, name):
+        counts = {}
+        try:
+            for _tag, decoded in self._consume_ready(name):
+                counts[decoded['task']] = counts.get(decoded['task'], 0) + 1
+        finally:
+            self._release()
+        return counts
+
+    # -- changing ---------------------------------------------------------------------------
+
+    def purge(self, name, task_names=None, check_mode=False):
+        if not task_names:
+            exists, ready, _consumers = self.declare_passive(name)
+            if check_mode or not exists:
+                return ready
+            ok = self._rpc(self._open_channel().queue_purge, name, what='purging on')
+            return ok.method.message_count
+        return self._ack_selected(name, lambda received: [tag for tag, d in received if d['task'] in task_names],
+                                  check_mode)
+
+    def trim(self, name, keep, drop='oldest', check_mode=False):
+        exists, ready, _consumers = self.declare_passive(name)
+        if not exists or ready <= keep:
+            return 0
+        if check_mode:
+            return ready - keep
+
+        def select(received):
+            excess = max(len(received) - keep, 0)
+            if drop == 'newest':
+                return [tag for tag, _d in received[len(received) - excess:]]
+            return [tag for tag, _d in received[:excess]]
+        return self._ack_selected(name, select, check_mode=False)
+
+    def _ack_selected(self, name, select, check_mode):
+        """Receive every ready message, ack (remove) those ``select`` picks, requeue the rest."""
+        try:
+            tags = select(self._consume_ready(name))
+            if not check_mode:
+                for tag in tags:
+                    self._rpc(self.channel.basic_ack, delivery_tag=tag, what='acking on')
+            return len(tags)
+        finally:
+            self._release()

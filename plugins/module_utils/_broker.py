@@ -1,0 +1,269 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) celeryops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Broker URLs: parsing, redaction, timeouts and the one error type.
+
+Private to celeryops.fleet; the API may change between releases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import threading
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ansible.module_utils.basic import env_fallback
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+
+# kombu accepts these aliases; the transport is what the modules care about.
+_SCHEMES = {
+    'redis': ('redis', False),
+    'rediss': ('redis', True),
+    'amqp': ('amqp', False),
+    'pyamqp': ('amqp', False),
+    'amqps': ('amqp', True),
+    'pyamqps': ('amqp', True),
+}
+_DEFAULT_PORTS = {('redis', False): 6379, ('redis', True): 6379, ('amqp', False): 5672, ('amqp', True): 5671}
+
+# TLS settings accepted in the URL query (redis-py/kombu spelling) and as options.
+_CERT_REQS = {'required': True, 'cert_required': True, 'optional': True, 'cert_optional': True,
+              'none': False, 'cert_none': False}
+
+
+class BrokerError(Exception):
+    """The one failure type of the layer: a message fit for an operator, plus context.
+
+    ``option`` names the module option at fault, ``endpoint`` the redacted endpoint;
+    modules turn it into a single ``fail_json``.
+    """
+
+    def __init__(self, msg, option=None, endpoint=None, details=None):
+        super(BrokerError, self).__init__(msg)
+        self.msg = msg
+        self.option = option
+        self.endpoint = endpoint
+        self.details = details or {}
+
+    def __str__(self):
+        return self.msg
+
+
+def broker_argument_spec():
+    """Options shared by every module that talks to a broker (doc fragment celeryops.fleet.broker)."""
+    return dict(
+        broker_url=dict(type='str', no_log=True, fallback=(env_fallback, ['CELERY_BROKER_URL'])),
+        broker_password=dict(type='str', no_log=True),
+        connect_timeout=dict(type='float', default=DEFAULT_CONNECT_TIMEOUT),
+        tls_ca_file=dict(type='path'),
+        tls_cert_file=dict(type='path'),
+        tls_key_file=dict(type='path'),
+        tls_verify=dict(type='bool'),
+    )
+
+
+class BrokerURL(object):
+    """A parsed broker URL. ``password`` never shows in ``endpoint`` or ``facts()``."""
+
+    def __init__(self, transport, tls, host, port, user=None, password=None, db=0, vhost='/',
+                 tls_ca_file=None, tls_cert_file=None, tls_key_file=None, tls_verify=True,
+                 timeout=DEFAULT_CONNECT_TIMEOUT):
+        self.transport = transport
+        self.tls = tls
+        self.host = host
+        self.port = port
+        self.user = user
+        self.password = password
+        self.db = db
+        self.vhost = vhost
+        self.tls_ca_file = tls_ca_file
+        self.tls_cert_file = tls_cert_file
+        self.tls_key_file = tls_key_file
+        self.tls_verify = tls_verify
+        self.timeout = timeout
+
+    @property
+    def scheme(self):
+        return {'redis': 'rediss', 'amqp': 'amqps'}[self.transport] if self.tls else self.transport
+
+    @property
+    def endpoint(self):
+        """Where we connect, for messages: ``redis 127.0.0.1:6379 db 0`` (no credentials).
+
+        Not written as a URL on purpose: Ansible masks any no_log value (the whole
+        broker_url) that appears in output, which would blank a password-less URL.
+        """
+        where = '%s:%s' % (('[%s]' % self.host) if ':' in self.host else self.host, self.port)
+        if self.transport == 'redis':
+            return '%s %s db %s' % (self.scheme, where, self.db)
+        return '%s %s vhost %s' % (self.scheme, where, self.vhost)
+
+    def redacted(self):
+        """The URL with the password replaced by ``***``."""
+        auth = ''
+        if self.user or self.password:
+            auth = (self.user or '') + (':***' if self.password else '') + '@'
+        host = ('[%s]' % self.host) if ':' in self.host else self.host
+        path = str(self.db) if self.transport == 'redis' else ('' if self.vhost == '/' else self.vhost)
+        return '%s://%s%s:%s/%s' % (self.scheme, auth, host, self.port, path)
+
+    def facts(self):
+        """What modules return about the broker: no password, no URL."""
+        out = dict(transport=self.transport, tls=self.tls, host=self.host, port=self.port, user=self.user)
+        if self.transport == 'redis':
+            out['db'] = self.db
+        else:
+            out['vhost'] = self.vhost
+        return out
+
+
+def _tls_verify_from_query(value):
+    key = value.strip().lower()
+    if key not in _CERT_REQS:
+        raise BrokerError("broker_url: ssl_cert_reqs must be one of required, optional or none, got '%s'" % value,
+                          option='broker_url')
+    return _CERT_REQS[key]
+
+
+def parse_broker_url(url, password=None, timeout=DEFAULT_CONNECT_TIMEOUT, tls_ca_file=None,
+                     tls_cert_file=None, tls_key_file=None, tls_verify=None):
+    """Parse a Celery/kombu broker URL into a BrokerURL, or raise BrokerError naming the fault.
+
+    Accepts kombu's own forms, e.g. ``amqp://guest:guest@host:5672//`` for the default vhost.
+    """
+    if not url:
+        raise BrokerError('broker_url is required: set the option or the CELERY_BROKER_URL environment variable',
+                          option='broker_url')
+    if timeout is None or timeout <= 0:
+        raise BrokerError('connect_timeout must be a positive number of seconds, got %s' % timeout,
+                          option='connect_timeout')
+    if '://' not in url:
+        raise BrokerError("broker_url must look like redis://host:6379/0 or amqp://user@host:5672/vhost "
+                          "(no '://' found)", option='broker_url')
+    scheme = url.split('://', 1)[0].lower()
+    if scheme not in _SCHEMES:
+        raise BrokerError("broker_url: unsupported scheme '%s'; use redis://, rediss://, amqp:// or amqps://"
+                          % scheme[:20], option='broker_url')
+    transport, tls = _SCHEMES[scheme]
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        # The message of urlsplit may quote the netloc, which can hold the password.
+        raise BrokerError('broker_url: the port is not a number between 0 and 65535 (%s)'
+                          % ('invalid port' if 'port' in str(exc).lower() else 'malformed URL'),
+                          option='broker_url')
+    host = parts.hostname or 'localhost'
+    if port is None:
+        port = _DEFAULT_PORTS[(transport, tls)]
+    if port == 0:
+        raise BrokerError('broker_url: port 0 is not a valid broker port', option='broker_url')
+    user = unquote(parts.username) if parts.username else None
+    url_password = unquote(parts.password) if parts.password is not None else None
+    query = dict((k, v[-1]) for k, v in parse_qs(parts.query).items())
+
+    db, vhost = 0, '/'
+    path = parts.path or ''
+    if transport == 'redis':
+        db_text = path.lstrip('/') or query.get('db') or query.get('virtual_host') or '0'
+        if not re.match(r'^\d+$', db_text):
+            raise BrokerError("broker_url: the Redis database must be a number (as in redis://host:6379/0), got '%s'"
+                              % db_text[:40], option='broker_url')
+        db = int(db_text)
+    else:
+        # kombu: 'amqp://host//' and 'amqp://host/' both mean vhost '/'; '/%2F' too.
+        rest = path[1:] if path.startswith('/') else path
+        vhost = unquote(rest) if rest else '/'
+
+    verify = True
+    if 'ssl_cert_reqs' in query:
+        verify = _tls_verify_from_query(query['ssl_cert_reqs'])
+    if tls_verify is not None:
+        verify = tls_verify
+    ca_file = tls_ca_file or query.get('ssl_ca_certs')
+    cert_file = tls_cert_file or query.get('ssl_certfile')
+    key_file = tls_key_file or query.get('ssl_keyfile')
+    if not tls and (tls_ca_file or tls_cert_file or tls_key_file):
+        raise BrokerError('tls_ca_file, tls_cert_file and tls_key_file need a TLS broker URL (rediss:// or amqps://); '
+                          'refusing to connect in plaintext to %s' % scheme, option='broker_url')
+    for option, path_value in (('tls_ca_file', ca_file), ('tls_cert_file', cert_file), ('tls_key_file', key_file)):
+        if path_value and not os.path.isfile(path_value):
+            raise BrokerError('%s: no such file: %s' % (option, path_value), option=option)
+    if key_file and not cert_file:
+        raise BrokerError('tls_key_file needs tls_cert_file', option='tls_key_file')
+
+    return BrokerURL(transport, tls, host, port, user=user,
+                     password=password if password is not None else url_password,
+                     db=db, vhost=vhost, tls_ca_file=ca_file, tls_cert_file=cert_file,
+                     tls_key_file=key_file, tls_verify=verify, timeout=float(timeout))
+
+
+def broker_from_params(params):
+    """BrokerURL from the shared module options (see broker_argument_spec)."""
+    return parse_broker_url(params.get('broker_url'), password=params.get('broker_password'),
+                            timeout=params.get('connect_timeout'), tls_ca_file=params.get('tls_ca_file'),
+                            tls_cert_file=params.get('tls_cert_file'), tls_key_file=params.get('tls_key_file'),
+                            tls_verify=params.get('tls_verify'))
+
+
+def ssl_context(broker):
+    """An ssl.SSLContext for a TLS broker, verifying the server unless told not to."""
+    import ssl
+    try:
+        context = ssl.create_default_context(cafile=broker.tls_ca_file)
+        if not broker.tls_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if broker.tls_cert_file:
+            context.load_cert_chain(broker.tls_cert_file, broker.tls_key_file)
+    except (ssl.SSLError, OSError) as exc:
+        raise BrokerError('cannot load the TLS files for %s: %s' % (broker.endpoint, exc), option='tls_ca_file',
+                          endpoint=broker.endpoint)
+    return context
+
+
+def scrub(text, *secrets):
+    """Remove secrets from a text that came from a library (exception messages, reprs)."""
+    text = str(text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, '********')
+    return text
+
+
+def fail_from_error(module, error, **result):
+    """Turn a BrokerError into the module's single fail_json."""
+    if error.endpoint:
+        result.setdefault('endpoint', error.endpoint)
+    if error.option:
+        result.setdefault('option', error.option)
+    result.update(error.details)
+    module.fail_json(msg=error.msg, **result)
+
+
+@contextlib.contextmanager
+def time_limit(seconds, what):
+    """Raise BrokerError if the block runs longer than ``seconds``.
+
+    Some client calls (pika's blocking RPCs) wait for a reply without any timeout of
+    their own; a broker that accepts the connection and then goes silent must not hang
+    a pipeline. Uses SIGALRM, so it only guards the main thread (where modules run).
+    """
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _expired(signum, frame):
+        raise BrokerError('timed out after %.1fs %s' % (seconds, what), option='connect_timeout')
+
+    previous = signal.signal(signal.SIGALRM, _expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

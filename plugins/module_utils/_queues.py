@@ -1,0 +1,86 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) celeryops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One entry point for the queue modules: open the right broker and describe its queues."""
+
+from __future__ import annotations
+
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, broker_from_params
+from ansible_collections.celeryops.fleet.plugins.module_utils import _amqp_queues, _redis_queues
+
+
+def queue_options_argument_spec():
+    """Options of doc fragments celeryops.fleet.redis_transport and celeryops.fleet.management."""
+    return dict(
+        global_keyprefix=dict(type='str', default=''),
+        priority_steps=dict(type='list', elements='int', default=list(_redis_queues.DEFAULT_PRIORITY_STEPS)),
+        sep=dict(type='str', default=_redis_queues.DEFAULT_SEP),
+        management_url=dict(type='str'),
+        management_user=dict(type='str'),
+        management_password=dict(type='str', no_log=True),
+        management_validate_certs=dict(type='bool', default=True),
+    )
+
+
+def missing_library(params):
+    """(library name, import traceback) the broker of ``params`` needs but cannot import, else None."""
+    url = (params.get('broker_url') or '').lower()
+    if url.startswith(('redis', 'rediss')) and not _redis_queues.HAS_REDIS:
+        return 'redis', _redis_queues.REDIS_IMPORT_ERROR
+    if url.startswith(('amqp', 'pyamqp')) and not _amqp_queues.HAS_PIKA:
+        return 'pika', _amqp_queues.PIKA_IMPORT_ERROR
+    return None
+
+
+def open_queues(params):
+    """A RedisQueues or AmqpQueues for the module's options; raises BrokerError."""
+    broker = broker_from_params(params)
+    steps = params.get('priority_steps')
+    if steps is not None and (not steps or any(s < 0 or s > 255 for s in steps)):
+        raise BrokerError('priority_steps must be a non-empty list of numbers from 0 to 255, got %s' % steps,
+                          option='priority_steps')
+    if params.get('sep') == '':
+        raise BrokerError('sep must not be empty', option='sep')
+    if broker.transport == 'redis':
+        layout = _redis_queues.RedisLayout(params.get('global_keyprefix') or '',
+                                           steps or _redis_queues.DEFAULT_PRIORITY_STEPS,
+                                           params.get('sep') or _redis_queues.DEFAULT_SEP)
+        return _redis_queues.RedisQueues(broker, layout)
+    management = _amqp_queues.Management(broker, params.get('management_url'), params.get('management_user'),
+                                         params.get('management_password'),
+                                         params.get('management_validate_certs', True))
+    return _amqp_queues.AmqpQueues(broker, management)
+
+
+def check_queue_names(names, option='queues'):
+    for name in names or []:
+        if not name or not name.strip():
+            raise BrokerError('%s: a queue name is empty' % option, option=option)
+
+
+def queue_states(queues, names):
+    """Per queue: name, exists, messages (ready, all priority steps), unacked, consumers, priorities, source.
+
+    A queue that does not exist is ``exists: false`` with zero counts, not a failure.
+    """
+    states = []
+    if queues.transport == 'redis':
+        bindings = queues.bindings()
+        bound = set(q for entries in bindings.values() for _rk, q in entries)
+        depths = queues.depths(names)
+        unacked = queues.unacked_by_queue(bindings)
+        for name in names:
+            per_step = depths[name]
+            messages = sum(per_step.values())
+            states.append(dict(name=name, exists=name in bound or messages > 0, messages=messages,
+                               unacked=unacked.get(name, 0), consumers=None,
+                               priorities=dict((str(step), n) for step, n in per_step.items()), source='redis'))
+        return states
+    unacked = queues.unacked()
+    for name in names:
+        exists, ready, consumers = queues.declare_passive(name)
+        states.append(dict(name=name, exists=exists, messages=ready,
+                           unacked=(unacked.get(name) or 0) if unacked is not None else None,
+                           consumers=consumers, priorities=None,
+                           source='amqp+management' if unacked is not None else 'amqp'))
+    return states

@@ -1,0 +1,46 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) celeryops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Polling on a monotonic clock, with a timeout error that says what was awaited."""
+
+from __future__ import annotations
+
+import time
+
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError
+
+
+def wait_argument_spec():
+    """Options of doc fragment celeryops.fleet.wait."""
+    return dict(
+        wait=dict(type='bool', default=False),
+        wait_timeout=dict(type='float', default=120.0),
+        wait_sleep=dict(type='float', default=1.0),
+    )
+
+
+def check_wait_params(params):
+    for option in ('wait_timeout', 'wait_sleep'):
+        if params[option] is not None and params[option] <= 0:
+            raise BrokerError('%s must be a positive number of seconds, got %s' % (option, params[option]),
+                              option=option)
+
+
+def wait_until(probe, timeout, sleep, describe):
+    """Call ``probe()`` until it returns (True, state) or ``timeout`` seconds pass.
+
+    Returns (state, elapsed seconds). On timeout raises BrokerError with ``describe(state)``
+    telling what was awaited and the last value seen; the last state rides along in
+    ``details`` so modules can still return it.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    while True:
+        done, state = probe()
+        now = time.monotonic()
+        if done:
+            return state, now - start
+        if now >= deadline:
+            raise BrokerError('timed out after %.1fs (wait_timeout) waiting: %s' % (now - start, describe(state)),
+                              option='wait_timeout', details=dict(last_state=state))
+        time.sleep(max(0.0, min(sleep, deadline - now)))

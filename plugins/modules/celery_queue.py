@@ -1,0 +1,209 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) celeryops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: celery_queue
+short_description: Purge or trim Celery queues on Redis or RabbitMQ, touching nothing else
+version_added: 0.1.0
+description:
+  - Removes ready messages from named Celery queues, straight on the broker and without the Celery app.
+  - O(state=purged) removes every ready message (every priority sub-queue on Redis), or with O(task_names) only
+    the messages of those tasks, keeping the others in their order.
+  - O(state=trimmed) cuts a backlog down to O(keep) messages.
+  - Only the named queues change. Messages that workers hold unacknowledged are not removed (no purge can); they
+    are reported in RV(queues[].unacked) and a warning.
+  - Check mode says exactly how many messages would go; diff mode shows the counts before and after.
+options:
+  queues:
+    description:
+      - Names of the queues to change.
+    type: list
+    elements: str
+    required: true
+  state:
+    description:
+      - V(purged) removes ready messages.
+      - V(trimmed) removes messages until at most O(keep) are left.
+    type: str
+    choices: [purged, trimmed]
+    default: purged
+  task_names:
+    description:
+      - With O(state=purged), remove only the messages of these tasks (names as in the C(task) header, for example
+        C(proj.tasks.add)). The other messages stay; on Redis in their order.
+      - A filtered purge reads the whole backlog, and on RabbitMQ receives and requeues the messages it keeps.
+    type: list
+    elements: str
+  keep:
+    description:
+      - With O(state=trimmed), how many messages to leave in each queue.
+    type: int
+  drop:
+    description:
+      - With O(state=trimmed), which end of the backlog goes, in the order messages would run.
+      - V(oldest) drops the messages that would run next; V(newest) the ones that would run last.
+      - On Redis the run order is priority step by step, lowest first; on RabbitMQ the queue's delivery order.
+    type: str
+    choices: [oldest, newest]
+    default: oldest
+extends_documentation_fragment:
+  - celeryops.fleet.broker
+  - celeryops.fleet.queue_options
+  - celeryops.fleet.attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+author:
+  - celeryops.fleet developers
+"""
+
+EXAMPLES = r"""
+- name: See what a purge would remove
+  celeryops.fleet.celery_queue:
+    broker_url: redis://127.0.0.1:6379/0
+    queues: [reports]
+  check_mode: true
+  diff: true
+  register: would
+
+- name: Purge the queue
+  celeryops.fleet.celery_queue:
+    broker_url: redis://127.0.0.1:6379/0
+    queues: [reports]
+    state: purged
+
+- name: Drop only one task's messages, keep the rest in order
+  celeryops.fleet.celery_queue:
+    broker_url: "amqp://celery:{{ vault_broker_password }}@rabbit.internal:5672/prod"
+    queues: [default]
+    task_names: [proj.tasks.rebuild_thumbnails]
+
+- name: Keep the 1000 most recent messages of a runaway queue
+  celeryops.fleet.celery_queue:
+    queues: [metrics]
+    state: trimmed
+    keep: 1000
+    drop: oldest
+"""
+
+RETURN = r"""
+queues:
+  description: One entry per queue, in the order of O(queues).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Queue name.
+      type: str
+    exists:
+      description: Whether the queue exists on the broker.
+      type: bool
+    before:
+      description: Ready messages before.
+      type: int
+    removed:
+      description: Messages removed (in check mode, that would be removed).
+      type: int
+      sample: 120
+    after:
+      description: Ready messages after (in check mode, O(before) minus O(removed)).
+      type: int
+    unacked:
+      description: Messages held unacknowledged by workers, which no purge removes. V(null) when the broker cannot tell.
+      type: int
+broker:
+  description: The broker that answered, without credentials.
+  returned: always
+  type: dict
+diff:
+  description: Ready messages per queue before and after.
+  returned: in diff mode
+  type: dict
+  sample: {"before": {"reports": 120}, "after": {"reports": 0}}
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
+    BrokerError, broker_argument_spec, fail_from_error)
+from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
+    check_queue_names, missing_library, open_queues, queue_options_argument_spec, queue_states)
+
+
+def check_params(params):
+    check_queue_names(params['queues'])
+    if not params['queues']:
+        raise BrokerError('queues must name at least one queue', option='queues')
+    if params['state'] == 'trimmed':
+        if params['keep'] is None:
+            raise BrokerError('keep is required with state: trimmed', option='keep')
+        if params['keep'] < 0:
+            raise BrokerError('keep must be 0 or more, got %d' % params['keep'], option='keep')
+        if params['task_names']:
+            raise BrokerError('task_names only goes with state: purged', option='task_names')
+    elif params['keep'] is not None:
+        raise BrokerError('keep only goes with state: trimmed, not state: %s' % params['state'], option='keep')
+    check_queue_names(params['task_names'], option='task_names')
+
+
+def apply(params, check_mode, result, warn):
+    queues = open_queues(params)
+    result['broker'] = queues.broker.facts()
+    try:
+        for state in queue_states(queues, params['queues']):
+            name = state['name']
+            if not state['exists'] or not state['messages']:
+                removed = 0
+            elif params['state'] == 'trimmed':
+                removed = queues.trim(name, params['keep'], params['drop'], check_mode=check_mode)
+            else:
+                removed = queues.purge(name, params['task_names'], check_mode=check_mode)
+            after = state['messages'] - removed
+            if not check_mode and removed:
+                after = queue_states(queues, [name])[0]['messages']
+            result['queues'].append(dict(name=name, exists=state['exists'], before=state['messages'],
+                                         removed=removed, after=after, unacked=state['unacked']))
+            if state['unacked']:
+                warn("queue '%s' has %d messages held unacknowledged by workers; they were not removed and will run"
+                     % (name, state['unacked']))
+    finally:
+        queues.close()
+    result['changed'] = any(q['removed'] for q in result['queues'])
+
+
+def main():
+    argument_spec = broker_argument_spec()
+    argument_spec.update(queue_options_argument_spec())
+    argument_spec.update(
+        queues=dict(type='list', elements='str', required=True),
+        state=dict(type='str', default='purged', choices=['purged', 'trimmed']),
+        task_names=dict(type='list', elements='str'),
+        keep=dict(type='int', no_log=False),
+        drop=dict(type='str', default='oldest', choices=['oldest', 'newest']),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    missing = missing_library(module.params)
+    if missing:
+        module.fail_json(msg=missing_required_lib(missing[0]), exception=missing[1])
+
+    result = dict(changed=False, queues=[])
+    try:
+        check_params(module.params)
+        apply(module.params, module.check_mode, result, module.warn)
+    except BrokerError as error:
+        fail_from_error(module, error, **result)
+    if module._diff:
+        result['diff'] = dict(before=dict((q['name'], q['before']) for q in result['queues']),
+                              after=dict((q['name'], q['after']) for q in result['queues']))
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,275 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) celeryops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: celery_queue_info
+short_description: Depth, unacked messages, consumers and contents of Celery queues on Redis or RabbitMQ
+version_added: 0.1.0
+description:
+  - Reads the state of Celery queues straight from the broker, without the Celery app.
+  - On Redis, counts every priority sub-queue of kombu's layout, and attributes the messages that workers hold
+    unacknowledged to their queue.
+  - On RabbitMQ, ready messages and consumers come from AMQP in real time; unacknowledged messages and queue
+    discovery come from the management API when it can be reached.
+  - Can wait until thresholds hold (a queue drained, consumers attached), so CI can gate on queue state.
+  - Never changes anything. O(peek) and O(breakdown) on RabbitMQ receive messages without acknowledging them and
+    give them back in their places; they come back marked as redelivered.
+options:
+  queues:
+    description:
+      - Names of the queues to describe.
+      - When omitted, every Celery queue on the broker is described (on RabbitMQ this needs the management API).
+    type: list
+    elements: str
+  include_internal:
+    description:
+      - With O(queues) omitted, also list Celery's and kombu's internal queues (remote control C(*.pidbox), replies,
+        C(celeryev.*) event queues).
+    type: bool
+    default: false
+  peek:
+    description:
+      - Decode the next N messages of each queue, in the order they would run. Headers only; a body is never
+        unpickled.
+    type: int
+    default: 0
+  breakdown:
+    description:
+      - Count the messages of each queue by task name, over the whole backlog.
+    type: bool
+    default: false
+  max_messages:
+    description:
+      - Threshold on ready messages per queue. With O(wait=true) the module waits until every queue has at most
+        this many; otherwise it fails at once if one has more.
+    type: int
+  max_unacked:
+    description:
+      - Threshold on unacknowledged messages per queue, like O(max_messages).
+    type: int
+  min_consumers:
+    description:
+      - Threshold on consumers per queue, like O(max_messages) but a minimum. RabbitMQ only: Redis cannot count
+        consumers.
+    type: int
+extends_documentation_fragment:
+  - celeryops.fleet.broker
+  - celeryops.fleet.queue_options
+  - celeryops.fleet.wait
+  - celeryops.fleet.attributes
+  - celeryops.fleet.attributes.info_module
+author:
+  - celeryops.fleet developers
+"""
+
+EXAMPLES = r"""
+- name: Describe every Celery queue
+  celeryops.fleet.celery_queue_info:
+    broker_url: redis://127.0.0.1:6379/0
+  register: queues
+
+- name: Look at the next five tasks of a queue and what its backlog is made of
+  celeryops.fleet.celery_queue_info:
+    broker_url: "amqp://celery:{{ vault_broker_password }}@rabbit.internal:5672/prod"
+    queues: [default]
+    peek: 5
+    breakdown: true
+
+- name: Gate a deploy until the queue has drained (fails after ten minutes, naming the queue)
+  celeryops.fleet.celery_queue_info:
+    queues: [emails]
+    max_messages: 0
+    wait: true
+    wait_timeout: 600
+  environment:
+    CELERY_BROKER_URL: "{{ broker_url }}"
+
+- name: Set the broker once for every module of the collection
+  module_defaults:
+    group/celeryops.fleet.celery:
+      broker_url: "{{ broker_url }}"
+  block:
+    - name: Wait until workers consume the queue
+      celeryops.fleet.celery_queue_info:
+        queues: [default]
+        min_consumers: 1
+        wait: true
+"""
+
+RETURN = r"""
+queues:
+  description: One entry per queue, in the order of O(queues) (sorted when discovered).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Queue name.
+      type: str
+      sample: default
+    exists:
+      description: Whether the broker knows the queue. A missing queue has zero counts.
+      type: bool
+    messages:
+      description: Ready messages, summed over every priority sub-queue.
+      type: int
+      sample: 42
+    unacked:
+      description:
+        - Messages delivered to workers and not yet acknowledged (prefetched or running).
+        - V(null) on RabbitMQ when the management API cannot be reached.
+      type: int
+    consumers:
+      description: Consumers attached (RabbitMQ). V(null) on Redis, which cannot tell.
+      type: int
+    priorities:
+      description: Redis only. Ready messages per priority step (keys are the steps as strings).
+      type: dict
+      sample: {"0": 40, "3": 0, "6": 2, "9": 0}
+    source:
+      description: What answered. V(redis), V(amqp) (passive declare only) or V(amqp+management).
+      type: str
+    peek:
+      description: The next O(peek) messages in the order they would run, decoded from their headers.
+      returned: when O(peek) > 0
+      type: list
+      elements: dict
+      sample:
+        - task: proj.tasks.add
+          id: 5c1b0a5e-4c8a-4a9c-8c43-7f4b2a1d9e10
+          argsrepr: (2, 3)
+          kwargsrepr: "{}"
+          eta: null
+          expires: null
+          retries: 0
+          priority: 0
+          origin: gen123@web1
+    tasks:
+      description: Ready messages by task name, over the whole backlog.
+      returned: when O(breakdown=true)
+      type: dict
+      sample: {"proj.tasks.add": 40, "proj.tasks.mail": 2}
+broker:
+  description: The broker that answered, without credentials.
+  returned: always
+  type: dict
+  sample: {"transport": "redis", "tls": false, "host": "127.0.0.1", "port": 6379, "db": 0, "user": null}
+management_error:
+  description: RabbitMQ only. Why the management API could not be used, when it could not.
+  returned: when the management API could not be used
+  type: str
+waited:
+  description: Seconds spent waiting for the thresholds, with O(wait=true).
+  returned: when O(wait=true)
+  type: float
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
+    BrokerError, broker_argument_spec, fail_from_error)
+from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
+    check_queue_names, missing_library, open_queues, queue_options_argument_spec, queue_states)
+from ansible_collections.celeryops.fleet.plugins.module_utils._wait import (
+    check_wait_params, wait_argument_spec, wait_until)
+
+MAX_PEEK = 10000
+
+
+def unmet_thresholds(states, params):
+    """What keeps the thresholds from holding, one phrase per queue and threshold."""
+    problems = []
+    for state in states:
+        name = state['name']
+        if params['max_messages'] is not None and state['messages'] > params['max_messages']:
+            problems.append("queue '%s' has %d ready messages (max_messages %d)"
+                            % (name, state['messages'], params['max_messages']))
+        if params['max_unacked'] is not None and (state['unacked'] or 0) > params['max_unacked']:
+            problems.append("queue '%s' has %d unacked messages (max_unacked %d)"
+                            % (name, state['unacked'], params['max_unacked']))
+        if params['min_consumers'] is not None and (state['consumers'] or 0) < params['min_consumers']:
+            problems.append("queue '%s' has %d consumers (min_consumers %d)"
+                            % (name, state['consumers'] or 0, params['min_consumers']))
+    return problems
+
+
+def check_params(params):
+    check_wait_params(params)
+    check_queue_names(params['queues'])
+    if params['peek'] < 0 or params['peek'] > MAX_PEEK:
+        raise BrokerError('peek must be between 0 and %d, got %d' % (MAX_PEEK, params['peek']), option='peek')
+    for option in ('max_messages', 'max_unacked', 'min_consumers'):
+        if params[option] is not None and params[option] < 0:
+            raise BrokerError('%s must be 0 or more, got %d' % (option, params[option]), option=option)
+
+
+def describe(params, result):
+    queues = open_queues(params)
+    result['broker'] = queues.broker.facts()
+    try:
+        if queues.transport == 'redis' and params['min_consumers'] is not None:
+            raise BrokerError('min_consumers: Redis cannot count consumers of a queue; use it with RabbitMQ, or check '
+                              'workers with celeryops.fleet.celery_worker_info', option='min_consumers')
+        names = params['queues'] or queues.discover(params['include_internal'])
+        thresholds = any(params[o] is not None for o in ('max_messages', 'max_unacked', 'min_consumers'))
+
+        def probe():
+            states = queue_states(queues, names)
+            return not unmet_thresholds(states, params), states
+
+        if params['wait'] and thresholds:
+            states, waited = wait_until(probe, params['wait_timeout'], params['wait_sleep'],
+                                        lambda s: '; '.join(unmet_thresholds(s, params)))
+            result['waited'] = round(waited, 3)
+        else:
+            states = queue_states(queues, names)
+        result['queues'] = states
+        if queues.transport == 'amqp' and queues.management.error:
+            result['management_error'] = queues.management.error
+        problems = unmet_thresholds(states, params)
+        if problems:
+            raise BrokerError('thresholds not met: ' + '; '.join(problems), option='max_messages')
+        for state in states:
+            if params['peek'] and state['exists']:
+                state['peek'] = queues.peek(state['name'], params['peek'])
+            if params['breakdown']:
+                state['tasks'] = queues.breakdown(state['name']) if state['exists'] else {}
+    finally:
+        queues.close()
+
+
+def main():
+    argument_spec = broker_argument_spec()
+    argument_spec.update(queue_options_argument_spec())
+    argument_spec.update(wait_argument_spec())
+    argument_spec.update(
+        queues=dict(type='list', elements='str'),
+        include_internal=dict(type='bool', default=False),
+        peek=dict(type='int', default=0),
+        breakdown=dict(type='bool', default=False),
+        max_messages=dict(type='int'),
+        max_unacked=dict(type='int'),
+        min_consumers=dict(type='int'),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    missing = missing_library(module.params)
+    if missing:
+        module.fail_json(msg=missing_required_lib(missing[0]), exception=missing[1])
+
+    result = dict(changed=False, queues=[])
+    try:
+        check_params(module.params)
+        describe(module.params, result)
+    except BrokerError as error:
+        if 'last_state' in error.details:
+            result['queues'] = error.details.pop('last_state')
+        fail_from_error(module, error, **result)
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
