@@ -234,8 +234,8 @@ def describe(params, result):
         if problems:
             raise BrokerError('thresholds not met: ' + '; '.join(problems), option='max_messages')
         for state in states:
-            if params['peek'] and state['exists']:
-                state['peek'] = queues.peek(state['name'], params['peek'])
+            if params['peek']:
+                state['peek'] = queues.peek(state['name'], params['peek']) if state['exists'] else []
             if params['breakdown']:
                 state['tasks'] = queues.breakdown(state['name']) if state['exists'] else {}
     finally:

@@ -1,0 +1,122 @@
+# shellcheck shell=bash
+# Sourced by scripts/demo, scripts/test and bench/run: sets up what they need on a fresh
+# Debian machine with only Python, and caches it between runs.
+#  - a virtualenv with requirements-dev.txt, keyed by that file's hash
+#  - the collection placed at $CELERYOPS_BUILD/ansible_collections/celeryops/fleet
+#  - ANSIBLE_COLLECTIONS_PATH and PATH pointing at both
+
+set -euo pipefail
+
+CELERYOPS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CELERYOPS_CACHE="${CELERYOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/celeryops-fleet}"
+_req_hash="$(cat "$CELERYOPS_ROOT/requirements-dev.txt" "$CELERYOPS_ROOT/requirements.txt" | sha256sum | cut -c1-12)"
+CELERYOPS_VENV="${CELERYOPS_VENV:-$CELERYOPS_CACHE/venv-$_req_hash}"
+CELERYOPS_BUILD="${CELERYOPS_BUILD:-$CELERYOPS_CACHE/collections-$(printf %s "$CELERYOPS_ROOT" | sha256sum | cut -c1-8)}"
+export CELERYOPS_ROOT CELERYOPS_CACHE CELERYOPS_VENV CELERYOPS_BUILD
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+_python() {
+  for candidate in python3.13 python3.12 python3.11 python3.10 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+      echo "$candidate"; return 0
+    fi
+  done
+  echo "Python 3.10 or newer is needed" >&2; return 1
+}
+
+ensure_venv() {
+  if [ -x "$CELERYOPS_VENV/bin/python" ] && [ -f "$CELERYOPS_VENV/.complete" ]; then
+    return 0
+  fi
+  log "creating the virtualenv $CELERYOPS_VENV"
+  local py
+  py="$(_python)"
+  if ! "$py" -m venv --help >/dev/null 2>&1 || ! "$py" -c 'import ensurepip' >/dev/null 2>&1; then
+    log "installing python3-venv"
+    apt_install python3-venv
+  fi
+  rm -rf "$CELERYOPS_VENV"
+  mkdir -p "$(dirname "$CELERYOPS_VENV")"
+  "$py" -m venv "$CELERYOPS_VENV"
+  "$CELERYOPS_VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade pip
+  "$CELERYOPS_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$CELERYOPS_ROOT/requirements-dev.txt"
+  touch "$CELERYOPS_VENV/.complete"
+}
+
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if [ -z "${_APT_UPDATED:-}" ]; then
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq
+    _APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# The collection must sit at ansible_collections/celeryops/fleet for Ansible to load it; a
+# symlink to the work tree keeps edits live.
+place_collection() {
+  mkdir -p "$CELERYOPS_BUILD/ansible_collections/celeryops"
+  ln -sfn "$CELERYOPS_ROOT" "$CELERYOPS_BUILD/ansible_collections/celeryops/fleet"
+  export ANSIBLE_COLLECTIONS_PATH="$CELERYOPS_BUILD"
+  export PATH="$CELERYOPS_VENV/bin:$PATH"
+  export ANSIBLE_PYTHON_INTERPRETER="$CELERYOPS_VENV/bin/python"
+  export ANSIBLE_LOCALHOST_WARNING=false ANSIBLE_INVENTORY_UNPARSED_WARNING=false
+}
+
+_redis_up() { "$CELERYOPS_VENV/bin/python" - <<'PY' 2>/dev/null
+import redis, sys
+sys.exit(0 if redis.Redis(host='127.0.0.1', port=6379, socket_timeout=2, socket_connect_timeout=2).ping() else 1)
+PY
+}
+
+_rabbit_up() { "$CELERYOPS_VENV/bin/python" - <<'PY' 2>/dev/null
+import socket, sys
+try:
+    socket.create_connection(('127.0.0.1', 5672), timeout=2).close()
+except OSError:
+    sys.exit(1)
+PY
+}
+
+_management_up() { "$CELERYOPS_VENV/bin/python" - <<'PY' 2>/dev/null
+import base64, sys, urllib.request
+req = urllib.request.Request('http://127.0.0.1:15672/api/overview',
+                             headers={'Authorization': 'Basic ' + base64.b64encode(b'guest:guest').decode()})
+try:
+    urllib.request.urlopen(req, timeout=3).read()
+except Exception:
+    sys.exit(1)
+PY
+}
+
+_wait_for() {  # _wait_for SECONDS FUNCTION
+  local deadline=$((SECONDS + $1))
+  while ! "$2"; do
+    [ $SECONDS -lt $deadline ] || return 1
+    sleep 1
+  done
+}
+
+# Redis and RabbitMQ (with its management plugin) answering on loopback: started, and
+# installed from Debian's packages, when they are not.
+ensure_brokers() {
+  if ! _redis_up; then
+    command -v redis-server >/dev/null 2>&1 || { log "installing redis-server"; apt_install redis-server; }
+    log "starting Redis on 127.0.0.1:6379"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+    _wait_for 20 _redis_up || { echo "Redis did not come up on 127.0.0.1:6379" >&2; return 1; }
+  fi
+  if ! _rabbit_up; then
+    command -v rabbitmq-server >/dev/null 2>&1 || { log "installing rabbitmq-server"; apt_install rabbitmq-server; }
+    log "starting RabbitMQ on 127.0.0.1:5672"
+    rabbitmq-server -detached >/dev/null 2>&1 || true
+    _wait_for 90 _rabbit_up || { echo "RabbitMQ did not come up on 127.0.0.1:5672" >&2; return 1; }
+  fi
+  if ! _management_up; then
+    log "enabling rabbitmq_management"
+    rabbitmq-plugins enable rabbitmq_management >/dev/null
+    _wait_for 60 _management_up || { echo "the RabbitMQ management API did not come up on 127.0.0.1:15672" >&2; return 1; }
+  fi
+}

@@ -1,0 +1,42 @@
+"""The Celery app the integration tests and the demo run workers of and publish to.
+
+The broker comes from CELERY_BROKER_URL; FLEET_KEYPREFIX sets kombu's global_keyprefix.
+Tasks are tiny and named for what they do.
+"""
+
+import os
+import time
+
+from celery import Celery
+
+
+def make_app(broker_url, global_keyprefix=None):
+    app = Celery('fleet_tasks', broker=broker_url, set_as_current=False)
+    app.conf.update(
+        task_default_queue=os.environ.get('FLEET_DEFAULT_QUEUE', 'fleet_default'),
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        result_backend=None,
+        task_queue_max_priority=10,
+        broker_transport_options={'global_keyprefix': global_keyprefix} if global_keyprefix else {},
+    )
+    return app
+
+
+app = make_app(os.environ.get('CELERY_BROKER_URL', 'redis://127.0.0.1:6379/15'), os.environ.get('FLEET_KEYPREFIX'))
+
+
+@app.task(name='fleet_tasks.add')
+def add(x, y):
+    return x + y
+
+
+@app.task(name='fleet_tasks.sleep')
+def sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task(name='fleet_tasks.mail')
+def mail(to):
+    return to

@@ -1,0 +1,57 @@
+import os
+
+import pytest
+
+from harness import Ansible, RabbitBroker, RedisBroker, management_up, redis_up, require, worker_index
+
+
+@pytest.fixture(scope='session')
+def redis_broker():
+    require(redis_up(), 'Redis at 127.0.0.1:6379')
+    return RedisBroker(db=8 + worker_index())
+
+
+@pytest.fixture
+def redis_env(redis_broker):
+    """A Redis database of this test's own, empty at the start."""
+    redis_broker.client.flushdb()
+    yield redis_broker
+    redis_broker.client.flushdb()
+
+
+@pytest.fixture(scope='session')
+def rabbit_broker():
+    require(management_up(), 'RabbitMQ (management API at 127.0.0.1:15672)')
+    broker = RabbitBroker('celeryops-test-%d-%d' % (worker_index(), os.getpid()))
+    broker.create()
+    yield broker
+    broker.delete()
+
+
+@pytest.fixture
+def rabbit_env(rabbit_broker):
+    """A RabbitMQ vhost of this session's own, with no queues at the start."""
+    rabbit_broker.reset()
+    return rabbit_broker
+
+
+@pytest.fixture
+def ansible(tmp_path):
+    return Ansible(str(tmp_path))
+
+
+@pytest.fixture
+def workers(tmp_path):
+    """Start real Celery workers with workers.start(...); all are stopped at the end."""
+    from harness import Worker
+    started = []
+
+    class Workers(object):
+        def start(self, url, name, queues, ready=True, **kwargs):
+            worker = Worker(url, name, queues, logdir=str(tmp_path), **kwargs)
+            started.append(worker)
+            return worker.wait_ready() if ready else worker
+
+    yield Workers()
+    for worker in started:
+        worker.kill()

@@ -1,0 +1,258 @@
+"""Real brokers, real Celery workers and real ansible-playbook runs for the integration tests.
+
+Each xdist worker gets its own Redis database and RabbitMQ vhost, so suites can run in
+parallel without seeing each other's queues.
+"""
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+import redis
+
+APP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'app')
+sys.path.insert(0, APP_DIR)
+
+from fleet_tasks import make_app  # noqa: E402  (the test app lives beside this file)
+
+CI = os.environ.get('CI') == 'true'
+REDIS_HOST, REDIS_PORT = '127.0.0.1', 6379
+AMQP_PORT = 5672
+MANAGEMENT = 'http://127.0.0.1:15672'
+GUEST = ('guest', 'guest')
+
+
+def worker_index():
+    name = os.environ.get('PYTEST_XDIST_WORKER', 'gw0')
+    return int(name[2:]) if name.startswith('gw') and name[2:].isdigit() else 0
+
+
+def require(ok, what):
+    """A broker that is not there fails the test under CI=true, and skips it elsewhere."""
+    if ok:
+        return
+    if CI:
+        pytest.fail('%s is unreachable (CI=true: tests that need it fail instead of skipping)' % what)
+    pytest.skip('%s is unreachable' % what)
+
+
+# -- RabbitMQ management API ------------------------------------------------------------------
+
+def management(method, path, body=None, timeout=10):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(MANAGEMENT + path, data=data, method=method)
+    request.add_header('Authorization', 'Basic ' + base64.b64encode(('%s:%s' % GUEST).encode()).decode())
+    request.add_header('content-type', 'application/json')
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        text = response.read()
+    return json.loads(text) if text else None
+
+
+def management_up():
+    try:
+        management('GET', '/api/overview', timeout=3)
+        return True
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+class RabbitBroker(object):
+    def __init__(self, vhost):
+        self.vhost = vhost
+        self.qvhost = urllib.parse.quote(vhost, safe='')
+        self.url = 'amqp://guest:guest@127.0.0.1:%d/%s' % (AMQP_PORT, self.qvhost)
+
+    def create(self):
+        management('PUT', '/api/vhosts/%s' % self.qvhost, {})
+        management('PUT', '/api/permissions/%s/guest' % self.qvhost, {'configure': '.*', 'write': '.*', 'read': '.*'})
+
+    def delete(self):
+        try:
+            management('DELETE', '/api/vhosts/%s' % self.qvhost)
+        except urllib.error.HTTPError:
+            pass
+
+    def reset(self):
+        for queue in management('GET', '/api/queues/%s?columns=name' % self.qvhost) or []:
+            try:
+                management('DELETE', '/api/queues/%s/%s' % (self.qvhost, urllib.parse.quote(queue['name'], safe='')))
+            except urllib.error.HTTPError:
+                pass
+
+    def queue(self, name):
+        return management('GET', '/api/queues/%s/%s' % (self.qvhost, urllib.parse.quote(name, safe='')))
+
+    def read_ids(self, name, count=100000):
+        """The task ids in a queue in delivery order, read and requeued (as rabbitmqadmin get does)."""
+        got = management('POST', '/api/queues/%s/%s/get' % (self.qvhost, urllib.parse.quote(name, safe='')),
+                         {'count': count, 'ackmode': 'ack_requeue_true', 'encoding': 'auto'})
+        return [m['properties']['headers']['id'] for m in got]
+
+    def wait_for(self, name, predicate, timeout=30):
+        """Poll the management API (its statistics lag) until predicate(record) holds."""
+        deadline = time.monotonic() + timeout
+        record = None
+        while time.monotonic() < deadline:
+            try:
+                record = self.queue(name)
+            except urllib.error.HTTPError:
+                record = None
+            if record is not None and predicate(record):
+                return record
+            time.sleep(0.5)
+        raise AssertionError('queue %s never matched: last %r' % (name, record))
+
+
+class RedisBroker(object):
+    def __init__(self, db):
+        self.db = db
+        self.url = 'redis://%s:%d/%d' % (REDIS_HOST, REDIS_PORT, db)
+        self.client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db, socket_timeout=10)
+
+    def snapshot(self, exclude=()):
+        """key -> DUMP of every key of the database: byte-exact state to compare before/after."""
+        out = {}
+        for key in self.client.scan_iter(count=1000):
+            if key not in exclude:
+                out[key] = self.client.dump(key)
+        return out
+
+
+def redis_up():
+    try:
+        return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_timeout=3, socket_connect_timeout=3).ping()
+    except redis.RedisError:
+        return False
+
+
+# -- publishing ------------------------------------------------------------------------------
+
+_apps = {}
+
+
+def celery_app(url, global_keyprefix=None):
+    key = (url, global_keyprefix)
+    if key not in _apps:
+        _apps[key] = make_app(url, global_keyprefix)
+    return _apps[key]
+
+
+def publish(url, task, queue, args=(), count=1, priority=None, global_keyprefix=None, **options):
+    """Send ``count`` messages of ``task`` to ``queue``; returns their task ids in send order."""
+    app = celery_app(url, global_keyprefix)
+    ids = []
+    with app.producer_or_acquire() as producer:
+        for _ in range(count):
+            result = app.send_task(task, args=args, queue=queue, priority=priority, producer=producer, **options)
+            ids.append(result.id)
+    return ids
+
+
+# -- Celery workers --------------------------------------------------------------------------
+
+class Worker(object):
+    """A real `celery worker` process of the test app."""
+
+    def __init__(self, url, name, queues, pool='threads', concurrency=2, prefetch=4, events=False,
+                 global_keyprefix=None, logdir=None):
+        self.url = url
+        self.name = name
+        self.queues = queues
+        self.logfile = os.path.join(logdir or tempfile.mkdtemp(prefix='celery-worker-'),
+                                    name.replace('@', '_') + '.log')
+        argv = [sys.executable, '-m', 'celery', '-A', 'fleet_tasks', 'worker', '-n', name, '-Q', ','.join(queues),
+                '-P', pool, '-c', str(concurrency), '--prefetch-multiplier', str(prefetch),
+                '--without-mingle', '--without-gossip', '-l', 'INFO', '--logfile', self.logfile]
+        if events:
+            argv.append('-E')
+        env = dict(os.environ, CELERY_BROKER_URL=url, PYTHONPATH=APP_DIR)
+        if global_keyprefix:
+            env['FLEET_KEYPREFIX'] = global_keyprefix
+        self.process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+
+    def log(self):
+        try:
+            with open(self.logfile) as handle:
+                return handle.read()
+        except OSError:
+            return ''
+
+    def wait_ready(self, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ' ready.' in self.log():
+                return self
+            if self.process.poll() is not None:
+                raise AssertionError('worker %s exited with %s:\n%s' % (self.name, self.process.returncode, self.log()))
+            time.sleep(0.2)
+        raise AssertionError('worker %s not ready after %ss:\n%s' % (self.name, timeout, self.log()))
+
+    def kill(self):
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self, timeout=20):
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+# -- Ansible ---------------------------------------------------------------------------------
+
+class Ansible(object):
+    """Runs tasks through ansible-playbook the way users do, and returns each task's result."""
+
+    def __init__(self, tmpdir):
+        self.tmpdir = tmpdir
+        self.last = None
+
+    def play(self, tasks, check=False, diff=False, verbosity=0, env=None, timeout=300, play_extra=None):
+        play = dict(hosts='localhost', gather_facts=False, connection='local', tasks=[])
+        play.update(play_extra or {})
+        for task in tasks:
+            task = dict(task)
+            task.setdefault('ignore_errors', True)
+            play['tasks'].append(task)
+        path = os.path.join(self.tmpdir, 'play-%d.yml' % int(time.monotonic() * 1000000))
+        with open(path, 'w') as handle:
+            json.dump([play], handle)  # JSON is YAML
+        argv = ['ansible-playbook', '-i', 'localhost,', path]
+        if check:
+            argv.append('--check')
+        if diff:
+            argv.append('--diff')
+        if verbosity:
+            argv.append('-' + 'v' * verbosity)
+        run_env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK='ansible.posix.json', ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+                       ANSIBLE_LOCALHOST_WARNING='false', ANSIBLE_NOCOLOR='1', ANSIBLE_DEPRECATION_WARNINGS='false')
+        run_env.update(env or {})
+        started = time.monotonic()
+        proc = subprocess.run(argv, env=run_env, capture_output=True, text=True, timeout=timeout)
+        self.last = dict(stdout=proc.stdout, stderr=proc.stderr, rc=proc.returncode,
+                         seconds=time.monotonic() - started)
+        try:
+            report = json.loads(proc.stdout)
+        except ValueError:
+            raise AssertionError('ansible-playbook did not print JSON (rc %s):\n%s\n%s'
+                                 % (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:]))
+        results = [task['hosts']['localhost'] for task in report['plays'][0]['tasks']]
+        return results
+
+    def module(self, name, args, check=False, diff=False, **kwargs):
+        """One module task; returns its result dict."""
+        fqcn = name if '.' in name else 'celeryops.fleet.' + name
+        return self.play([{fqcn: args}], check=check, diff=diff, **kwargs)[0]

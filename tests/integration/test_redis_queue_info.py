@@ -1,0 +1,147 @@
+"""celery_queue_info against a real Redis, with messages published by Celery and real workers."""
+
+from harness import publish
+
+ADD = 'fleet_tasks.add'
+MAIL = 'fleet_tasks.mail'
+SLEEP = 'fleet_tasks.sleep'
+
+
+def by_name(result):
+    return dict((q['name'], q) for q in result['queues'])
+
+
+def test_counts_priorities_peek_and_breakdown(redis_env, ansible):
+    url = redis_env.url
+    first = publish(url, ADD, 'work', args=(1, 2), count=3)
+    publish(url, MAIL, 'work', args=('a@b',), count=2, priority=5)   # step 3
+    high = publish(url, MAIL, 'work', args=('c@d',), count=1, priority=9)  # step 9
+    publish(url, ADD, 'other', args=(0, 0), count=4)
+
+    result = ansible.module('celery_queue_info', dict(broker_url=url, queues=['work', 'other', 'absent'],
+                                                      peek=5, breakdown=True))
+    assert not result.get('failed'), result
+    assert result['changed'] is False
+    queues = by_name(result)
+    work = queues['work']
+    assert work['exists'] is True
+    assert work['messages'] == 6
+    assert work['priorities'] == {'0': 3, '3': 2, '6': 0, '9': 1}
+    assert work['unacked'] == 0
+    assert work['consumers'] is None
+    assert work['tasks'] == {ADD: 3, MAIL: 3}
+    # Run order: step 0 first, oldest first within a step, then step 3, then step 9.
+    assert [m['id'] for m in work['peek'][:3]] == first
+    assert [m['priority_step'] for m in work['peek']] == [0, 0, 0, 3, 3]
+    assert work['peek'][0]['task'] == ADD and work['peek'][0]['argsrepr'] == '(1, 2)'
+    assert high[0] not in [m['id'] for m in work['peek']]
+    assert queues['other']['messages'] == 4
+    assert queues['absent'] == dict(name='absent', exists=False, messages=0, unacked=0, consumers=None,
+                                    priorities={'0': 0, '3': 0, '6': 0, '9': 0}, source='redis', peek=[], tasks={})
+    assert result['broker'] == dict(transport='redis', tls=False, host='127.0.0.1', port=6379,
+                                    db=redis_env.db, user=None)
+
+
+def test_discovery_leaves_out_internals(redis_env, ansible, workers):
+    url = redis_env.url
+    workers.start(url, 'disc1@fleet', ['alpha', 'beta'])
+    publish(url, ADD, 'gamma', args=(1, 1))
+    found = ansible.module('celery_queue_info', dict(broker_url=url))
+    assert [q['name'] for q in found['queues']] == ['alpha', 'beta', 'gamma']
+    everything = ansible.module('celery_queue_info', dict(broker_url=url, include_internal=True))
+    names = [q['name'] for q in everything['queues']]
+    assert 'disc1@fleet.celery.pidbox' in names
+    assert {'alpha', 'beta', 'gamma'} <= set(names)
+
+
+def test_global_keyprefix(redis_env, ansible):
+    url = redis_env.url
+    publish(url, ADD, 'pq', args=(1, 1), count=2, priority=6, global_keyprefix='tenant1:')
+    assert redis_env.client.llen('tenant1:pq\x06\x166') == 2
+    plain = ansible.module('celery_queue_info', dict(broker_url=url))
+    assert plain['queues'] == []
+    prefixed = ansible.module('celery_queue_info', dict(broker_url=url, global_keyprefix='tenant1:', breakdown=True))
+    assert [(q['name'], q['messages'], q['priorities']['6'], q['tasks']) for q in prefixed['queues']] == [
+        ('pq', 2, 2, {ADD: 2})]
+
+
+def test_custom_priority_steps_and_sep(redis_env, ansible):
+    client = redis_env.client
+    publish(redis_env.url, ADD, 'steps', args=(1, 1))
+    raw = client.lrange('steps', 0, 0)[0]
+    client.lpush('steps:1', raw)
+    client.lpush('steps:1', raw)
+    result = ansible.module('celery_queue_info', dict(broker_url=redis_env.url, queues=['steps'],
+                                                      priority_steps=[0, 1], sep=':'))
+    assert result['queues'][0]['messages'] == 3
+    assert result['queues'][0]['priorities'] == {'0': 1, '1': 2}
+
+
+def test_unacked_attributed_to_its_queue(redis_env, ansible, workers):
+    url = redis_env.url
+    workers.start(url, 'busy1@fleet', ['slow'], concurrency=1, prefetch=3)
+    publish(url, SLEEP, 'slow', args=(30,), count=6)
+    publish(url, ADD, 'idle', args=(1, 1), count=2)
+    result = ansible.module('celery_queue_info', dict(
+        broker_url=url, queues=['slow', 'idle'], max_unacked=0, wait=True, wait_timeout=1, wait_sleep=0.2))
+    # The worker holds 1 running + 2 prefetched = 3 (prefetch 3 x concurrency 1).
+    assert result['failed']
+    assert "queue 'slow' has 3 unacked messages (max_unacked 0)" in result['msg']
+    queues = by_name(result)
+    assert queues['slow']['unacked'] == 3
+    # kombu may hold one more popped message in the worker before it reaches the unacked
+    # hash; every other message is either ready or unacked.
+    assert queues['slow']['messages'] in (2, 3)
+    assert queues['idle']['unacked'] == 0
+
+
+def test_wait_until_drained(redis_env, ansible, workers):
+    url = redis_env.url
+    publish(url, ADD, 'drainme', args=(1, 1), count=20)
+    workers.start(url, 'drain1@fleet', ['drainme'], concurrency=2)
+    result = ansible.module('celery_queue_info', dict(
+        broker_url=url, queues=['drainme'], max_messages=0, max_unacked=0, wait=True, wait_timeout=60,
+        wait_sleep=0.2))
+    assert not result.get('failed'), result
+    assert result['queues'][0]['messages'] == 0
+    assert 'waited' in result
+
+
+def test_wait_times_out_naming_queue_and_last_value(redis_env, ansible):
+    url = redis_env.url
+    publish(url, ADD, 'stuck', args=(1, 1), count=7)
+    result = ansible.module('celery_queue_info', dict(
+        broker_url=url, queues=['stuck'], max_messages=2, wait=True, wait_timeout=1.5, wait_sleep=0.3))
+    assert result['failed']
+    assert 'wait_timeout' in result['msg']
+    assert "queue 'stuck' has 7 ready messages (max_messages 2)" in result['msg']
+    assert result['queues'][0]['messages'] == 7
+
+
+def test_threshold_without_wait_checks_once(redis_env, ansible):
+    url = redis_env.url
+    publish(url, ADD, 'gate', args=(1, 1), count=3)
+    ok = ansible.module('celery_queue_info', dict(broker_url=url, queues=['gate'], max_messages=3))
+    assert not ok.get('failed'), ok
+    over = ansible.module('celery_queue_info', dict(broker_url=url, queues=['gate'], max_messages=2))
+    assert over['failed'] and "queue 'gate' has 3 ready messages (max_messages 2)" in over['msg']
+
+
+def test_module_defaults_group_and_env_fallback(redis_env, ansible):
+    url = redis_env.url
+    publish(url, ADD, 'grp', args=(1, 1), count=2)
+    results = ansible.play([{'celeryops.fleet.celery_queue_info': {'queues': ['grp']}}],
+                           play_extra={'module_defaults': {'group/celeryops.fleet.celery': {'broker_url': url}}})
+    assert results[0]['queues'][0]['messages'] == 2
+    results = ansible.play([{'celeryops.fleet.celery_queue_info': {'queues': ['grp']}}],
+                           env={'CELERY_BROKER_URL': url})
+    assert results[0]['queues'][0]['messages'] == 2
+
+
+def test_check_mode_is_read_only(redis_env, ansible):
+    url = redis_env.url
+    publish(url, ADD, 'ro', args=(1, 1), count=5)
+    before = redis_env.snapshot()
+    result = ansible.module('celery_queue_info', dict(broker_url=url, peek=3, breakdown=True), check=True)
+    assert result['changed'] is False and result['queues'][0]['messages'] == 5
+    assert redis_env.snapshot() == before
