@@ -34,7 +34,7 @@ options:
         messages.
       - Defaults to the broker's host on port 15672 (C(http://)), or 15671 (C(https://)) for C(amqps://).
       - When the API cannot be reached, ready messages and consumers still come from AMQP, unacknowledged counts
-        are V(null), and RV(management_error) says why.
+        are V(null), and the module says why.
     type: str
   management_user:
     description:

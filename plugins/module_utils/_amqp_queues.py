@@ -13,8 +13,10 @@ and lets the channel close requeue them, which puts them back in their places.
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import traceback
+from http.client import HTTPException
 from urllib.parse import quote
 
 try:
@@ -26,7 +28,7 @@ except ImportError:  # guarded: the module reports missing_required_lib
     HAS_PIKA = False
     PIKA_IMPORT_ERROR = traceback.format_exc()
 
-from ansible.module_utils.urls import open_url
+from ansible.module_utils.urls import ConnectionError as UrlsConnectionError, open_url
 from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
@@ -36,6 +38,13 @@ from ansible_collections.celeryops.fleet.plugins.module_utils._redis_queues impo
 
 MANAGEMENT_PORT = 15672
 MANAGEMENT_TLS_PORT = 15671
+_DEFAULT_AMQPS_PORT = 5671
+
+# Receiving a backlog: after this many seconds without a delivery, ask the broker whether
+# anything is still ready (none: other consumers took the rest, we have all we can get).
+QUIET_SECONDS = 1.0
+# Acks sent per bounded call when removing messages one by one.
+ACK_BATCH = 5000
 
 
 def default_management_url(broker):
@@ -63,21 +72,32 @@ class Management(object):
                                 force_basic_auth=True, timeout=self.broker.timeout,
                                 validate_certs=self.validate_certs, ca_path=self.broker.tls_ca_file,
                                 use_proxy=False, use_netrc=False)
-            return json.loads(response.read())
+            answer = json.loads(response.read())
+            self.error = None
+            return answer
         except HTTPError as exc:
-            if exc.code == 404:
-                return None
-            reason = 'HTTP %s%s' % (exc.code, ' (check management_user and management_password)'
-                                    if exc.code in (401, 403) else '')
-        except (URLError, OSError, ValueError) as exc:
-            reason = scrub(getattr(exc, 'reason', exc), self.password)
+            # The AMQP connection already proved the vhost exists: a 404 means that management_url
+            # is not the management API (another web server, a missing path prefix). Reading it as
+            # "no queues" would report zero unacked messages with confidence.
+            reason = 'HTTP %s%s' % (exc.code, {
+                401: ' (check management_user and management_password)',
+                403: ' (check management_user and management_password)',
+                404: ' (is management_url the RabbitMQ management API, with its path prefix if any?)',
+            }.get(exc.code, ''))
+        except (URLError, OSError, ValueError, HTTPException, UrlsConnectionError) as exc:
+            # HTTPException: something that is not HTTP answered (BadStatusLine from the AMQP
+            # port, Flower's trap); UrlsConnectionError: Ansible's TLS validation failures.
+            reason = scrub(getattr(exc, 'reason', None) or exc, self.password) or type(exc).__name__
         self.error = 'management API at %s: %s' % (self.url, reason)
         raise BrokerError(self.error, option='management_url', endpoint=self.url)
 
     def queues(self, vhost):
         """name -> the queue's record, for every queue of the vhost, in one request."""
         columns = 'name,messages_ready,messages_unacknowledged,consumers,memory'
-        records = self.get('/api/queues/%s?columns=%s' % (quote(vhost, safe=''), columns)) or []
+        records = self.get('/api/queues/%s?columns=%s' % (quote(vhost, safe=''), columns))
+        if not isinstance(records, list) or not all(isinstance(r, dict) and 'name' in r for r in records):
+            self.error = 'management API at %s: the answer is not a list of queues' % self.url
+            raise BrokerError(self.error, option='management_url', endpoint=self.url)
         return dict((r['name'], r) for r in records)
 
 
@@ -101,6 +121,8 @@ class AmqpQueues(object):
         self.connection = self._rpc(pika.BlockingConnection, pika.ConnectionParameters(**kwargs),
                                     what='connecting')
         self.channel = None
+        self._records = None   # the last management listing of the vhost: name -> record
+        self._locked = set()   # queues exclusive to another connection
 
     def close(self):
         try:
@@ -138,6 +160,9 @@ class AmqpQueues(object):
                                  type(exc).__name__), option='broker_url', endpoint=endpoint)
         except pika_exceptions.AMQPConnectionError as exc:
             reason = self._reason(exc)
+            if self.broker.tls and ('SSL' in reason or any(isinstance(a, ssl.SSLError) for a in exc.args)):
+                reason = 'the TLS handshake failed (does the port speak TLS? amqps is usually on %d): %s' % (
+                    _DEFAULT_AMQPS_PORT, reason)
             raise BrokerError('cannot connect to %s: %s' % (endpoint, reason), option='broker_url', endpoint=endpoint)
         except pika_exceptions.AMQPError as exc:
             raise BrokerError('%s: %s' % (endpoint, self._reason(exc)), endpoint=endpoint)
@@ -163,32 +188,65 @@ class AmqpQueues(object):
         if self.management is None:
             raise BrokerError('queue discovery on RabbitMQ needs the management API; name the queues with `queues` '
                               'or set management_url', option='queues', endpoint=self.broker.endpoint)
-        records = self.management.queues(self.broker.vhost)
+        records = self._records = self.management.queues(self.broker.vhost)
         return sorted(name for name in records if include_internal or not is_internal_queue(name))
 
     def declare_passive(self, name):
-        """(exists, ready messages, consumers) in real time."""
+        """(exists, ready messages, consumers) in real time.
+
+        A queue exclusive to another connection refuses even a passive declare (405
+        RESOURCE_LOCKED); Celery 5.7 declares the remote control (``*.pidbox``) and event
+        (``celeryev.*``) queues of workers that way. Such a queue exists, its counts come from
+        the management API, and it is never read or changed.
+        """
         channel = self._open_channel()
 
         def declare():
             try:
                 return channel.queue_declare(queue=name, passive=True)
             except pika_exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code == 404:  # no such queue: data, not a failure
-                    return None
+                if exc.reply_code in (404, 405):  # no such queue / someone else's exclusive queue: data
+                    return exc.reply_code
                 raise
         ok = self._rpc(declare, what='declaring (passive) on')
-        if ok is None:
+        if isinstance(ok, int):  # the broker closed the channel
             self.channel = None
-            return False, 0, 0
+            if ok == 404:
+                return False, 0, 0
+            self._locked.add(name)
+            record = self._management_record(name)
+            return True, record.get('messages_ready') or 0, record.get('consumers') or 0
         return True, ok.method.message_count, ok.method.consumer_count
+
+    def _management_record(self, name):
+        """The management API's record of a queue that AMQP cannot look at."""
+        if self._records is None or name not in self._records:
+            error = None
+            if self.management is None:
+                error = 'no management API'
+            else:
+                try:
+                    self._records = self.management.queues(self.broker.vhost)
+                except BrokerError as exc:
+                    error = exc.msg
+            if error:
+                raise BrokerError("queue '%s' is exclusive to another connection (as the remote control and event "
+                                  "queues of Celery workers are), so AMQP cannot count it; that needs the management "
+                                  "API: %s" % (name, error), option='queues', endpoint=self.broker.endpoint)
+        return self._records.get(name) or {}
+
+    def _refuse_locked(self, name, what):
+        if name in self._locked:
+            raise BrokerError("queue '%s' is exclusive to another connection (as the remote control and event queues "
+                              "of Celery workers are); it cannot be %s" % (name, what), option='queues',
+                              endpoint=self.broker.endpoint)
 
     def unacked(self):
         """name -> unacked count from the management API; None when it cannot tell (reason kept)."""
         if self.management is None:
             return None
         try:
-            records = self.management.queues(self.broker.vhost)
+            records = self._records = self.management.queues(self.broker.vhost)
         except BrokerError:
             return None
         return dict((name, r.get('messages_unacknowledged')) for name, r in records.items())
@@ -196,13 +254,16 @@ class AmqpQueues(object):
     def _consume_ready(self, name, limit=None):
         """Receive the ready messages of a queue without acking them: [(delivery_tag, decoded)].
 
-        Stops when the count from the passive declare has arrived (or ``limit``), or after
-        a quiet period; the caller acks what should go and closes the channel, which
-        requeues the rest in their original places.
+        Stops when the count from the passive declare has arrived (or ``limit``), or when
+        nothing arrives any more and the broker has nothing ready left (other consumers took
+        the rest). Never on a clock alone: a large backlog arrives at the client's pace, and
+        a partial read would make a breakdown wrong and a trim drop the wrong messages.
+        The caller acks what should go and closes the channel, which requeues the rest in
+        their original places. A queue exclusive to another connection cannot be read: [].
         """
         exists, ready, _consumers = self.declare_passive(name)
         wanted = ready if limit is None else min(ready, limit)
-        if not exists or wanted <= 0:
+        if not exists or wanted <= 0 or name in self._locked:
             return []
         channel = self._open_channel()
         received = []
@@ -216,16 +277,37 @@ class AmqpQueues(object):
         self._rpc(channel.basic_qos, prefetch_count=0 if limit is None else wanted, what='setting qos on')
         tag = self._rpc(channel.basic_consume, name, on_message, auto_ack=False, exclusive=False,
                         what='consuming from')
-        deadline = time.monotonic() + max(self.broker.timeout, 1.0) + wanted / 20000.0
-        last_count, quiet_since = -1, time.monotonic()
-        while len(received) < wanted and time.monotonic() < deadline:
+        stall = max(self.broker.timeout, QUIET_SECONDS)
+        last_count, quiet_since, checked_at = 0, time.monotonic(), None
+        while len(received) < wanted:
             self._rpc(self.connection.process_data_events, time_limit=0.05, what='receiving from')
+            now = time.monotonic()
             if len(received) != last_count:
-                last_count, quiet_since = len(received), time.monotonic()
-            elif time.monotonic() - quiet_since > 1.0:
-                break  # other consumers took the rest
-        self._rpc(channel.basic_cancel, tag, what='cancelling the consumer on')
+                last_count, quiet_since, checked_at = len(received), now, None
+                continue
+            if now - quiet_since < QUIET_SECONDS or (checked_at is not None and now - checked_at < QUIET_SECONDS):
+                continue
+            checked_at = now
+            still_ready = self._ready_now(channel, name)
+            if still_ready is None or still_ready == 0:
+                break  # everything was delivered, to us or to other consumers (or the queue is gone)
+            if now - quiet_since >= stall:
+                raise BrokerError("queue '%s': received %d of %d messages, then none for %.1fs although %d are still "
+                                  "ready (is another consumer the single active consumer of the queue?)"
+                                  % (name, len(received), wanted, now - quiet_since, still_ready),
+                                  option='connect_timeout', endpoint=self.broker.endpoint)
+        if channel.is_open:
+            self._rpc(channel.basic_cancel, tag, what='cancelling the consumer on')
         return received[:wanted] if limit is not None else received
+
+    def _ready_now(self, channel, name):
+        """Ready messages of a queue we consume from (ours excluded), None if the queue went away."""
+        def declare():
+            try:
+                return channel.queue_declare(queue=name, passive=True).method.message_count
+            except pika_exceptions.ChannelClosedByBroker:
+                return None
+        return self._rpc(declare, what='declaring (passive) on')
 
     def _release(self):
         """Close the channel: every message still unacked goes back to its place."""
@@ -253,8 +335,9 @@ class AmqpQueues(object):
     # -- changing ---------------------------------------------------------------------------
 
     def purge(self, name, task_names=None, check_mode=False):
+        exists, ready, _consumers = self.declare_passive(name)
+        self._refuse_locked(name, 'purged')
         if not task_names:
-            exists, ready, _consumers = self.declare_passive(name)
             if check_mode or not exists:
                 return ready
             ok = self._rpc(self._open_channel().queue_purge, name, what='purging on')
@@ -264,6 +347,7 @@ class AmqpQueues(object):
 
     def trim(self, name, keep, drop='oldest', check_mode=False):
         exists, ready, _consumers = self.declare_passive(name)
+        self._refuse_locked(name, 'trimmed')
         if not exists or ready <= keep:
             return 0
         if check_mode:
@@ -279,10 +363,30 @@ class AmqpQueues(object):
     def _ack_selected(self, name, select, check_mode):
         """Receive every ready message, ack (remove) those ``select`` picks, requeue the rest."""
         try:
-            tags = select(self._consume_ready(name))
+            received = self._consume_ready(name)
+            tags = select(received)
             if not check_mode:
-                for tag in tags:
-                    self._rpc(self.channel.basic_ack, delivery_tag=tag, what='acking on')
+                self._ack(tags, [tag for tag, _d in received])
             return len(tags)
         finally:
             self._release()
+
+    def _ack(self, tags, received_tags):
+        """Ack ``tags``: the selected run from the first delivery in one ``multiple`` ack, the rest
+        one by one, in batches that each get the time limit."""
+        selected = set(tags)
+        head = 0
+        for tag in received_tags:
+            if tag not in selected:
+                break
+            head = tag
+        channel = self.channel
+        rest = [tag for tag in tags if tag > head]
+
+        def ack(batch, multiple=False):
+            for tag in batch:
+                channel.basic_ack(delivery_tag=tag, multiple=multiple)
+        if head:
+            self._rpc(ack, [head], multiple=True, what='acking on')
+        for start in range(0, len(rest), ACK_BATCH):
+            self._rpc(ack, rest[start:start + ACK_BATCH], what='acking on')

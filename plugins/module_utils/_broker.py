@@ -13,7 +13,8 @@ import os
 import re
 import signal
 import threading
-from urllib.parse import parse_qs, unquote, urlsplit
+import time
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from ansible.module_utils.basic import env_fallback
 
@@ -31,6 +32,10 @@ _SCHEMES = {
 _DEFAULT_PORTS = {('redis', False): 6379, ('redis', True): 6379, ('amqp', False): 5672, ('amqp', True): 5671}
 
 # TLS settings accepted in the URL query (redis-py/kombu spelling) and as options.
+# What a URL scheme may look like (RFC 3986); anything else is not echoed back, as it may be
+# the start of a URL whose scheme was left out (``user:password@host://``).
+_SCHEME_RE = re.compile(r'^[A-Za-z][A-Za-z0-9+.-]*$')
+
 _CERT_REQS = {'required': True, 'cert_required': True, 'optional': True, 'cert_optional': True,
               'none': False, 'cert_none': False}
 
@@ -106,9 +111,9 @@ class BrokerURL(object):
         """The URL with the password replaced by ``***``."""
         auth = ''
         if self.user or self.password:
-            auth = (self.user or '') + (':***' if self.password else '') + '@'
+            auth = quote(self.user or '', safe='') + (':***' if self.password else '') + '@'
         host = ('[%s]' % self.host) if ':' in self.host else self.host
-        path = str(self.db) if self.transport == 'redis' else ('' if self.vhost == '/' else self.vhost)
+        path = str(self.db) if self.transport == 'redis' else ('' if self.vhost == '/' else quote(self.vhost, safe=''))
         return '%s://%s%s:%s/%s' % (self.scheme, auth, host, self.port, path)
 
     def facts(self):
@@ -138,7 +143,7 @@ def parse_broker_url(url, password=None, timeout=DEFAULT_CONNECT_TIMEOUT, tls_ca
     if not url:
         raise BrokerError('broker_url is required: set the option or the CELERY_BROKER_URL environment variable',
                           option='broker_url')
-    if timeout is None or timeout <= 0:
+    if timeout is None or not 0 < timeout < float('inf'):  # also refuses NaN
         raise BrokerError('connect_timeout must be a positive number of seconds, got %s' % timeout,
                           option='connect_timeout')
     if '://' not in url:
@@ -146,17 +151,28 @@ def parse_broker_url(url, password=None, timeout=DEFAULT_CONNECT_TIMEOUT, tls_ca
                           "(no '://' found)", option='broker_url')
     scheme = url.split('://', 1)[0].lower()
     if scheme not in _SCHEMES:
+        if not _SCHEME_RE.match(scheme) or len(scheme) > 20:
+            # Not a scheme at all (e.g. 'user:password@host://'): do not echo it, it may hold the password.
+            raise BrokerError("broker_url must start with redis://, rediss://, amqp:// or amqps:// "
+                              "(what precedes '://' is not a URL scheme)", option='broker_url')
         raise BrokerError("broker_url: unsupported scheme '%s'; use redis://, rediss://, amqp:// or amqps://"
-                          % scheme[:20], option='broker_url')
+                          % scheme, option='broker_url')
     transport, tls = _SCHEMES[scheme]
+    # The messages of urlsplit may quote the netloc, which can hold the password: never pass them on.
     try:
         parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        # The message of urlsplit may quote the netloc, which can hold the password.
-        raise BrokerError('broker_url: the port is not a number between 0 and 65535 (%s)'
-                          % ('invalid port' if 'port' in str(exc).lower() else 'malformed URL'),
+    except ValueError:
+        raise BrokerError("broker_url: malformed URL (an IPv6 host goes in brackets, as in redis://[::1]:6379/0)",
                           option='broker_url')
+    if '@' in parts.path or '@' in parts.query or '@' in parts.fragment:
+        # A password with an unencoded '/', '?' or '#' cuts the URL short: the rest of the password
+        # would end up in the port, database, vhost or query, and be echoed or connected to.
+        raise BrokerError("broker_url: '@' after the host; if the password holds '/', '?', '#' or '@', "
+                          "percent-encode them (%2F, %3F, %23, %40)", option='broker_url')
+    try:
+        port = parts.port
+    except ValueError:
+        raise BrokerError('broker_url: the port must be a number from 1 to 65535', option='broker_url')
     host = parts.hostname or 'localhost'
     if port is None:
         port = _DEFAULT_PORTS[(transport, tls)]
@@ -187,7 +203,8 @@ def parse_broker_url(url, password=None, timeout=DEFAULT_CONNECT_TIMEOUT, tls_ca
     ca_file = tls_ca_file or query.get('ssl_ca_certs')
     cert_file = tls_cert_file or query.get('ssl_certfile')
     key_file = tls_key_file or query.get('ssl_keyfile')
-    if not tls and (tls_ca_file or tls_cert_file or tls_key_file):
+    if not tls and (ca_file or cert_file or key_file):
+        # Also when they came from the URL query (ssl_ca_certs, ssl_certfile, ssl_keyfile): TLS was meant.
         raise BrokerError('tls_ca_file, tls_cert_file and tls_key_file need a TLS broker URL (rediss:// or amqps://); '
                           'refusing to connect in plaintext to %s' % scheme, option='broker_url')
     for option, path_value in (('tls_ca_file', ca_file), ('tls_cert_file', cert_file), ('tls_key_file', key_file)):
@@ -260,6 +277,12 @@ def time_limit(seconds, what):
     def _expired(signum, frame):
         raise BrokerError('timed out after %.1fs %s' % (seconds, what), option='connect_timeout')
 
+    outer_left = signal.getitimer(signal.ITIMER_REAL)[0]
+    if 0 < outer_left <= seconds:
+        # An enclosing time_limit (or another alarm) fires first anyway: leave it alone.
+        yield
+        return
+    started = time.monotonic()
     previous = signal.signal(signal.SIGALRM, _expired)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
@@ -267,3 +290,6 @@ def time_limit(seconds, what):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer_left > 0:
+            # An enclosing time_limit (or another alarm) was running: give it back what it has left.
+            signal.setitimer(signal.ITIMER_REAL, max(outer_left - (time.monotonic() - started), 0.001))

@@ -115,9 +115,12 @@ def task_name_of(raw):
     match = _TASK_RE.search(raw) if isinstance(raw, (bytes, bytearray)) else None
     if match:
         name = match.group(1)
-        if b'\\' in name:
-            return json.loads(b'"' + name + b'"')
-        return name.decode('utf-8', 'replace')
+        try:
+            name = json.loads(b'"' + name + b'"') if b'\\' in name else name.decode('utf-8', 'replace')
+        except ValueError:
+            name = None  # not a valid JSON string (\q, a cut \u escape): not kombu's JSON, decode it fully
+        if isinstance(name, str) and name:
+            return name
     try:
         return decode_envelope(raw)['task']
     except NotAnEnvelope:

@@ -128,8 +128,9 @@ class RedisQueues(object):
             raise self._error('authentication failed at %s: %s (check the password in broker_url or broker_password)'
                               % (self.broker.endpoint, self._reason(exc)), option='broker_password')
         except redis.TimeoutError as exc:
-            raise self._error('timed out after %ss talking to %s (connect_timeout): %s'
-                              % (self.broker.timeout, self.broker.endpoint, self._reason(exc)),
+            raise self._error('timed out after %ss talking to %s (connect_timeout): %s%s'
+                              % (self.broker.timeout, self.broker.endpoint, self._reason(exc),
+                                 ' (does the port speak TLS?)' if self.broker.tls else ''),
                               option='connect_timeout')
         except redis.ConnectionError as exc:
             reason = self._reason(exc)
@@ -244,8 +245,7 @@ class RedisQueues(object):
             chunk = self.call(self.client.lrange, key, start, start + READ_CHUNK - 1)
             if not chunk:
                 return
-            for raw in chunk:
-                yield raw
+            yield from chunk
             if len(chunk) < READ_CHUNK:
                 return
             start += READ_CHUNK

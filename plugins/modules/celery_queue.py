@@ -60,7 +60,7 @@ attributes:
   diff_mode:
     support: full
 author:
-  - celeryops.fleet developers
+  - celeryops.fleet developers (@celeryops)
 """
 
 EXAMPLES = r"""
@@ -113,7 +113,7 @@ queues:
       type: int
       sample: 120
     after:
-      description: Ready messages after (in check mode, O(before) minus O(removed)).
+      description: Ready messages after (in check mode, RV(queues[].before) minus RV(queues[].removed)).
       type: int
     unacked:
       description: Messages held unacknowledged by workers, which no purge removes. V(null) when the broker cannot tell.

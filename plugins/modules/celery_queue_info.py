@@ -53,8 +53,8 @@ options:
     type: int
   min_consumers:
     description:
-      - Threshold on consumers per queue, like O(max_messages) but a minimum. RabbitMQ only: Redis cannot count
-        consumers.
+      - Threshold on consumers per queue, like O(max_messages) but a minimum.
+      - RabbitMQ only; Redis cannot count consumers.
     type: int
 extends_documentation_fragment:
   - celeryops.fleet.broker
@@ -63,7 +63,7 @@ extends_documentation_fragment:
   - celeryops.fleet.attributes
   - celeryops.fleet.attributes.info_module
 author:
-  - celeryops.fleet developers
+  - celeryops.fleet developers (@celeryops)
 """
 
 EXAMPLES = r"""
@@ -188,7 +188,10 @@ def unmet_thresholds(states, params):
         if params['max_messages'] is not None and state['messages'] > params['max_messages']:
             problems.append("queue '%s' has %d ready messages (max_messages %d)"
                             % (name, state['messages'], params['max_messages']))
-        if params['max_unacked'] is not None and (state['unacked'] or 0) > params['max_unacked']:
+        if params['max_unacked'] is not None and state['unacked'] is None:
+            problems.append("queue '%s' has an unknown number of unacked messages: the management API could not be "
+                            "used (max_unacked %d)" % (name, params['max_unacked']))
+        elif params['max_unacked'] is not None and state['unacked'] > params['max_unacked']:
             problems.append("queue '%s' has %d unacked messages (max_unacked %d)"
                             % (name, state['unacked'], params['max_unacked']))
         if params['min_consumers'] is not None and (state['consumers'] or 0) < params['min_consumers']:

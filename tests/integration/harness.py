@@ -151,7 +151,7 @@ def publish(url, task, queue, args=(), count=1, priority=None, global_keyprefix=
     app = celery_app(url, global_keyprefix)
     ids = []
     with app.producer_or_acquire() as producer:
-        for _ in range(count):
+        for _index in range(count):
             result = app.send_task(task, args=args, queue=queue, priority=priority, producer=producer, **options)
             ids.append(result.id)
     return ids
@@ -241,11 +241,14 @@ class Ansible(object):
                        ANSIBLE_LOCALHOST_WARNING='false', ANSIBLE_NOCOLOR='1', ANSIBLE_DEPRECATION_WARNINGS='false')
         run_env.update(env or {})
         started = time.monotonic()
-        proc = subprocess.run(argv, env=run_env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(argv, env=run_env, capture_output=True, text=True, timeout=timeout, check=False)
         self.last = dict(stdout=proc.stdout, stderr=proc.stderr, rc=proc.returncode,
                          seconds=time.monotonic() - started)
+        # The JSON report comes last; at -v and more, Ansible's own lines come before it.
+        text = proc.stdout
+        start = 0 if text.startswith('{') else text.find('\n{\n') + 1
         try:
-            report = json.loads(proc.stdout)
+            report = json.loads(text[start:])
         except ValueError:
             raise AssertionError('ansible-playbook did not print JSON (rc %s):\n%s\n%s'
                                  % (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:]))

@@ -1,0 +1,406 @@
+"""Shared pieces of the benchmarks: settings, timing, real Celery envelopes, broker set-up.
+
+Run by bench/run (never imported by the collection). Every benchmark script writes one JSON
+file into $BENCH_OUT; bench/report.py turns them into bench/RESULTS.md.
+
+    python bench/lib.py setup | cleanup | envelope-check
+"""
+
+import base64
+import json
+import os
+import random
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+APP_DIR = os.path.join(ROOT, 'tests', 'integration', 'app')
+PLAYBOOKS = os.path.join(BENCH, 'playbooks')
+
+QUICK = os.environ.get('BENCH_QUICK') == '1'
+REPEAT = int(os.environ.get('BENCH_REPEAT') or (3 if QUICK else 5))
+OUT = os.environ.get('BENCH_OUT') or '/tmp/celeryops-bench'
+
+REDIS_HOST, REDIS_PORT = '127.0.0.1', 6379
+REDIS_DB = int(os.environ.get('BENCH_REDIS_DB', '5'))
+REDIS_URL = 'redis://%s:%d/%d' % (REDIS_HOST, REDIS_PORT, REDIS_DB)
+VHOST = os.environ.get('BENCH_VHOST', 'celeryops-bench')
+QVHOST = urllib.parse.quote(VHOST, safe='')
+AMQP_URL = 'amqp://guest:guest@127.0.0.1:5672/%s' % QVHOST
+MANAGEMENT = 'http://127.0.0.1:15672'
+GUEST = ('guest', 'guest')
+SEP = '\x06\x16'
+MARKER = 'celeryops-bench:owner'  # set in the bench database so cleanup never flushes someone else's
+
+# Task names and arguments of the synthetic backlog: (name, args, kwargs, share of messages).
+TASK_MIX = (
+    ('fleet_tasks.add', (2, 3), {}, 0.40),
+    ('fleet_tasks.mail', ('ops@example.com',), {'subject': 'Nightly report', 'template': 'report_v2'}, 0.25),
+    ('billing.tasks.charge_invoice', (), {'invoice_id': 918273, 'currency': 'EUR', 'amount_cents': 129900}, 0.15),
+    ('reports.tasks.render_pdf', ('monthly', 2024, 11), {'locale': 'en_GB'}, 0.12),
+    ('media.tasks.resize_image', ('uploads/2024/11/23/IMG_0042.jpg',), {'sizes': [64, 256, 1024]}, 0.08),
+)
+
+
+def log(msg):
+    sys.stderr.write('    %s\n' % msg)
+    sys.stderr.flush()
+
+
+# -- numbers -----------------------------------------------------------------------------------
+
+def summary(values):
+    """median, min, max and every value of a list of measurements."""
+    values = list(values)
+    return dict(median=statistics.median(values), min=min(values), max=max(values), n=len(values),
+                values=[round(v, 6) for v in values])
+
+
+def write_result(name, data):
+    os.makedirs(OUT, exist_ok=True)
+    data = dict(data, section=name, quick=QUICK, repeat=REPEAT)
+    with open(os.path.join(OUT, name + '.json'), 'w') as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+
+
+def show(argv, env=None):
+    """A command as one would type it from the repository root."""
+    words = ['%s=%s' % (k, shlex.quote(v)) for k, v in sorted((env or {}).items())]
+    words += [shlex.quote(os.path.relpath(a, ROOT)) if os.path.isabs(a) and a.startswith(ROOT + '/') else shlex.quote(a)
+              for a in argv]
+    return ' '.join(words)
+
+
+def timed(argv, env=None, cwd=ROOT, stdin=None, check=True):
+    """Run a command; (seconds of wall time, stdout)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    start = time.perf_counter()
+    proc = subprocess.run(argv, env=full_env, cwd=cwd, input=stdin, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+    seconds = time.perf_counter() - start
+    if check and proc.returncode != 0:
+        raise RuntimeError('%s failed (%d): %s %s' % (show(argv, env), proc.returncode,
+                                                     proc.stdout.decode('utf-8', 'replace')[-2000:],
+                                                     proc.stderr.decode('utf-8', 'replace')[-2000:]))
+    return seconds, proc.stdout
+
+
+# -- ansible-playbook --------------------------------------------------------------------------
+
+PLAYBOOK_ENV = {
+    # Same settings for every run: our timing callback on top of the default output.
+    'ANSIBLE_CALLBACK_PLUGINS': os.path.join(BENCH, 'callback_plugins'),
+    'ANSIBLE_CALLBACKS_ENABLED': 'bench_timer',
+}
+
+
+def playbook_argv(playbook, extra_vars=None):
+    argv = ['ansible-playbook', '-i', 'localhost,', '-c', 'local', os.path.join(PLAYBOOKS, playbook)]
+    if extra_vars:
+        argv += ['-e', json.dumps(extra_vars, separators=(',', ':'))]
+    return argv
+
+
+def run_playbook(playbook, extra_vars=None):
+    """One ansible-playbook run: (wall seconds, the one task's record from the bench_timer callback)."""
+    timer_file = os.path.join(OUT, 'timer-%d.json' % os.getpid())
+    env = dict(PLAYBOOK_ENV, BENCH_TIMER_FILE=timer_file)
+    if os.path.exists(timer_file):
+        os.unlink(timer_file)
+    seconds, _out = timed(playbook_argv(playbook, extra_vars), env=env)
+    with open(timer_file) as f:
+        tasks = json.load(f)['tasks']
+    os.unlink(timer_file)
+    if len(tasks) != 1 or tasks[0]['status'] != 'ok':
+        raise RuntimeError('%s: expected one ok task, got %r' % (playbook, tasks))
+    return seconds, tasks[0]
+
+
+def playbook_command(playbook, extra_vars=None):
+    env = {'ANSIBLE_CALLBACK_PLUGINS': 'bench/callback_plugins', 'ANSIBLE_CALLBACKS_ENABLED': 'bench_timer'}
+    return show(playbook_argv(playbook, extra_vars), env)
+
+
+# -- Redis -------------------------------------------------------------------------------------
+
+def redis_client(db=REDIS_DB):
+    import redis
+    return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db, socket_timeout=60)
+
+
+class Envelopes(object):
+    """Real Celery envelopes, copied with fresh ids.
+
+    One message per task of TASK_MIX (and one at priority 5) is published by Celery itself
+    to a probe queue of the bench database; its JSON text becomes a template in which the
+    task id (id, root_id, correlation_id) and the delivery tag are replaced per copy.
+    The binding sets kombu wrote for the probe queue are kept as the pattern for SADD.
+    """
+
+    PROBE = 'bench.envelope-probe'
+
+    def __init__(self):
+        sys.path.insert(0, APP_DIR)
+        from fleet_tasks import make_app  # the integration tests' app; celery is imported here, in the bench only
+        client = redis_client()
+        app = make_app(REDIS_URL)
+        self.templates = {}
+        try:
+            for name, args, kwargs, _share in TASK_MIX:
+                for priority in (0, 5):
+                    app.send_task(name, args=args, kwargs=kwargs, queue=self.PROBE, priority=priority)
+                    step = 0 if priority < 3 else 3
+                    key = self.PROBE + (SEP + str(step) if step else '')
+                    raw = client.rpop(key).decode('utf-8')
+                    self.templates[(name, step)] = self._template(raw)
+            self.binding_keys = {}
+            for key in client.scan_iter(match='_kombu.binding*', count=1000):
+                members = client.smembers(key)
+                k = key.decode()
+                if k.endswith('.' + self.PROBE):
+                    self.binding_keys[k[:-len(self.PROBE)]] = sorted(m.decode() for m in members)
+        finally:
+            for key in client.scan_iter(match='*' + self.PROBE + '*', count=1000):
+                client.delete(key)
+            app.close()
+        # kombu's member for a queue bound to its own exchange: routing_key + sep + '' + sep + queue
+        expected = [self.PROBE + SEP + '' + SEP + self.PROBE]
+        for prefix, members in self.binding_keys.items():
+            if members != expected:
+                raise AssertionError('kombu wrote %r in %s%s, expected %r' % (members, prefix, self.PROBE, expected))
+        if '_kombu.binding.' not in self.binding_keys:
+            raise AssertionError('kombu wrote no _kombu.binding.<queue> set: %r' % self.binding_keys)
+        self.run = '%08x' % random.getrandbits(32)
+        self.counter = 0
+
+    def _template(self, raw):
+        envelope = json.loads(raw)
+        task_id = envelope['headers']['id']
+        tag = envelope['properties']['delivery_tag']
+        assert envelope['headers']['root_id'] == task_id == envelope['properties']['correlation_id']
+        text = raw.replace('%', '%%').replace(self.PROBE, '%(queue)s').replace(task_id, '%(id)s')
+        return text.replace(tag, '%(tag)s')
+
+    def make(self, queue, task, step=0):
+        self.counter += 1
+        n = self.counter
+        uid = '%s-%04x-4%03x-a%03x-%012x' % (self.run, (n >> 40) & 0xffff, (n >> 28) & 0xfff, (n >> 16) & 0xfff, n)
+        tag = '%s-%04x-4%03x-b%03x-%012x' % (self.run, (n >> 40) & 0xffff, (n >> 28) & 0xfff, (n >> 16) & 0xfff, n)
+        return self.templates[(task, step)] % {'queue': queue, 'id': uid, 'tag': tag}
+
+    def bind(self, pipe, queue):
+        """SADD the binding members exactly as kombu does for a queue on its own exchange."""
+        for prefix in self.binding_keys:
+            pipe.sadd(prefix + queue, queue + SEP + '' + SEP + queue)
+
+    def task_for(self, rnd):
+        """A task name drawn by the shares of TASK_MIX."""
+        x = rnd.random()
+        for name, _args, _kwargs, share in TASK_MIX:
+            x -= share
+            if x < 0:
+                return name
+        return TASK_MIX[0][0]
+
+
+def key_of(queue, step):
+    return queue + (SEP + str(step) if step else '')
+
+
+def fill_backlog(client, envelopes, queue, total, step_share=0.1, seed=1, batch=1000):
+    """LPUSH ``total`` envelopes to a queue (a share of them at priority step 3), pipelined.
+
+    Returns {task: count} and the mean element size in bytes.
+    """
+    rnd = random.Random(seed)
+    counts, size = {}, 0
+    pipe = client.pipeline(transaction=False)
+    pending = {0: [], 3: []}
+    for i in range(total):
+        task = envelopes.task_for(rnd)
+        step = 3 if rnd.random() < step_share else 0
+        raw = envelopes.make(queue, task, step)
+        size += len(raw)
+        counts[task] = counts.get(task, 0) + 1
+        pending[step].append(raw)
+        if len(pending[step]) >= batch:
+            pipe.lpush(key_of(queue, step), *pending[step])
+            pending[step] = []
+            if len(pipe) >= 20:
+                pipe.execute()
+    for step, values in pending.items():
+        if values:
+            pipe.lpush(key_of(queue, step), *values)
+    envelopes.bind(pipe, queue)
+    pipe.execute()
+    return counts, size / float(total or 1)
+
+
+# -- RabbitMQ ----------------------------------------------------------------------------------
+
+def management(method, path, body=None, timeout=30):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(MANAGEMENT + path, data=data, method=method)
+    request.add_header('Authorization', 'Basic ' + base64.b64encode(('%s:%s' % GUEST).encode()).decode())
+    request.add_header('content-type', 'application/json')
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        text = response.read()
+    return json.loads(text) if text else None
+
+
+def amqp_connection():
+    import pika
+    params = pika.ConnectionParameters(host='127.0.0.1', port=5672, virtual_host=VHOST,
+                                       credentials=pika.PlainCredentials(*GUEST), heartbeat=0)
+    return pika.BlockingConnection(params)
+
+
+class AmqpEnvelopes(object):
+    """One real Celery message per task of TASK_MIX, published by Celery to RabbitMQ and read back
+    with basic_get, then republished with pika with fresh ids (same headers, properties, body)."""
+
+    PROBE = 'bench.envelope-probe'
+
+    def __init__(self):
+        sys.path.insert(0, APP_DIR)
+        from fleet_tasks import make_app
+        app = make_app(AMQP_URL)
+        self.messages = {}
+        self.queue_arguments = None
+        try:
+            for name, args, kwargs, _share in TASK_MIX:
+                app.send_task(name, args=args, kwargs=kwargs, queue=self.PROBE)
+        finally:
+            app.close()
+        record = management('GET', '/api/queues/%s/%s' % (QVHOST, urllib.parse.quote(self.PROBE, safe='')))
+        self.queue_arguments = record.get('arguments') or {}
+        self.durable = record.get('durable', True)
+        connection = amqp_connection()
+        try:
+            channel = connection.channel()
+            for _ in TASK_MIX:
+                method, properties, body = channel.basic_get(self.PROBE, auto_ack=True)
+                self.messages[properties.headers['task']] = (properties, body)
+            channel.queue_delete(self.PROBE)
+        finally:
+            connection.close()
+        self.run = '%08x' % random.getrandbits(32)
+        self.counter = 0
+
+    def declare(self, channel, queue):
+        channel.queue_declare(queue, durable=self.durable, arguments=self.queue_arguments)
+
+    def publish(self, channel, queue, task):
+        import pika
+        self.counter += 1
+        n = self.counter
+        uid = '%s-%04x-4%03x-a%03x-%012x' % (self.run, (n >> 40) & 0xffff, (n >> 28) & 0xfff, (n >> 16) & 0xfff, n)
+        props, body = self.messages[task]
+        headers = dict(props.headers, id=uid, root_id=uid)
+        properties = pika.BasicProperties(content_type=props.content_type, content_encoding=props.content_encoding,
+                                          headers=headers, delivery_mode=props.delivery_mode,
+                                          priority=props.priority, correlation_id=uid, reply_to=props.reply_to)
+        channel.basic_publish('', queue, body, properties)
+
+
+def wait_ready(queue, count, timeout=120):
+    """Until a passive declare says the queue holds ``count`` ready messages."""
+    connection = amqp_connection()
+    try:
+        channel = connection.channel()
+        deadline = time.monotonic() + timeout
+        while True:
+            n = channel.queue_declare(queue, passive=True).method.message_count
+            if n == count:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError('queue %s has %d messages, expected %d' % (queue, n, count))
+            time.sleep(0.2)
+    finally:
+        connection.close()
+
+
+# -- the collection, in process -----------------------------------------------------------------
+
+def module_utils():
+    """The collection's _queues module_utils, imported the way Ansible's module payload would."""
+    path = os.environ.get('ANSIBLE_COLLECTIONS_PATH', '').split(os.pathsep)[0]
+    if not path:
+        raise RuntimeError('ANSIBLE_COLLECTIONS_PATH is not set (bench/run sets it)')
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    from ansible_collections.celeryops.fleet.plugins.module_utils import _queues
+    return _queues
+
+
+def module_params(broker_url, **extra):
+    """The option values open_queues() gets from the module, with their defaults."""
+    _queues = module_utils()
+    from ansible_collections.celeryops.fleet.plugins.module_utils._broker import broker_argument_spec
+    params = {}
+    for spec in (broker_argument_spec(), _queues.queue_options_argument_spec()):
+        for name, option in spec.items():
+            params[name] = option.get('default')
+    params.update(broker_url=broker_url, **extra)
+    return params
+
+
+# -- set-up and clean-up -----------------------------------------------------------------------
+
+def setup():
+    client = redis_client()
+    size = client.dbsize()
+    if size and not client.exists(MARKER):
+        raise SystemExit('Redis db %d holds %d keys that are not the benchmark\'s: choose another db with '
+                         'BENCH_REDIS_DB' % (REDIS_DB, size))
+    client.flushdb()
+    client.set(MARKER, str(os.getpid()))
+    try:
+        management('DELETE', '/api/vhosts/%s' % QVHOST)
+    except urllib.error.HTTPError:
+        pass
+    management('PUT', '/api/vhosts/%s' % QVHOST, {})
+    management('PUT', '/api/permissions/%s/guest' % QVHOST, {'configure': '.*', 'write': '.*', 'read': '.*'})
+
+
+def reset_redis():
+    client = redis_client()
+    if client.dbsize() and not client.exists(MARKER):
+        raise RuntimeError('Redis db %d is not the benchmark\'s any more' % REDIS_DB)
+    client.flushdb()
+    client.set(MARKER, str(os.getpid()))
+
+
+def cleanup():
+    """Leave the brokers as found: bench db flushed, vhost deleted, slowlog settings restored."""
+    try:
+        client = redis_client()
+        if client.exists(MARKER) or not client.dbsize():
+            client.flushdb()
+        saved = os.path.join(OUT, 'slowlog-config.json')
+        if os.path.exists(saved):
+            with open(saved) as f:
+                for name, value in json.load(f).items():
+                    client.config_set(name, value)
+            os.unlink(saved)
+    except Exception as exc:  # noqa: BLE001 - report and go on with RabbitMQ
+        log('Redis clean-up failed: %s' % exc)
+    try:
+        management('DELETE', '/api/vhosts/%s' % QVHOST)
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            log('RabbitMQ clean-up failed: %s' % exc)
+    except OSError as exc:
+        log('RabbitMQ clean-up failed: %s' % exc)
+
+
+if __name__ == '__main__':
+    {'setup': setup, 'cleanup': cleanup}[sys.argv[1]]()

@@ -1,0 +1,392 @@
+"""celery_queue_info and celery_queue against a real RabbitMQ, through ansible-playbook.
+
+Messages are published by Celery (the test app declares its queues with x-max-priority 10,
+so a higher priority runs first) and held by real workers. The broker's own view
+(``rabbit_env.read_ids``: the management API's get with requeue) is the reference for what is
+in a queue and in which order.
+"""
+
+import http.server
+import json
+import socket
+import threading
+import time
+import urllib.parse
+import uuid
+
+import pytest
+
+from harness import AMQP_PORT, management, publish
+
+ADD = 'fleet_tasks.add'
+MAIL = 'fleet_tasks.mail'
+SLEEP = 'fleet_tasks.sleep'
+SECRET = 'pw-' + uuid.uuid4().hex
+
+
+def info(**args):
+    return {'celeryops.fleet.celery_queue_info': args}
+
+
+def change(**args):
+    return {'celeryops.fleet.celery_queue': args}
+
+
+def by_name(result):
+    return dict((q['name'], q) for q in result['queues'])
+
+
+def ok(result):
+    assert not result.get('failed'), result
+    return result
+
+
+def failed(result, *expected):
+    """A clean failure whose message holds every expected text (and no traceback)."""
+    assert result.get('failed'), result
+    assert 'Traceback' not in result['msg'], result['msg']
+    for text in expected:
+        assert text in result['msg'], (text, result['msg'])
+    return result
+
+
+def closed_port():
+    """A loopback port nothing listens on."""
+    probe = socket.socket()
+    probe.bind(('127.0.0.1', 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+def task_seconds(ansible):
+    """Duration of each task of the last play, from the json callback's own timestamps."""
+    from datetime import datetime
+    text = ansible.last['stdout']
+    report = json.loads(text[0 if text.startswith('{') else text.find('\n{\n') + 1:])
+    out = []
+    for task in report['plays'][0]['tasks']:
+        duration = task['task']['duration']
+        start, end = (datetime.fromisoformat(duration[k].replace('Z', '+00:00')) for k in ('start', 'end'))
+        out.append((end - start).total_seconds())
+    return out
+
+
+def read_ids_eventually(env, name, expected, timeout=15):
+    """read_ids until it equals ``expected`` (a killed worker's messages come back asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = env.read_ids(name)
+        if got == expected or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def not_management():
+    """An HTTP server that is not the management API: 404 for everything."""
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield 'http://127.0.0.1:%d/' % server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+# -- celery_queue_info -------------------------------------------------------------------------
+
+def test_counts_peek_in_priority_order_breakdown_and_missing(rabbit_env, ansible):
+    url = rabbit_env.url
+    low = publish(url, ADD, 'work', args=(1, 2), count=3)
+    mid = publish(url, MAIL, 'work', args=('a@b',), count=2, priority=5)
+    high = publish(url, MAIL, 'work', args=('c@d',), count=1, priority=9)
+    other = publish(url, ADD, 'other', args=(0, 0), count=4)
+    run_order = high + mid + low
+    assert rabbit_env.read_ids('work') == run_order  # the broker agrees: highest priority first
+    absent_default = 'celeryops-absent-' + uuid.uuid4().hex
+
+    first, everything, counts, default_vhost = ansible.play([
+        info(broker_url=url, queues=['work', 'other', 'absent'], peek=4, breakdown=True),
+        info(broker_url=url, queues=['work'], peek=50),
+        info(broker_url=url, queues=['work', 'other']),
+        # kombu's spelling of the default vhost, as users paste CELERY_BROKER_URL
+        info(broker_url='amqp://guest:guest@127.0.0.1:%d//' % AMQP_PORT, queues=[absent_default]),
+    ])
+
+    ok(first)
+    assert first['changed'] is False
+    assert 'management_error' not in first  # the default management URL (port 15672) answered
+    assert first['broker'] == dict(transport='amqp', tls=False, host='127.0.0.1', port=AMQP_PORT, user='guest',
+                                   vhost=rabbit_env.vhost)
+    queues = by_name(first)
+    assert [q['name'] for q in first['queues']] == ['work', 'other', 'absent']
+    work = queues['work']
+    assert dict((k, v) for k, v in work.items() if k != 'peek') == dict(
+        name='work', exists=True, messages=6, unacked=0, consumers=0, priorities=None, source='amqp+management',
+        tasks={ADD: 3, MAIL: 3})
+    assert [m['id'] for m in work['peek']] == run_order[:4]
+    assert [m['priority'] for m in work['peek']] == [9, 5, 5, None]  # sent without a priority
+    top = work['peek'][0]
+    assert (top['task'], top['argsrepr'], top['kwargsrepr'], top['retries'], top['eta']) == (
+        MAIL, "('c@d',)", '{}', 0, None)
+    assert work['peek'][3]['task'] == ADD and work['peek'][3]['argsrepr'] == '(1, 2)'
+    assert [m['id'] for m in queues['other']['peek']] == other
+    assert queues['other']['messages'] == 4 and queues['other']['tasks'] == {ADD: 4}
+    assert queues['absent'] == dict(name='absent', exists=False, messages=0, unacked=0, consumers=0,
+                                    priorities=None, source='amqp+management', peek=[], tasks={})
+
+    # Asking for more than there are gives all of them, still in run order.
+    assert [m['id'] for m in ok(everything)['queues'][0]['peek']] == run_order
+    # Peek and breakdown lost nothing and reordered nothing.
+    assert [(q['name'], q['messages']) for q in ok(counts)['queues']] == [('work', 6), ('other', 4)]
+    assert rabbit_env.read_ids('work') == run_order
+    assert rabbit_env.read_ids('other') == other
+
+    assert ok(default_vhost)['broker']['vhost'] == '/'
+    assert default_vhost['queues'] == [dict(name=absent_default, exists=False, messages=0, unacked=0, consumers=0,
+                                            priorities=None, source='amqp+management')]
+
+
+def test_discovery_consumers_and_internal_queues(rabbit_env, ansible, workers):
+    url = rabbit_env.url
+    workers.start(url, 'disc1@fleet', ['alpha', 'beta'])
+    publish(url, ADD, 'gamma', args=(1, 1), count=2)
+    events = 'celeryev.' + uuid.uuid4().hex
+    reply = '%s.reply.celery.pidbox' % uuid.uuid4()
+    for name in (events, reply):
+        management('PUT', '/api/queues/%s/%s' % (rabbit_env.qvhost, urllib.parse.quote(name, safe='')),
+                   {'durable': False, 'auto_delete': False})
+    pidbox = 'disc1@fleet.celery.pidbox'
+    # Celery 5.7 declares the worker's pidbox queue exclusive: AMQP cannot even look at it, its
+    # counts come from the management API, whose statistics lag.
+    rabbit_env.wait_for(pidbox, lambda r: r.get('consumers') == 1)
+
+    found, everything, purge_pidbox = ansible.play([
+        info(broker_url=url),
+        info(broker_url=url, include_internal=True, peek=1),
+        change(broker_url=url, queues=[pidbox]),
+    ])
+    assert [(q['name'], q['exists'], q['messages'], q['consumers']) for q in ok(found)['queues']] == [
+        ('alpha', True, 0, 1), ('beta', True, 0, 1), ('gamma', True, 2, 0)]
+    assert [q['name'] for q in ok(everything)['queues']] == sorted(
+        ['alpha', 'beta', 'gamma', pidbox, events, reply])
+    queues = by_name(everything)
+    assert (queues[pidbox]['exists'], queues[pidbox]['consumers'], queues[pidbox]['peek']) == (True, 1, [])
+    assert (queues[events]['exists'], queues[events]['consumers'], queues[events]['messages']) == (True, 0, 0)
+    assert len(queues['gamma']['peek']) == 1 and queues['gamma']['peek'][0]['task'] == ADD
+    # Purging someone else's exclusive queue: the counts say there is nothing ready, so nothing to do.
+    assert ok(purge_pidbox)['changed'] is False
+    assert purge_pidbox['queues'] == [dict(name=pidbox, exists=True, before=0, removed=0, after=0, unacked=0)]
+
+
+def test_unacked_thresholds_and_management_fallback(rabbit_env, ansible, workers, not_management):
+    url = rabbit_env.url
+    worker = workers.start(url, 'hold1@fleet', ['held'], concurrency=1, prefetch=2)
+    ids = publish(url, SLEEP, 'held', args=(30,), count=5)
+    # One runs (acked when it starts), two are prefetched (unacked), two are ready.
+    rabbit_env.wait_for('held', lambda r: (r.get('messages_unacknowledged'), r.get('messages_ready'),
+                                           r.get('consumers')) == (2, 2, 1))
+    assert rabbit_env.read_ids('held') == ids[3:]
+    closed = closed_port()
+    closed_url = 'http://127.0.0.1:%d' % closed
+
+    (plain, over, fallback, amqp_port, wrong_server, unknown_gate, discover_down,
+     purge) = ansible.play([
+         info(broker_url=url, queues=['held']),
+         info(broker_url=url, queues=['held'], max_unacked=1),
+         info(broker_url=url, queues=['held'], management_url=closed_url),
+         # Flower's trap: the AMQP port is not the management port.
+         info(broker_url=url, queues=['held'], management_url='http://127.0.0.1:%d' % AMQP_PORT),
+         info(broker_url=url, queues=['held'], management_url=not_management),
+         info(broker_url=url, queues=['held'], management_url=closed_url, max_unacked=5),
+         info(broker_url=url, management_url=closed_url),
+         dict(change(broker_url=url, queues=['held']), diff=True),
+     ])
+
+    assert ok(plain)['queues'] == [dict(name='held', exists=True, messages=2, unacked=2, consumers=1,
+                                        priorities=None, source='amqp+management')]
+    failed(over, "thresholds not met: queue 'held' has 2 unacked messages (max_unacked 1)")
+    assert over['queues'][0]['unacked'] == 2
+
+    for result, endpoint in ((fallback, closed_url), (amqp_port, 'http://127.0.0.1:%d' % AMQP_PORT),
+                             (wrong_server, not_management.rstrip('/'))):
+        ok(result)
+        assert result['queues'] == [dict(name='held', exists=True, messages=2, unacked=None, consumers=1,
+                                         priorities=None, source='amqp')], result
+        assert result['management_error'].startswith('management API at %s: ' % endpoint), result
+    assert 'Connection refused' in fallback['management_error']
+    assert 'HTTP 404' in wrong_server['management_error']
+
+    # A gate on unacked messages must not pass when nobody can count them.
+    failed(unknown_gate, "queue 'held' has an unknown number of unacked messages", 'max_unacked 5')
+    failed(discover_down, 'management API at %s: ' % closed_url)
+    assert discover_down['option'] == 'management_url'
+
+    # Purge: removes the two ready ones, reports the two held, removes none of them.
+    ok(purge)
+    assert purge['changed'] is True
+    assert purge['queues'] == [dict(name='held', exists=True, before=2, removed=2, after=0, unacked=2)]
+    assert purge['diff'] == dict(before={'held': 2}, after={'held': 0})
+    assert ["queue 'held' has 2 messages held unacknowledged by workers; they were not removed and will run"] == [
+        w for w in purge.get('warnings', []) if 'held unacknowledged' in w]
+    assert rabbit_env.read_ids('held') == []
+    worker.kill()  # the broker gives the held messages back, in their places
+    assert read_ids_eventually(rabbit_env, 'held', ids[1:3]) == ids[1:3]
+
+
+def test_min_consumers_wait(rabbit_env, ansible, workers):
+    url = rabbit_env.url
+    publish(url, ADD, 'lonely', args=(1, 1))
+    # The worker comes up while the module is already waiting for it.
+    timer = threading.Timer(2.5, workers.start, args=(url, 'late1@fleet', ['attach']), kwargs=dict(ready=False))
+    timer.start()
+    try:
+        attached, lonely = ansible.play([
+            info(broker_url=url, queues=['attach'], min_consumers=1, wait=True, wait_timeout=60, wait_sleep=0.2),
+            info(broker_url=url, queues=['lonely'], min_consumers=1, wait=True, wait_timeout=1.5, wait_sleep=0.3),
+        ])
+    finally:
+        timer.join()
+    ok(attached)
+    assert (attached['queues'][0]['exists'], attached['queues'][0]['consumers']) == (True, 1)
+    assert attached['waited'] > 0.5, attached
+    failed(lonely, 'timed out after', '(wait_timeout)', "queue 'lonely' has 0 consumers (min_consumers 1)")
+    assert (lonely['queues'][0]['messages'], lonely['queues'][0]['consumers']) == (1, 0)
+
+
+# -- celery_queue ------------------------------------------------------------------------------
+
+def test_purge_check_real_idempotent_and_nothing_else_touched(rabbit_env, ansible):
+    url = rabbit_env.url
+    publish(url, ADD, 'junk', args=(1, 1), count=5)
+    publish(url, MAIL, 'junk', args=('x',), count=3, priority=6)
+    keep = publish(url, ADD, 'keepme', args=(2, 2), count=4)
+    junk = rabbit_env.read_ids('junk')
+    assert len(junk) == 8
+
+    check = ansible.module('celery_queue', dict(broker_url=url, queues=['junk']), check=True, diff=True)
+    assert ok(check)['changed'] is True
+    assert check['queues'] == [dict(name='junk', exists=True, before=8, removed=8, after=0, unacked=0)]
+    assert check['diff'] == dict(before={'junk': 8}, after={'junk': 0})
+    assert rabbit_env.read_ids('junk') == junk
+    assert rabbit_env.read_ids('keepme') == keep
+
+    real, again = ansible.play([
+        dict(change(broker_url=url, queues=['junk', 'ghost']), diff=True),
+        change(broker_url=url, queues=['junk']),
+    ])
+    assert ok(real)['changed'] is True
+    assert real['queues'] == [dict(name='junk', exists=True, before=8, removed=8, after=0, unacked=0),
+                              dict(name='ghost', exists=False, before=0, removed=0, after=0, unacked=0)]
+    assert real['diff'] == dict(before={'junk': 8, 'ghost': 0}, after={'junk': 0, 'ghost': 0})
+    assert not [w for w in real.get('warnings', []) if 'unacknowledged' in w]
+    assert ok(again)['changed'] is False
+    assert again['queues'] == [dict(name='junk', exists=True, before=0, removed=0, after=0, unacked=0)]
+    assert rabbit_env.read_ids('junk') == []
+    assert rabbit_env.read_ids('keepme') == keep
+
+
+def test_filtered_purge_keeps_the_rest_in_order(rabbit_env, ansible):
+    url = rabbit_env.url
+    task_of = {}
+    for i in range(10):
+        task = MAIL if i % 3 == 0 else ADD
+        for task_id in publish(url, task, 'mixed', args=('m%d' % i,) if task == MAIL else (i, i)):
+            task_of[task_id] = task
+    for task_id in publish(url, MAIL, 'mixed', args=('hi',), count=2, priority=3):
+        task_of[task_id] = MAIL
+    other = publish(url, MAIL, 'other', args=('o',), count=2)
+    order = rabbit_env.read_ids('mixed')
+    assert len(order) == 12 and [task_of[i] for i in order[:2]] == [MAIL, MAIL]  # priority 3 first
+
+    args = dict(broker_url=url, queues=['mixed'], task_names=[MAIL])
+    check = ansible.module('celery_queue', args, check=True)
+    assert ok(check)['changed'] is True
+    assert check['queues'] == [dict(name='mixed', exists=True, before=12, removed=6, after=6, unacked=0)]
+    assert rabbit_env.read_ids('mixed') == order
+
+    real, again = ansible.play([change(**args), change(**args)])
+    assert ok(real)['changed'] is True
+    assert real['queues'] == [dict(name='mixed', exists=True, before=12, removed=6, after=6, unacked=0)]
+    assert ok(again)['changed'] is False and again['queues'][0]['removed'] == 0
+    assert rabbit_env.read_ids('mixed') == [i for i in order if task_of[i] == ADD]
+    assert rabbit_env.read_ids('other') == other
+
+
+def test_trim_oldest_and_newest(rabbit_env, ansible):
+    url = rabbit_env.url
+    ids = publish(url, ADD, 'trimq', args=(1, 1), count=10)
+    low = publish(url, ADD, 'pri', args=(1, 1), count=3)
+    high = publish(url, MAIL, 'pri', args=('p',), count=3, priority=9)  # runs first on RabbitMQ
+    publish(url, ADD, 'pri2', args=(1, 1), count=3)
+    high2 = publish(url, MAIL, 'pri2', args=('p',), count=3, priority=9)
+
+    check = ansible.module('celery_queue', dict(broker_url=url, queues=['trimq'], state='trimmed', keep=6),
+                           check=True)
+    assert ok(check)['queues'] == [dict(name='trimq', exists=True, before=10, removed=4, after=6, unacked=0)]
+    assert rabbit_env.read_ids('trimq') == ids
+
+    oldest, newest, again, pri, pri2 = ansible.play([
+        change(broker_url=url, queues=['trimq'], state='trimmed', keep=6),
+        change(broker_url=url, queues=['trimq'], state='trimmed', keep=2, drop='newest'),
+        change(broker_url=url, queues=['trimq'], state='trimmed', keep=2),
+        change(broker_url=url, queues=['pri'], state='trimmed', keep=4, drop='oldest'),
+        change(broker_url=url, queues=['pri2'], state='trimmed', keep=2, drop='newest'),
+    ])
+    assert ok(oldest)['queues'] == [dict(name='trimq', exists=True, before=10, removed=4, after=6, unacked=0)]
+    assert ok(newest)['queues'] == [dict(name='trimq', exists=True, before=6, removed=4, after=2, unacked=0)]
+    assert ok(again)['changed'] is False and again['queues'][0]['removed'] == 0
+    assert rabbit_env.read_ids('trimq') == ids[4:6]
+    # Run order is priority 9 first: "oldest" means "would run next".
+    assert ok(pri)['queues'][0]['removed'] == 2
+    assert rabbit_env.read_ids('pri') == high[2:] + low
+    assert ok(pri2)['queues'][0]['removed'] == 4
+    assert rabbit_env.read_ids('pri2') == high2[:2]
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+def test_bad_input_fails_clearly(rabbit_env, ansible):
+    vhost = rabbit_env.vhost
+    qvhost = rabbit_env.qvhost
+    missing_vhost = 'no-such-vhost-' + uuid.uuid4().hex[:8]
+    closed = closed_port()
+    cases = [
+        (info(broker_url='amqp://guest:%s@127.0.0.1:%d/%s' % (SECRET, AMQP_PORT, qvhost), queues=['q']),
+         ['authentication failed at amqp 127.0.0.1:%d vhost %s' % (AMQP_PORT, vhost), 'broker_password'],
+         'broker_password'),
+        (change(broker_url='amqp://guest@127.0.0.1:%d/%s' % (AMQP_PORT, qvhost), broker_password=SECRET,
+                queues=['q']),
+         ['authentication failed at amqp 127.0.0.1:%d vhost %s' % (AMQP_PORT, vhost)], 'broker_password'),
+        (info(broker_url='amqp://guest:guest@127.0.0.1:%d/%s' % (AMQP_PORT, missing_vhost), queues=['q']),
+         ["broker_url: access to vhost '%s' refused" % missing_vhost, 'does the vhost exist'], 'broker_url'),
+        (info(broker_url='amqps://guest:guest@127.0.0.1:%d//' % AMQP_PORT, queues=['q'], connect_timeout=2),
+         ['cannot connect to amqps 127.0.0.1:%d vhost /' % AMQP_PORT, 'TLS handshake failed',
+          'does the port speak TLS?'], 'broker_url'),
+        (info(broker_url='amqp://guest:guest@127.0.0.1:1//', queues=['q']),
+         ['cannot connect to amqp 127.0.0.1:1 vhost /', 'Connection refused'], 'broker_url'),
+        (change(broker_url='amqp://guest:guest@127.0.0.1:%d//' % closed, queues=['q']),
+         ['cannot connect to amqp 127.0.0.1:%d vhost /' % closed], 'broker_url'),
+        (info(broker_url='amqpx://guest:guest@127.0.0.1:%d//' % AMQP_PORT, queues=['q']),
+         ["broker_url: unsupported scheme 'amqpx'"], 'broker_url'),
+    ]
+    tasks = [task for task, _expected, _option in cases]
+    # A wrong management password is not fatal: AMQP still answers, the reason is reported.
+    tasks.append(info(broker_url=rabbit_env.url, queues=['q'], management_password=SECRET))
+    results = ansible.play(tasks, verbosity=4)
+    output = ansible.last['stdout'] + ansible.last['stderr']
+    assert SECRET not in output
+    for (task, expected, option), result in zip(cases, results):
+        failed(result, *expected)
+        assert result.get('option') == option, result
+    mgmt = ok(results[-1])
+    assert mgmt['queues'][0]['source'] == 'amqp' and mgmt['queues'][0]['unacked'] is None
+    assert 'HTTP 401 (check management_user and management_password)' in mgmt['management_error']
+    # amqps:// to the plain port fails at once, well within connect_timeout (2 s), not a hang.
+    assert task_seconds(ansible)[3] < 2.0 + 1.5, task_seconds(ansible)
