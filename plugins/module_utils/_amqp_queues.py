@@ -22,6 +22,7 @@ from urllib.parse import quote
 try:
     import pika
     from pika import exceptions as pika_exceptions
+    from pika.adapters.utils.connection_workflow import AMQPConnectorException, AMQPConnectorStackTimeout
     HAS_PIKA = True
     PIKA_IMPORT_ERROR = None
 except ImportError:  # guarded: the module reports missing_required_lib
@@ -159,16 +160,31 @@ class AmqpQueues(object):
                               % (endpoint, '' if self.broker.tls else ' in plaintext; use amqps:// for TLS',
                                  type(exc).__name__), option='broker_url', endpoint=endpoint)
         except pika_exceptions.AMQPConnectionError as exc:
-            reason = self._reason(exc)
-            if self.broker.tls and ('SSL' in reason or any(isinstance(a, ssl.SSLError) for a in exc.args)):
-                reason = 'the TLS handshake failed (does the port speak TLS? amqps is usually on %d): %s' % (
-                    _DEFAULT_AMQPS_PORT, reason)
-            raise BrokerError('cannot connect to %s: %s' % (endpoint, reason), option='broker_url', endpoint=endpoint)
+            raise BrokerError('cannot connect to %s: %s' % (endpoint, self._connect_reason(exc)), option='broker_url',
+                              endpoint=endpoint)
         except pika_exceptions.AMQPError as exc:
             raise BrokerError('%s: %s' % (endpoint, self._reason(exc)), endpoint=endpoint)
-        except OSError as exc:
-            raise BrokerError('cannot connect to %s: %s' % (endpoint, self._reason(exc)), option='broker_url',
+        except AMQPConnectorStackTimeout:
+            # The port accepted the connection and then said nothing (or not AMQP) in time.
+            raise BrokerError('timed out after %ss during the AMQP handshake with %s (connect_timeout)%s'
+                              % (self.broker.timeout, endpoint,
+                                 '; does the port speak TLS?' if self.broker.tls else '; is it an AMQP port?'),
+                              option='connect_timeout', endpoint=endpoint)
+        except AMQPConnectorException as exc:
+            raise BrokerError('cannot connect to %s: %s' % (endpoint, self._connect_reason(exc)), option='broker_url',
                               endpoint=endpoint)
+        except OSError as exc:
+            raise BrokerError('cannot connect to %s: %s' % (endpoint, self._connect_reason(exc)), option='broker_url',
+                              endpoint=endpoint)
+
+    def _connect_reason(self, exc):
+        """Why a connection failed; a failed TLS handshake says so (amqps:// to a plaintext port)."""
+        reason = self._reason(exc)
+        if self.broker.tls and (isinstance(exc, ssl.SSLError) or 'SSL' in reason
+                                or any(isinstance(a, ssl.SSLError) for a in getattr(exc, 'args', ()))):
+            reason = 'the TLS handshake failed (does the port speak TLS? amqps is usually on %d): %s' % (
+                _DEFAULT_AMQPS_PORT, reason)
+        return reason
 
     def _reason(self, exc):
         text = scrub(exc, self.broker.password)

@@ -52,10 +52,10 @@ def open_queues(params):
     return _amqp_queues.AmqpQueues(broker, management)
 
 
-def check_queue_names(names, option='queues'):
+def check_queue_names(names, option='queues', what='queue'):
     for name in names or []:
         if not name or not name.strip():
-            raise BrokerError('%s: a queue name is empty' % option, option=option)
+            raise BrokerError('%s: a %s name is empty' % (option, what), option=option)
 
 
 def queue_states(queues, names):

@@ -150,7 +150,7 @@ def check_params(params):
             raise BrokerError('task_names only goes with state: purged', option='task_names')
     elif params['keep'] is not None:
         raise BrokerError('keep only goes with state: trimmed, not state: %s' % params['state'], option='keep')
-    check_queue_names(params['task_names'], option='task_names')
+    check_queue_names(params['task_names'], option='task_names', what='task')
 
 
 def apply(params, check_mode, result, warn):

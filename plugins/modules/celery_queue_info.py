@@ -235,7 +235,9 @@ def describe(params, result):
             result['management_error'] = queues.management.error
         problems = unmet_thresholds(states, params)
         if problems:
-            raise BrokerError('thresholds not met: ' + '; '.join(problems), option='max_messages')
+            # Each phrase ends with '(option value)': name the option of the first one.
+            option = problems[0].rsplit('(', 1)[1].split()[0]
+            raise BrokerError('thresholds not met: ' + '; '.join(problems), option=option)
         for state in states:
             if params['peek']:
                 state['peek'] = queues.peek(state['name'], params['peek']) if state['exists'] else []

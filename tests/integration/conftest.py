@@ -2,7 +2,8 @@ import os
 
 import pytest
 
-from harness import Ansible, RabbitBroker, RedisBroker, management_up, redis_up, require, worker_index
+from harness import (Ansible, RabbitBroker, RedisBroker, close_publishers, management_up, redis_up, require,
+                     worker_index)
 
 
 @pytest.fixture(scope='session')
@@ -32,7 +33,10 @@ def rabbit_broker():
 def rabbit_env(rabbit_broker):
     """A RabbitMQ vhost of this session's own, with no queues at the start."""
     rabbit_broker.reset()
-    return rabbit_broker
+    yield rabbit_broker
+    # kombu declares a queue once per connection and then trusts it exists; the next test
+    # deletes every queue, so a reused publisher would publish into the void.
+    close_publishers(rabbit_broker.url)
 
 
 @pytest.fixture

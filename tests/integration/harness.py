@@ -146,6 +146,12 @@ def celery_app(url, global_keyprefix=None):
     return _apps[key]
 
 
+def close_publishers(url):
+    """Forget the cached Celery app of ``url`` (and its connections)."""
+    for key in [k for k in _apps if k[0] == url]:
+        _apps.pop(key).close()
+
+
 def publish(url, task, queue, args=(), count=1, priority=None, global_keyprefix=None, **options):
     """Send ``count`` messages of ``task`` to ``queue``; returns their task ids in send order."""
     app = celery_app(url, global_keyprefix)

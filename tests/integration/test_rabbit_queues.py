@@ -16,6 +16,7 @@ import uuid
 
 import pytest
 
+import harness
 from harness import AMQP_PORT, management, publish
 
 ADD = 'fleet_tasks.add'
@@ -82,6 +83,17 @@ def read_ids_eventually(env, name, expected, timeout=15):
         time.sleep(0.2)
 
 
+def module_connected(env, timeout=30):
+    """Wait until a module (its AMQP connection is named celeryops.fleet) is connected to the vhost."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        connections = management('GET', '/api/vhosts/%s/connections' % env.qvhost) or []
+        if any((c.get('client_properties') or {}).get('connection_name') == 'celeryops.fleet' for c in connections):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 @pytest.fixture
 def not_management():
     """An HTTP server that is not the management API: 404 for everything."""
@@ -111,10 +123,9 @@ def test_counts_peek_in_priority_order_breakdown_and_missing(rabbit_env, ansible
     assert rabbit_env.read_ids('work') == run_order  # the broker agrees: highest priority first
     absent_default = 'celeryops-absent-' + uuid.uuid4().hex
 
-    first, everything, counts, default_vhost = ansible.play([
+    first, again, default_vhost = ansible.play([
         info(broker_url=url, queues=['work', 'other', 'absent'], peek=4, breakdown=True),
-        info(broker_url=url, queues=['work'], peek=50),
-        info(broker_url=url, queues=['work', 'other']),
+        info(broker_url=url, queues=['work', 'other'], peek=50),
         # kombu's spelling of the default vhost, as users paste CELERY_BROKER_URL
         info(broker_url='amqp://guest:guest@127.0.0.1:%d//' % AMQP_PORT, queues=[absent_default]),
     ])
@@ -141,10 +152,10 @@ def test_counts_peek_in_priority_order_breakdown_and_missing(rabbit_env, ansible
     assert queues['absent'] == dict(name='absent', exists=False, messages=0, unacked=0, consumers=0,
                                     priorities=None, source='amqp+management', peek=[], tasks={})
 
-    # Asking for more than there are gives all of them, still in run order.
-    assert [m['id'] for m in ok(everything)['queues'][0]['peek']] == run_order
-    # Peek and breakdown lost nothing and reordered nothing.
-    assert [(q['name'], q['messages']) for q in ok(counts)['queues']] == [('work', 6), ('other', 4)]
+    # The first peek and breakdown lost nothing and reordered nothing; asking for more messages
+    # than there are gives all of them, in run order.
+    assert [(q['name'], q['messages'], [m['id'] for m in q['peek']]) for q in ok(again)['queues']] == [
+        ('work', 6, run_order), ('other', 4, other)]
     assert rabbit_env.read_ids('work') == run_order
     assert rabbit_env.read_ids('other') == other
 
@@ -188,7 +199,7 @@ def test_discovery_consumers_and_internal_queues(rabbit_env, ansible, workers):
 def test_unacked_thresholds_and_management_fallback(rabbit_env, ansible, workers, not_management):
     url = rabbit_env.url
     worker = workers.start(url, 'hold1@fleet', ['held'], concurrency=1, prefetch=2)
-    ids = publish(url, SLEEP, 'held', args=(30,), count=5)
+    ids = publish(url, SLEEP, 'held', args=(120,), count=5)  # outlasts the test: counts stay put
     # One runs (acked when it starts), two are prefetched (unacked), two are ready.
     rabbit_env.wait_for('held', lambda r: (r.get('messages_unacknowledged'), r.get('messages_ready'),
                                            r.get('consumers')) == (2, 2, 1))
@@ -196,35 +207,33 @@ def test_unacked_thresholds_and_management_fallback(rabbit_env, ansible, workers
     closed = closed_port()
     closed_url = 'http://127.0.0.1:%d' % closed
 
-    (plain, over, fallback, amqp_port, wrong_server, unknown_gate, discover_down,
-     purge) = ansible.play([
-         info(broker_url=url, queues=['held']),
-         info(broker_url=url, queues=['held'], max_unacked=1),
-         info(broker_url=url, queues=['held'], management_url=closed_url),
-         # Flower's trap: the AMQP port is not the management port.
-         info(broker_url=url, queues=['held'], management_url='http://127.0.0.1:%d' % AMQP_PORT),
-         info(broker_url=url, queues=['held'], management_url=not_management),
-         info(broker_url=url, queues=['held'], management_url=closed_url, max_unacked=5),
-         info(broker_url=url, management_url=closed_url),
-         dict(change(broker_url=url, queues=['held']), diff=True),
-     ])
+    plain, over, fallback, amqp_port, wrong_server, discover_down, purge = ansible.play([
+        info(broker_url=url, queues=['held']),
+        info(broker_url=url, queues=['held'], max_unacked=1),
+        info(broker_url=url, queues=['held'], management_url=closed_url),
+        # Flower's trap: the AMQP port is not the management port. A gate on unacked messages
+        # must not pass when nobody can count them.
+        info(broker_url=url, queues=['held'], management_url='http://127.0.0.1:%d' % AMQP_PORT, max_unacked=5),
+        info(broker_url=url, queues=['held'], management_url=not_management),
+        info(broker_url=url, management_url=closed_url),
+        dict(change(broker_url=url, queues=['held']), diff=True),
+    ])
 
     assert ok(plain)['queues'] == [dict(name='held', exists=True, messages=2, unacked=2, consumers=1,
                                         priorities=None, source='amqp+management')]
     failed(over, "thresholds not met: queue 'held' has 2 unacked messages (max_unacked 1)")
     assert over['queues'][0]['unacked'] == 2
 
+    failed(amqp_port, "queue 'held' has an unknown number of unacked messages", 'max_unacked 5')
     for result, endpoint in ((fallback, closed_url), (amqp_port, 'http://127.0.0.1:%d' % AMQP_PORT),
                              (wrong_server, not_management.rstrip('/'))):
-        ok(result)
         assert result['queues'] == [dict(name='held', exists=True, messages=2, unacked=None, consumers=1,
                                          priorities=None, source='amqp')], result
         assert result['management_error'].startswith('management API at %s: ' % endpoint), result
     assert 'Connection refused' in fallback['management_error']
     assert 'HTTP 404' in wrong_server['management_error']
-
-    # A gate on unacked messages must not pass when nobody can count them.
-    failed(unknown_gate, "queue 'held' has an unknown number of unacked messages", 'max_unacked 5')
+    ok(fallback)
+    ok(wrong_server)
     failed(discover_down, 'management API at %s: ' % closed_url)
     assert discover_down['option'] == 'management_url'
 
@@ -244,15 +253,19 @@ def test_min_consumers_wait(rabbit_env, ansible, workers):
     url = rabbit_env.url
     publish(url, ADD, 'lonely', args=(1, 1))
     # The worker comes up while the module is already waiting for it.
-    timer = threading.Timer(2.5, workers.start, args=(url, 'late1@fleet', ['attach']), kwargs=dict(ready=False))
-    timer.start()
+    results = []
+    play = threading.Thread(target=lambda: results.extend(ansible.play([
+        info(broker_url=url, queues=['attach'], min_consumers=1, wait=True, wait_timeout=60, wait_sleep=0.2),
+        info(broker_url=url, queues=['lonely'], min_consumers=1, wait=True, wait_timeout=1.5, wait_sleep=0.3),
+    ])))
+    play.start()
     try:
-        attached, lonely = ansible.play([
-            info(broker_url=url, queues=['attach'], min_consumers=1, wait=True, wait_timeout=60, wait_sleep=0.2),
-            info(broker_url=url, queues=['lonely'], min_consumers=1, wait=True, wait_timeout=1.5, wait_sleep=0.3),
-        ])
+        assert module_connected(rabbit_env), 'the module never connected'
+        time.sleep(0.5)
+        workers.start(url, 'late1@fleet', ['attach'], ready=False)
     finally:
-        timer.join()
+        play.join(120)
+    attached, lonely = results
     ok(attached)
     assert (attached['queues'][0]['exists'], attached['queues'][0]['consumers']) == (True, 1)
     assert attached['waited'] > 0.5, attached
@@ -301,7 +314,7 @@ def test_filtered_purge_keeps_the_rest_in_order(rabbit_env, ansible):
             task_of[task_id] = task
     for task_id in publish(url, MAIL, 'mixed', args=('hi',), count=2, priority=3):
         task_of[task_id] = MAIL
-    other = publish(url, MAIL, 'other', args=('o',), count=2)
+    other = publish(url, MAIL, 'bystander', args=('o',), count=2)
     order = rabbit_env.read_ids('mixed')
     assert len(order) == 12 and [task_of[i] for i in order[:2]] == [MAIL, MAIL]  # priority 3 first
 
@@ -316,7 +329,7 @@ def test_filtered_purge_keeps_the_rest_in_order(rabbit_env, ansible):
     assert real['queues'] == [dict(name='mixed', exists=True, before=12, removed=6, after=6, unacked=0)]
     assert ok(again)['changed'] is False and again['queues'][0]['removed'] == 0
     assert rabbit_env.read_ids('mixed') == [i for i in order if task_of[i] == ADD]
-    assert rabbit_env.read_ids('other') == other
+    assert rabbit_env.read_ids('bystander') == other
 
 
 def test_trim_oldest_and_newest(rabbit_env, ansible):
@@ -390,3 +403,29 @@ def test_bad_input_fails_clearly(rabbit_env, ansible):
     assert 'HTTP 401 (check management_user and management_password)' in mgmt['management_error']
     # amqps:// to the plain port fails at once, well within connect_timeout (2 s), not a hang.
     assert task_seconds(ansible)[3] < 2.0 + 1.5, task_seconds(ansible)
+
+
+def test_large_backlog_is_read_whole(rabbit_env, ansible):
+    """A backlog that takes the client seconds to receive: counted and trimmed exactly, not cut
+    short by a clock (a partial read made trim drop the wrong messages)."""
+    import pika
+    total = 20000
+    connection = pika.BlockingConnection(pika.URLParameters(rabbit_env.url))
+    try:
+        channel = connection.channel()
+        channel.queue_declare('big', durable=True, arguments={'x-max-priority': 10})
+        for i in range(total):
+            task = MAIL if i % 4 == 0 else ADD
+            channel.basic_publish('', 'big', b'[[], {}, {}]', pika.BasicProperties(
+                headers={'task': task, 'id': 'big-%d' % i}, content_type='application/json'))
+    finally:
+        connection.close()
+
+    counted, trimmed = ansible.play([
+        info(broker_url=rabbit_env.url, queues=['big'], breakdown=True, connect_timeout=1),
+        change(broker_url=rabbit_env.url, queues=['big'], state='trimmed', keep=5, drop='newest', connect_timeout=1),
+    ])
+    assert ok(counted)['queues'][0]['tasks'] == {MAIL: total // 4, ADD: total - total // 4}
+    assert ok(trimmed)['queues'] == [dict(name='big', exists=True, before=total, removed=total - 5, after=5,
+                                          unacked=0)]
+    assert rabbit_env.read_ids('big') == ['big-%d' % i for i in range(5)]

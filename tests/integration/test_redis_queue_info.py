@@ -145,3 +145,38 @@ def test_check_mode_is_read_only(redis_env, ansible):
     result = ansible.module('celery_queue_info', dict(broker_url=url, peek=3, breakdown=True), check=True)
     assert result['changed'] is False and result['queues'][0]['messages'] == 5
     assert redis_env.snapshot() == before
+
+
+def test_unacked_attribution_through_exchange_bindings(redis_env, ansible):
+    """Unacked entries name an exchange and routing key; the binding sets say which queue."""
+    client, sep = redis_env.client, '\x06\x16'
+    publish(redis_env.url, ADD, 'mailq', args=(1, 1))
+    raw = client.lrange('mailq', 0, 0)[0].decode()
+    # Queue 'mailq' bound to exchange 'tasks' with routing key 'mail.send'; 'reportq' with 'report.build'.
+    client.sadd('_kombu.binding.tasks', 'mail.send' + sep + '' + sep + 'mailq',
+                'report.build' + sep + '' + sep + 'reportq')
+    entries = {'t1': '[%s, "tasks", "mail.send"]' % raw, 't2': '[%s, "tasks", "mail.send"]' % raw,
+               't3': '[%s, "tasks", "report.build"]' % raw, 't4': '[%s, "", "mailq"]' % raw,
+               't5': '[%s, "nowhere", "x"]' % raw}
+    client.hset('unacked', mapping=entries)
+    result = ansible.module('celery_queue_info', dict(broker_url=redis_env.url, queues=['mailq', 'reportq']))
+    queues = by_name(result)
+    assert queues['mailq']['unacked'] == 3
+    assert queues['reportq']['unacked'] == 1
+    assert queues['reportq']['exists'] is True and queues['reportq']['messages'] == 0
+
+
+def test_discovery_reads_kombu_57_permanent_bindings(redis_env, ansible):
+    """A queue known only from _kombu.binding_permanent.* is found; _kombu.binding_deadlines is no exchange."""
+    client, sep = redis_env.client, '\x06\x16'
+    client.sadd('_kombu.binding_permanent.perm', 'perm' + sep + sep + 'perm')
+    client.zadd('_kombu.binding_deadlines', {'perm': 1})
+    client.sadd('_kombu.binding.celery.pidbox', sep + sep + 'w1@h.celery.pidbox')
+    client.sadd('_kombu.binding.celeryev', 'worker.#' + sep + sep + 'celeryev.1234')
+    client.sadd('_kombu.binding.reply.celery.pidbox', 'abc' + sep + sep + 'abc.reply.celery.pidbox')
+    result = ansible.module('celery_queue_info', dict(broker_url=redis_env.url))
+    assert [q['name'] for q in result['queues']] == ['perm']
+    assert result['queues'][0]['exists'] is True
+    everything = ansible.module('celery_queue_info', dict(broker_url=redis_env.url, include_internal=True))
+    assert [q['name'] for q in everything['queues']] == [
+        'abc.reply.celery.pidbox', 'celeryev.1234', 'perm', 'w1@h.celery.pidbox']

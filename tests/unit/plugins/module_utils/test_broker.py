@@ -673,7 +673,6 @@ def test_nested_time_limit_keeps_the_outer_limit():
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
-
 def test_inner_time_limit_longer_than_the_outer_one_does_not_extend_it():
     start = time.monotonic()
     with pytest.raises(BrokerError) as info:
