@@ -6,7 +6,14 @@
 from __future__ import annotations
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, broker_from_params
-from ansible_collections.celeryops.fleet.plugins.module_utils import _amqp_queues, _redis_queues
+from ansible_collections.celeryops.fleet.plugins.module_utils import _redis_queues
+
+
+def _amqp():
+    """The AMQP layer, imported only for a RabbitMQ broker: pika and Ansible's HTTP client
+    are a good part of a Redis check's start-up time otherwise."""
+    from ansible_collections.celeryops.fleet.plugins.module_utils import _amqp_queues
+    return _amqp_queues
 
 
 def queue_options_argument_spec():
@@ -27,8 +34,8 @@ def missing_library(params):
     url = (params.get('broker_url') or '').lower()
     if url.startswith(('redis', 'rediss')) and not _redis_queues.HAS_REDIS:
         return 'redis', _redis_queues.REDIS_IMPORT_ERROR
-    if url.startswith(('amqp', 'pyamqp')) and not _amqp_queues.HAS_PIKA:
-        return 'pika', _amqp_queues.PIKA_IMPORT_ERROR
+    if url.startswith(('amqp', 'pyamqp')) and not _amqp().HAS_PIKA:
+        return 'pika', _amqp().PIKA_IMPORT_ERROR
     return None
 
 
@@ -46,10 +53,10 @@ def open_queues(params):
                                            steps or _redis_queues.DEFAULT_PRIORITY_STEPS,
                                            params.get('sep') or _redis_queues.DEFAULT_SEP)
         return _redis_queues.RedisQueues(broker, layout)
-    management = _amqp_queues.Management(broker, params.get('management_url'), params.get('management_user'),
-                                         params.get('management_password'),
-                                         params.get('management_validate_certs', True))
-    return _amqp_queues.AmqpQueues(broker, management)
+    amqp = _amqp()
+    management = amqp.Management(broker, params.get('management_url'), params.get('management_user'),
+                                 params.get('management_password'), params.get('management_validate_certs', True))
+    return amqp.AmqpQueues(broker, management)
 
 
 def check_queue_names(names, option='queues', what='queue'):
