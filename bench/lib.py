@@ -27,6 +27,7 @@ PLAYBOOKS = os.path.join(BENCH, 'playbooks')
 QUICK = os.environ.get('BENCH_QUICK') == '1'
 REPEAT = int(os.environ.get('BENCH_REPEAT') or (3 if QUICK else 5))
 OUT = os.environ.get('BENCH_OUT') or '/tmp/celeryops-bench'
+os.makedirs(OUT, exist_ok=True)
 
 REDIS_HOST, REDIS_PORT = '127.0.0.1', 6379
 REDIS_DB = int(os.environ.get('BENCH_REDIS_DB', '5'))
@@ -37,6 +38,8 @@ AMQP_URL = 'amqp://guest:guest@127.0.0.1:5672/%s' % QVHOST
 MANAGEMENT = 'http://127.0.0.1:15672'
 GUEST = ('guest', 'guest')
 SEP = '\x06\x16'
+STATE = os.path.join(os.environ.get('CELERYOPS_CACHE') or os.path.expanduser('~/.cache/celeryops-fleet'), 'bench')
+SLOWLOG_SAVED = os.path.join(STATE, 'slowlog-config.json')  # Redis settings to put back, kept across a crash
 MARKER = 'celeryops-bench:owner'  # set in the bench database so cleanup never flushes someone else's
 
 # Task names and arguments of the synthetic backlog: (name, args, kwargs, share of messages).
@@ -84,12 +87,12 @@ def timed(argv, env=None, cwd=ROOT, stdin=None, check=True):
     full_env.update(env or {})
     start = time.perf_counter()
     proc = subprocess.run(argv, env=full_env, cwd=cwd, input=stdin, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE)
+                          stderr=subprocess.PIPE, check=False)
     seconds = time.perf_counter() - start
     if check and proc.returncode != 0:
-        raise RuntimeError('%s failed (%d): %s %s' % (show(argv, env), proc.returncode,
-                                                     proc.stdout.decode('utf-8', 'replace')[-2000:],
-                                                     proc.stderr.decode('utf-8', 'replace')[-2000:]))
+        raise RuntimeError('%s failed (%d): %s %s' % (
+            show(argv, env), proc.returncode, proc.stdout.decode('utf-8', 'replace')[-2000:],
+            proc.stderr.decode('utf-8', 'replace')[-2000:]))
     return seconds, proc.stdout
 
 
@@ -109,10 +112,10 @@ def playbook_argv(playbook, extra_vars=None):
     return argv
 
 
-def run_playbook(playbook, extra_vars=None):
+def run_playbook(playbook, extra_vars=None, env=None):
     """One ansible-playbook run: (wall seconds, the one task's record from the bench_timer callback)."""
     timer_file = os.path.join(OUT, 'timer-%d.json' % os.getpid())
-    env = dict(PLAYBOOK_ENV, BENCH_TIMER_FILE=timer_file)
+    env = dict(PLAYBOOK_ENV, BENCH_TIMER_FILE=timer_file, **(env or {}))
     if os.path.exists(timer_file):
         os.unlink(timer_file)
     seconds, _out = timed(playbook_argv(playbook, extra_vars), env=env)
@@ -134,6 +137,16 @@ def playbook_command(playbook, extra_vars=None):
 def redis_client(db=REDIS_DB):
     import redis
     return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db, socket_timeout=60)
+
+
+def pick_task(rnd):
+    """A task name drawn by the shares of TASK_MIX."""
+    x = rnd.random()
+    for name, _args, _kwargs, share in TASK_MIX:
+        x -= share
+        if x < 0:
+            return name
+    return TASK_MIX[0][0]
 
 
 class Envelopes(object):
@@ -201,14 +214,7 @@ class Envelopes(object):
         for prefix in self.binding_keys:
             pipe.sadd(prefix + queue, queue + SEP + '' + SEP + queue)
 
-    def task_for(self, rnd):
-        """A task name drawn by the shares of TASK_MIX."""
-        x = rnd.random()
-        for name, _args, _kwargs, share in TASK_MIX:
-            x -= share
-            if x < 0:
-                return name
-        return TASK_MIX[0][0]
+    task_for = staticmethod(pick_task)
 
 
 def key_of(queue, step):
@@ -286,7 +292,7 @@ class AmqpEnvelopes(object):
         connection = amqp_connection()
         try:
             channel = connection.channel()
-            for _ in TASK_MIX:
+            for _task in TASK_MIX:
                 method, properties, body = channel.basic_get(self.PROBE, auto_ack=True)
                 self.messages[properties.headers['task']] = (properties, body)
             channel.queue_delete(self.PROBE)
@@ -295,8 +301,42 @@ class AmqpEnvelopes(object):
         self.run = '%08x' % random.getrandbits(32)
         self.counter = 0
 
+    task_for = staticmethod(pick_task)
+
     def declare(self, channel, queue):
         channel.queue_declare(queue, durable=self.durable, arguments=self.queue_arguments)
+
+    def fill(self, connection, channel, queue, total, rnd, batch=2000):
+        """Publish ``total`` copies fast: each task's frames (method, header, body) are marshalled
+        once with a placeholder id, and copies get a fresh id of the same length byte for byte.
+        pika would spend most of the time encoding the same header table again."""
+        import pika
+        from pika import frame, spec
+        placeholder = 'PPPPPPPP-PPPP-4PPP-aPPP-PPPPPPPPPPPP'
+        templates = {}
+        for task, (props, body) in self.messages.items():
+            headers = dict(props.headers, id=placeholder, root_id=placeholder)
+            properties = pika.BasicProperties(content_type=props.content_type, content_encoding=props.content_encoding,
+                                              headers=headers, delivery_mode=props.delivery_mode,
+                                              priority=props.priority, correlation_id=placeholder,
+                                              reply_to=props.reply_to)
+            raw = b''.join([frame.Method(channel.channel_number, spec.Basic.Publish(exchange='', routing_key=queue)).marshal(),
+                            frame.Header(channel.channel_number, len(body), properties).marshal(),
+                            frame.Body(channel.channel_number, body).marshal()])
+            assert len(body) < 100000 and raw.count(placeholder.encode()) == 3
+            templates[task] = raw.split(placeholder.encode())
+        impl = connection._impl  # pika internals: hand marshalled frames to the transport
+        pending = []
+        for i in range(total):
+            self.counter += 1
+            n = self.counter
+            uid = ('%s-%04x-4%03x-a%03x-%012x' % (self.run, (n >> 40) & 0xffff, (n >> 28) & 0xfff,
+                                                  (n >> 16) & 0xfff, n)).encode()
+            pending.append(uid.join(templates[self.task_for(rnd)]))
+            if len(pending) >= batch or i == total - 1:
+                impl._adapter_emit_data(b''.join(pending))
+                pending = []
+                connection.process_data_events(0)
 
     def publish(self, channel, queue, task):
         import pika
@@ -355,8 +395,18 @@ def module_params(broker_url, **extra):
 
 # -- set-up and clean-up -----------------------------------------------------------------------
 
+def restore_slowlog(client):
+    """Put back the slowlog settings a benchmark changed (also those a crashed run left)."""
+    if os.path.exists(SLOWLOG_SAVED):
+        with open(SLOWLOG_SAVED) as f:
+            for name, value in json.load(f).items():
+                client.config_set(name, value)
+        os.unlink(SLOWLOG_SAVED)
+
+
 def setup():
     client = redis_client()
+    restore_slowlog(client)
     size = client.dbsize()
     if size and not client.exists(MARKER):
         raise SystemExit('Redis db %d holds %d keys that are not the benchmark\'s: choose another db with '
@@ -385,12 +435,7 @@ def cleanup():
         client = redis_client()
         if client.exists(MARKER) or not client.dbsize():
             client.flushdb()
-        saved = os.path.join(OUT, 'slowlog-config.json')
-        if os.path.exists(saved):
-            with open(saved) as f:
-                for name, value in json.load(f).items():
-                    client.config_set(name, value)
-            os.unlink(saved)
+        restore_slowlog(client)
     except Exception as exc:  # noqa: BLE001 - report and go on with RabbitMQ
         log('Redis clean-up failed: %s' % exc)
     try:

@@ -41,6 +41,10 @@ def _summary(result):
                 tasks[name] = tasks.get(name, 0) + n
         if tasks:
             out['tasks'] = tasks
+    try:
+        out['result_bytes'] = len(json.dumps(result, default=str))
+    except (TypeError, ValueError):
+        pass
     for key in ('msg', 'rc', 'ping', 'changed'):
         if key in result:
             out[key] = result[key]

@@ -122,7 +122,7 @@ class AmqpQueues(object):
         self.connection = self._rpc(pika.BlockingConnection, pika.ConnectionParameters(**kwargs),
                                     what='connecting')
         self.channel = None
-        self._records = None   # the last management listing of the vhost: name -> record
+        self.management_records = None   # the last management listing of the vhost: name -> record
         self._locked = set()   # queues exclusive to another connection
 
     def close(self):
@@ -204,7 +204,7 @@ class AmqpQueues(object):
         if self.management is None:
             raise BrokerError('queue discovery on RabbitMQ needs the management API; name the queues with `queues` '
                               'or set management_url', option='queues', endpoint=self.broker.endpoint)
-        records = self._records = self.management.queues(self.broker.vhost)
+        records = self.management_records = self.management.queues(self.broker.vhost)
         return sorted(name for name in records if include_internal or not is_internal_queue(name))
 
     def declare_passive(self, name):
@@ -236,20 +236,20 @@ class AmqpQueues(object):
 
     def _management_record(self, name):
         """The management API's record of a queue that AMQP cannot look at."""
-        if self._records is None or name not in self._records:
+        if self.management_records is None or name not in self.management_records:
             error = None
             if self.management is None:
                 error = 'no management API'
             else:
                 try:
-                    self._records = self.management.queues(self.broker.vhost)
+                    self.management_records = self.management.queues(self.broker.vhost)
                 except BrokerError as exc:
                     error = exc.msg
             if error:
                 raise BrokerError("queue '%s' is exclusive to another connection (as the remote control and event "
                                   "queues of Celery workers are), so AMQP cannot count it; that needs the management "
                                   "API: %s" % (name, error), option='queues', endpoint=self.broker.endpoint)
-        return self._records.get(name) or {}
+        return self.management_records.get(name) or {}
 
     def _refuse_locked(self, name, what):
         if name in self._locked:
@@ -257,12 +257,14 @@ class AmqpQueues(object):
                               "of Celery workers are); it cannot be %s" % (name, what), option='queues',
                               endpoint=self.broker.endpoint)
 
-    def unacked(self):
-        """name -> unacked count from the management API; None when it cannot tell (reason kept)."""
+    def unacked(self, records=None):
+        """name -> unacked count from the management API (or the queue ``records`` it just gave);
+        None when it cannot tell (reason kept)."""
         if self.management is None:
             return None
         try:
-            records = self._records = self.management.queues(self.broker.vhost)
+            if records is None:
+                records = self.management_records = self.management.queues(self.broker.vhost)
         except BrokerError:
             return None
         return dict((name, r.get('messages_unacknowledged')) for name, r in records.items())

@@ -65,14 +65,17 @@ def check_queue_names(names, option='queues', what='queue'):
             raise BrokerError('%s: a %s name is empty' % (option, what), option=option)
 
 
-def queue_states(queues, names):
+def queue_states(queues, names=None, include_internal=False):
     """Per queue: name, exists, messages (ready, all priority steps), unacked, consumers, priorities, source.
 
+    ``names`` None means every queue discovered on the broker, from the same reads.
     A queue that does not exist is ``exists: false`` with zero counts, not a failure.
     """
     states = []
     if queues.transport == 'redis':
         bindings = queues.bindings()
+        if names is None:
+            names = queues.discover(include_internal, bindings)
         bound = set(q for entries in bindings.values() for _rk, q in entries)
         depths = queues.depths(names)
         unacked = queues.unacked_by_queue(bindings)
@@ -83,7 +86,11 @@ def queue_states(queues, names):
                                unacked=unacked.get(name, 0), consumers=None,
                                priorities=dict((str(step), n) for step, n in per_step.items()), source='redis'))
         return states
-    unacked = queues.unacked()
+    if names is None:
+        names = queues.discover(include_internal)
+        unacked = queues.unacked(queues.management_records)
+    else:
+        unacked = queues.unacked()
     for name in names:
         exists, ready, consumers = queues.declare_passive(name)
         states.append(dict(name=name, exists=exists, messages=ready,

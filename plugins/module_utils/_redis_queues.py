@@ -31,7 +31,7 @@ except ImportError:  # guarded: the module reports missing_required_lib
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, scrub, ssl_context
 from ansible_collections.celeryops.fleet.plugins.module_utils._messages import (
-    NotAnEnvelope, UNKNOWN_TASK, decode_envelope, task_name_of)
+    NotAnEnvelope, UNKNOWN_TASK, count_task_names, decode_envelope, task_name_of)
 
 DEFAULT_SEP = '\x06\x16'
 DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
@@ -45,6 +45,11 @@ READ_CHUNK = 2000
 TRIM_CHUNK = 10000
 # Attempts at a filtered purge of a queue that producers or consumers keep changing.
 REWRITE_ATTEMPTS = 5
+
+# Many small reads in one round trip: for a thousand queues, packing and parsing thousands
+# of pipelined commands costs more in redis-py than the server spends on them.
+_LLEN_ALL = "local out = {} for i, key in ipairs(KEYS) do out[i] = redis.call('LLEN', key) end return out"
+_SMEMBERS_ALL = "local out = {} for i, key in ipairs(KEYS) do out[i] = redis.call('SMEMBERS', key) end return out"
 
 
 def is_internal_queue(name, exchange=None):
@@ -114,6 +119,8 @@ class RedisQueues(object):
             ssl_context(broker)  # fails early and clearly on unreadable TLS files
         self.client = redis.Redis(**kwargs)
         self.call(self.client.ping)
+        self._llen_all = self.client.register_script(_LLEN_ALL)
+        self._smembers_all = self.client.register_script(_SMEMBERS_ALL)
 
     def close(self):
         self.client.close()
@@ -165,11 +172,8 @@ class RedisQueues(object):
         keys = []
         for pattern in self.layout.binding_patterns():
             keys.extend(self.call(lambda: list(self.client.scan_iter(match=pattern, count=1000))))
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.smembers(key)
         table = {}
-        for key, members in zip(keys, self.call(pipe.execute) if keys else []):
+        for key, members in zip(keys, self.call(self._smembers_all, keys=keys) if keys else []):
             entries = table.setdefault(self.layout.exchange_of(_text(key)), [])
             for member in members:
                 parts = _text(member).split(self.layout.sep)
@@ -177,10 +181,10 @@ class RedisQueues(object):
                     entries.append((parts[0], parts[2]))
         return table
 
-    def discover(self, include_internal=False):
-        """Names of the queues kombu has bound on this broker."""
+    def discover(self, include_internal=False, bindings=None):
+        """Names of the queues kombu has bound on this broker (in ``bindings``, if read already)."""
         names = set()
-        for exchange, entries in self.bindings().items():
+        for exchange, entries in (self.bindings() if bindings is None else bindings).items():
             for _routing_key, queue in entries:
                 if queue and (include_internal or not is_internal_queue(queue, exchange)):
                     names.add(queue)
@@ -188,11 +192,8 @@ class RedisQueues(object):
 
     def depths(self, names):
         """name -> (exists, {step: length}) in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        for name in names:
-            for _step, key in self.layout.keys(name):
-                pipe.llen(key)
-        lengths = self.call(pipe.execute)
+        keys = [key for name in names for _step, key in self.layout.keys(name)]
+        lengths = self.call(self._llen_all, keys=keys) if keys else []
         out, i = {}, 0
         for name in names:
             per_step = {}
@@ -238,14 +239,13 @@ class RedisQueues(object):
                 out.append(_decoded(raw, step))
         return out[:count]
 
-    def _elements(self, key):
-        """Every element of one list, read in bounded chunks (head to tail)."""
+    def _chunks(self, key):
+        """Every element of one list, head to tail, in chunks of at most READ_CHUNK."""
         start = 0
         while True:
             chunk = self.call(self.client.lrange, key, start, start + READ_CHUNK - 1)
-            if not chunk:
-                return
-            yield from chunk
+            if chunk:
+                yield chunk
             if len(chunk) < READ_CHUNK:
                 return
             start += READ_CHUNK
@@ -254,9 +254,9 @@ class RedisQueues(object):
         """task name -> number of ready messages, over every priority step."""
         counts = {}
         for _step, key in self.layout.keys(name):
-            for raw in self._elements(key):
-                task = task_name_of(raw)
-                counts[task] = counts.get(task, 0) + 1
+            for chunk in self._chunks(key):
+                for task, n in count_task_names(chunk).items():
+                    counts[task] = counts.get(task, 0) + n
         return counts
 
     # -- changing ---------------------------------------------------------------------------
@@ -288,7 +288,7 @@ class RedisQueues(object):
             pipe = self.client.pipeline(transaction=True)
             try:
                 self.call(pipe.watch, key)
-                elements = list(self._elements(key))
+                elements = [raw for chunk in self._chunks(key) for raw in chunk]
                 kept = [raw for raw in elements if task_name_of(raw) not in task_names]
                 removed = len(elements) - len(kept)
                 if check_mode or not removed:

@@ -217,11 +217,11 @@ def describe(params, result):
         if queues.transport == 'redis' and params['min_consumers'] is not None:
             raise BrokerError('min_consumers: Redis cannot count consumers of a queue; use it with RabbitMQ, or check '
                               'workers with celeryops.fleet.celery_worker_info', option='min_consumers')
-        names = params['queues'] or queues.discover(params['include_internal'])
+        names = params['queues'] or None  # None: discover them on every poll
         thresholds = any(params[o] is not None for o in ('max_messages', 'max_unacked', 'min_consumers'))
 
         def probe():
-            states = queue_states(queues, names)
+            states = queue_states(queues, names, params['include_internal'])
             return not unmet_thresholds(states, params), states
 
         if params['wait'] and thresholds:
@@ -229,7 +229,7 @@ def describe(params, result):
                                         lambda s: '; '.join(unmet_thresholds(s, params)))
             result['waited'] = round(waited, 3)
         else:
-            states = queue_states(queues, names)
+            states = queue_states(queues, names, params['include_internal'])
         result['queues'] = states
         if queues.transport == 'amqp' and queues.management.error:
             result['management_error'] = queues.management.error

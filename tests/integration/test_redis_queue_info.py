@@ -180,3 +180,25 @@ def test_discovery_reads_kombu_57_permanent_bindings(redis_env, ansible):
     everything = ansible.module('celery_queue_info', dict(broker_url=redis_env.url, include_internal=True))
     assert [q['name'] for q in everything['queues']] == [
         'abc.reply.celery.pidbox', 'celeryev.1234', 'perm', 'w1@h.celery.pidbox']
+
+
+def test_breakdown_names_awkward_elements_like_the_decoder(redis_env, ansible):
+    """Counting runs in Redis; what it cannot name plainly is named by the header decoder."""
+    import base64
+    import json
+    client = redis_env.client
+    publish(redis_env.url, ADD, 'odd', args=(1, 1), count=3)
+    legacy_body = base64.b64encode(json.dumps({'task': 'legacy.task', 'id': 'x', 'args': [], 'kwargs': {}}).encode())
+    client.lpush('odd', *[
+        json.dumps({'body': legacy_body.decode(), 'content-type': 'application/json', 'headers': {},
+                    'properties': {'body_encoding': 'base64'}}),
+        json.dumps({'body': '', 'headers': {'task': 't"q'}}),
+        json.dumps({'body': '', 'headers': {'task': ''}}),
+        'not json at all',
+        json.dumps({'body': '', 'headers': {'task': 'compact.t'}}, separators=(',', ':')),
+        json.dumps({'body': '', 'headers': {'task': 'caf\u00e9'}}),
+        json.dumps({'body': '', 'headers': {'task': 'caf\u00e9'}}, ensure_ascii=False).encode('utf-8'),
+    ])
+    result = ansible.module('celery_queue_info', dict(broker_url=redis_env.url, queues=['odd'], breakdown=True))
+    assert result['queues'][0]['tasks'] == {ADD: 3, 'legacy.task': 1, 't"q': 1, '<unknown>': 2, 'compact.t': 1,
+                                           'caf\u00e9': 2}
