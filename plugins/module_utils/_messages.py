@@ -130,7 +130,6 @@ def task_name_of(raw):
         return UNKNOWN_TASK
 
 
-
 def count_task_names(elements):
     """task name -> count over raw Redis list elements, each named as task_name_of would.
 

@@ -16,7 +16,6 @@ import uuid
 
 import pytest
 
-import harness
 from harness import AMQP_PORT, management, publish
 
 ADD = 'fleet_tasks.add'

@@ -200,5 +200,5 @@ def test_breakdown_names_awkward_elements_like_the_decoder(redis_env, ansible):
         json.dumps({'body': '', 'headers': {'task': 'caf\u00e9'}}, ensure_ascii=False).encode('utf-8'),
     ])
     result = ansible.module('celery_queue_info', dict(broker_url=redis_env.url, queues=['odd'], breakdown=True))
-    assert result['queues'][0]['tasks'] == {ADD: 3, 'legacy.task': 1, 't"q': 1, '<unknown>': 2, 'compact.t': 1,
-                                           'caf\u00e9': 2}
+    expected = {ADD: 3, 'legacy.task': 1, 't"q': 1, '<unknown>': 2, 'compact.t': 1, 'caf\u00e9': 2}
+    assert result['queues'][0]['tasks'] == expected
