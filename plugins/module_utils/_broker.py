@@ -293,3 +293,33 @@ def time_limit(seconds, what):
         if outer_left > 0:
             # An enclosing time_limit (or another alarm) was running: give it back what it has left.
             signal.setitimer(signal.ITIMER_REAL, max(outer_left - (time.monotonic() - started), 0.001))
+
+
+# Setting names whose values are secrets (as Celery's own filter_hidden_settings judges them).
+_SECRET_KEY = re.compile(r'pass|secret|token|signature|credential|api_?key|private_?key|security_key', re.IGNORECASE)
+_URL_PASSWORD = re.compile(r'(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]+)(?P<tail>@)', re.IGNORECASE)
+
+
+def redact_secrets(value, *secrets):
+    """A copy of ``value`` (worker replies: stats, conf) with secrets masked: values of keys
+    that name a secret, passwords inside URLs, and the given secret strings."""
+    if isinstance(value, dict):
+        return dict((k, '********' if isinstance(k, str) and _SECRET_KEY.search(k) and v not in (None, '', [], {})
+                     and not isinstance(v, (bool, int, float)) else redact_secrets(v, *secrets))
+                    for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return [redact_secrets(v, *secrets) for v in value]
+    if isinstance(value, str):
+        return scrub(_URL_PASSWORD.sub(r'\g<head>********\g<tail>', value), *secrets)
+    return value
+
+
+def hide_url_password(module):
+    """Ansible masks the whole no_log broker_url in output; mask the password inside it too,
+    so that it cannot show through anything that quotes it alone."""
+    try:
+        password = urlsplit(module.params.get('broker_url') or '').password
+    except ValueError:
+        password = None
+    if password:
+        module.no_log_values.update([password, unquote(password)])

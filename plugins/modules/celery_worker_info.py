@@ -1,0 +1,227 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) celeryops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: celery_worker_info
+short_description: Which Celery workers are online, and what they are doing, without waiting out timeouts
+version_added: 0.1.0
+description:
+  - Asks the workers through Celery's remote control (what C(celery status) and C(celery inspect) do), with only
+    the broker URL: the Celery app is not needed.
+  - Every section in O(include) is asked for at once, and the replies come back on one connection. When the
+    expected workers are named (O(expected_nodes)) or counted (O(expected_count)), the module returns as soon as
+    all of them have answered, instead of waiting out O(timeout).
+  - Reports the workers that did not answer (RV(missing)), those that answered but were not expected
+    (RV(unexpected)) and names that more than one worker uses (RV(duplicates)). Workers that do not answer are
+    data, not a failure; a broker that cannot be reached is a failure.
+  - With O(wait=true) it asks again until every expected worker answers (for example right after a restart), for
+    up to O(wait_timeout) seconds, then fails naming the workers that did not; this needs O(expected_nodes) or
+    O(expected_count).
+  - Never changes anything.
+options:
+  expected_nodes:
+    description:
+      - Node names of the workers that should answer, like V(worker1@web1). Glob patterns such as V(*@web1) are
+        allowed.
+      - The module returns as soon as every named node answered. A pattern cannot tell when all of its nodes have
+        answered: with patterns, give O(expected_count) too, or the whole O(timeout) is used.
+    type: list
+    elements: str
+  expected_count:
+    description:
+      - How many workers should answer. The module returns as soon as that many have.
+    type: int
+  include:
+    description:
+      - Which sections to ask for. V(ping) is always asked.
+    type: list
+    elements: str
+    choices: [ping, stats, active, reserved, scheduled, registered, active_queues, revoked, conf, memdump]
+    default: [ping, stats, active_queues]
+  timeout:
+    description:
+      - Seconds to collect replies, in all (not a gap between replies). Workers that have not answered by then are
+        RV(missing).
+    type: float
+    default: 1.0
+  global_keyprefix:
+    description:
+      - Redis only. kombu's C(global_keyprefix) transport option of the Celery app, if it sets one.
+    type: str
+    default: ''
+extends_documentation_fragment:
+  - celeryops.fleet.broker
+  - celeryops.fleet.wait
+  - celeryops.fleet.attributes
+  - celeryops.fleet.attributes.info_module
+requirements:
+  - celery (for kombu) where the module runs
+author:
+  - celeryops.fleet developers (@celeryops)
+"""
+
+EXAMPLES = r"""
+- name: Are the expected workers up? (returns as soon as both answered)
+  celeryops.fleet.celery_worker_info:
+    broker_url: redis://127.0.0.1:6379/0
+    expected_nodes: [default@web1, reports@web2]
+  register: fleet
+
+- name: Fail the play when a worker is missing
+  ansible.builtin.assert:
+    that: fleet.missing | length == 0
+    fail_msg: "missing workers: {{ fleet.missing | join(', ') }}"
+
+- name: What every worker is running and holding
+  celeryops.fleet.celery_worker_info:
+    broker_url: "{{ broker_url }}"
+    expected_count: 12
+    include: [active, reserved, scheduled, stats]
+    timeout: 3
+
+- name: Wait until a restarted worker is back
+  celeryops.fleet.celery_worker_info:
+    broker_url: "{{ broker_url }}"
+    expected_nodes: ["default@{{ inventory_hostname }}"]
+    wait: true
+    wait_timeout: 60
+"""
+
+RETURN = r"""
+workers:
+  description:
+    - Per node name, the sections asked for, as Celery gives them (C(stats) has C(pid), C(uptime), C(pool),
+      C(prefetch_count), C(total), C(rusage), C(broker) without password; C(active), C(reserved) and C(scheduled)
+      are lists of tasks). Secrets in C(conf) and in URLs are masked.
+    - C(queues) lists the names of the queues the node consumes, when C(active_queues) was asked for.
+  returned: always
+  type: dict
+  sample:
+    default@web1:
+      ping: {ok: pong}
+      stats: {pid: 4242, uptime: 3600, prefetch_count: 8, pool: {max-concurrency: 2, processes: [4243, 4244]}}
+      active_queues: [{name: default, routing_key: default}]
+      queues: [default]
+online:
+  description: Node names that answered, sorted.
+  returned: always
+  type: list
+  elements: str
+missing:
+  description: Expected node names (and patterns) that no worker answered for.
+  returned: always
+  type: list
+  elements: str
+unexpected:
+  description: Nodes that answered but are not in O(expected_nodes).
+  returned: always
+  type: list
+  elements: str
+duplicates:
+  description: Node names that more than one worker answered for. Two workers must not share a name.
+  returned: always
+  type: list
+  elements: str
+count:
+  description: Number of node names that answered.
+  returned: always
+  type: int
+elapsed:
+  description: Seconds spent collecting the last replies.
+  returned: always
+  type: float
+broker:
+  description: The broker that answered, without credentials.
+  returned: always
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
+    BrokerError, broker_argument_spec, broker_from_params, fail_from_error, hide_url_password, redact_secrets)
+from ansible_collections.celeryops.fleet.plugins.module_utils._control import (
+    HAS_KOMBU, INSPECT_COMMANDS, KOMBU_IMPORT_ERROR, Control, Expectation, is_pattern)
+from ansible_collections.celeryops.fleet.plugins.module_utils._wait import (
+    check_wait_params, wait_argument_spec, wait_until)
+
+
+def check_params(params):
+    check_wait_params(params)
+    for node in params['expected_nodes'] or []:
+        if not node or not node.strip():
+            raise BrokerError('expected_nodes: a node name is empty', option='expected_nodes')
+        if not is_pattern(node) and ('@' not in node or node.startswith('@') or node.endswith('@')):
+            raise BrokerError("expected_nodes: '%s' is not a node name like worker1@host (or a pattern like *@host)"
+                              % node, option='expected_nodes')
+    if params['expected_count'] is not None and params['expected_count'] < 0:
+        raise BrokerError('expected_count must be 0 or more, got %d' % params['expected_count'], option='expected_count')
+    if params['timeout'] <= 0:
+        raise BrokerError('timeout must be a positive number of seconds, got %s' % params['timeout'], option='timeout')
+    if params['wait'] and not (params['expected_nodes'] or params['expected_count']):
+        raise BrokerError('wait needs expected_nodes or expected_count: there is nothing to wait for', option='wait')
+
+
+def gather(params, result):
+    broker = broker_from_params(params)
+    result['broker'] = broker.facts()
+    expectation = Expectation(params['expected_nodes'], params['expected_count'])
+    control = Control(broker, params['global_keyprefix'])
+    try:
+        if params['wait']:
+            def probe():
+                nodes = control.request({'ping': {}}, expectation, timeout=params['timeout']).nodes()
+                return expectation.met_by(nodes), nodes
+            wait_until(probe, params['wait_timeout'], params['wait_sleep'],
+                       lambda nodes: 'workers not answering: %s' % ', '.join(expectation.missing(nodes)
+                                                                              or ['(fewer than expected_count)']))
+        sections = ['ping'] + [s for s in params['include'] if s != 'ping']
+        replies = control.request(dict((s, INSPECT_COMMANDS[s]) for s in sections), expectation,
+                                  timeout=params['timeout'])
+    finally:
+        control.close()
+
+    online = replies.nodes('ping')
+    workers = {}
+    for section in sections:
+        for node, value in replies.first(section).items():
+            workers.setdefault(node, {})[section] = redact_secrets(value, broker.password)
+    for node, info in workers.items():
+        if isinstance(info.get('active_queues'), list):
+            info['queues'] = sorted(q.get('name') for q in info['active_queues'] if isinstance(q, dict))
+    result.update(workers=workers, online=sorted(online), missing=expectation.missing(online),
+                  unexpected=expectation.unexpected(online), duplicates=replies.duplicates(), count=len(online),
+                  elapsed=round(replies.elapsed, 3))
+
+
+def main():
+    argument_spec = broker_argument_spec()
+    argument_spec.update(wait_argument_spec())
+    argument_spec.update(
+        expected_nodes=dict(type='list', elements='str'),
+        expected_count=dict(type='int'),
+        include=dict(type='list', elements='str', choices=sorted(INSPECT_COMMANDS),
+                     default=['ping', 'stats', 'active_queues']),
+        timeout=dict(type='float', default=1.0),
+        global_keyprefix=dict(type='str', default='', no_log=False),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    hide_url_password(module)
+    if not HAS_KOMBU:
+        module.fail_json(msg=missing_required_lib('celery'), exception=KOMBU_IMPORT_ERROR)
+
+    result = dict(changed=False, workers={}, online=[], missing=[], unexpected=[], duplicates=[], count=0)
+    try:
+        check_params(module.params)
+        gather(module.params, result)
+    except BrokerError as error:
+        fail_from_error(module, error, **result)
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
