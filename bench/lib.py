@@ -6,7 +6,6 @@ file into $BENCH_OUT; bench/report.py turns them into bench/RESULTS.md.
     python bench/lib.py setup | cleanup | envelope-check
 """
 
-import base64
 import json
 import os
 import random
@@ -17,7 +16,6 @@ import sys
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
@@ -253,13 +251,10 @@ def fill_backlog(client, envelopes, queue, total, step_share=0.1, seed=1, batch=
 # -- RabbitMQ ----------------------------------------------------------------------------------
 
 def management(method, path, body=None, timeout=30):
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(MANAGEMENT + path, data=data, method=method)
-    request.add_header('Authorization', 'Basic ' + base64.b64encode(('%s:%s' % GUEST).encode()).decode())
-    request.add_header('content-type', 'application/json')
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        text = response.read()
-    return json.loads(text) if text else None
+    """The RabbitMQ management API as guest, the same helper the integration tests use."""
+    sys.path.insert(0, os.path.join(ROOT, 'tests', 'integration'))
+    from harness import management as call  # pylint: disable=import-error
+    return call(method, path, body, timeout=timeout)
 
 
 def amqp_connection():
