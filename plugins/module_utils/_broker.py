@@ -312,14 +312,3 @@ def redact_secrets(value, *secrets):
     if isinstance(value, str):
         return scrub(_URL_PASSWORD.sub(r'\g<head>********\g<tail>', value), *secrets)
     return value
-
-
-def hide_url_password(module):
-    """Ansible masks the whole no_log broker_url in output; mask the password inside it too,
-    so that it cannot show through anything that quotes it alone."""
-    try:
-        password = urlsplit(module.params.get('broker_url') or '').password
-    except ValueError:
-        password = None
-    if password:
-        module.no_log_values.update([password, unquote(password)])

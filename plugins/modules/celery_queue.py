@@ -132,7 +132,7 @@ diff:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
-    BrokerError, broker_argument_spec, fail_from_error, hide_url_password)
+    BrokerError, broker_argument_spec, fail_from_error)
 from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
     check_queue_names, missing_library, open_queues, queue_options_argument_spec, queue_states)
 
@@ -189,7 +189,6 @@ def main():
         drop=dict(type='str', default='oldest', choices=['oldest', 'newest']),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    hide_url_password(module)
     missing = missing_library(module.params)
     if missing:
         module.fail_json(msg=missing_required_lib(missing[0]), exception=missing[1])

@@ -11,7 +11,7 @@ short_description: Which Celery workers are online, and what they are doing, wit
 version_added: 0.1.0
 description:
   - Asks the workers through Celery's remote control (what C(celery status) and C(celery inspect) do), with only
-    the broker URL: the Celery app is not needed.
+    the broker URL. The Celery app is not needed.
   - Every section in O(include) is asked for at once, and the replies come back on one connection. When the
     expected workers are named (O(expected_nodes)) or counted (O(expected_count)), the module returns as soon as
     all of them have answered, instead of waiting out O(timeout).
@@ -28,7 +28,7 @@ options:
       - Node names of the workers that should answer, like V(worker1@web1). Glob patterns such as V(*@web1) are
         allowed.
       - The module returns as soon as every named node answered. A pattern cannot tell when all of its nodes have
-        answered: with patterns, give O(expected_count) too, or the whole O(timeout) is used.
+        answered; with patterns, give O(expected_count) too, or the whole O(timeout) is used.
     type: list
     elements: str
   expected_count:
@@ -143,7 +143,7 @@ broker:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
-    BrokerError, broker_argument_spec, broker_from_params, fail_from_error, hide_url_password, redact_secrets)
+    BrokerError, broker_argument_spec, broker_from_params, fail_from_error, redact_secrets)
 from ansible_collections.celeryops.fleet.plugins.module_utils._control import (
     HAS_KOMBU, INSPECT_COMMANDS, KOMBU_IMPORT_ERROR, Control, Expectation, is_pattern)
 from ansible_collections.celeryops.fleet.plugins.module_utils._wait import (
@@ -176,9 +176,10 @@ def gather(params, result):
             def probe():
                 nodes = control.request({'ping': {}}, expectation, timeout=params['timeout']).nodes()
                 return expectation.met_by(nodes), nodes
-            wait_until(probe, params['wait_timeout'], params['wait_sleep'],
-                       lambda nodes: 'workers not answering: %s' % ', '.join(expectation.missing(nodes)
-                                                                              or ['(fewer than expected_count)']))
+
+            def describe(nodes):
+                return 'workers not answering: %s' % ', '.join(expectation.missing(nodes) or ['(too few answered)'])
+            wait_until(probe, params['wait_timeout'], params['wait_sleep'], describe)
         sections = ['ping'] + [s for s in params['include'] if s != 'ping']
         replies = control.request(dict((s, INSPECT_COMMANDS[s]) for s in sections), expectation,
                                   timeout=params['timeout'])
@@ -210,7 +211,6 @@ def main():
         global_keyprefix=dict(type='str', default='', no_log=False),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    hide_url_password(module)
     if not HAS_KOMBU:
         module.fail_json(msg=missing_required_lib('celery'), exception=KOMBU_IMPORT_ERROR)
 

@@ -115,7 +115,7 @@ def test_bad_input(redis_env, ansible):
         (dict(broker_url='redis://127.0.0.1:1/0', expected_count=1), 'redis 127.0.0.1:1 db 0'),
         (dict(broker_url='amqp://guest:guest@127.0.0.1:1//', expected_count=1), 'amqp 127.0.0.1:1 vhost /'),
     ]
-    results = ansible.play([{'celeryops.fleet.celery_worker_info': args} for args, _ in cases])
+    results = ansible.play([{'celeryops.fleet.celery_worker_info': args} for args, _expected in cases])
     for (args, expected), result in zip(cases, results):
         assert result.get('failed'), (args, result)
         assert expected in result['msg'], (args, result['msg'])
