@@ -173,8 +173,9 @@ class Worker(object):
         self.url = url
         self.name = name
         self.queues = queues
-        self.logfile = os.path.join(logdir or tempfile.mkdtemp(prefix='celery-worker-'),
-                                    name.replace('@', '_') + '.log')
+        # One file per process: a node name can be started again (or twice).
+        self.logfile = tempfile.mkstemp(prefix=name.replace('@', '_') + '-', suffix='.log',
+                                        dir=logdir or tempfile.mkdtemp(prefix='celery-worker-'))[1]
         argv = [sys.executable, '-m', 'celery', '-A', 'fleet_tasks', 'worker', '-n', name, '-Q', ','.join(queues),
                 '-P', pool, '-c', str(concurrency), '--prefetch-multiplier', str(prefetch),
                 '--without-mingle', '--without-gossip', '-l', 'INFO', '--logfile', self.logfile]
