@@ -32,10 +32,26 @@ options:
     elements: str
   state:
     description:
-      - The state the nodes should be in.
+      - The state the nodes should be in. Optional when only O(concurrency), O(autoscale) or O(events) change.
     type: str
     choices: [consuming, drained, stopped]
-    required: true
+  concurrency:
+    description:
+      - Pool size the nodes should have; grown or shrunk (C(pool_grow), C(pool_shrink)) only when the pool size in
+        C(stats) differs. The prefork pool can change size; the threads and solo pools cannot, and the module fails
+        with the worker's answer.
+    type: int
+  autoscale:
+    description:
+      - V([max, min]) for nodes started with C(--autoscale); sent only when C(stats) shows another range.
+    type: list
+    elements: int
+  events:
+    description:
+      - Whether the nodes send task events (C(enable_events), C(disable_events)).
+      - Workers do not report this setting, so check mode always predicts a change; a real run reports a change only
+        when the worker's reply says it had one.
+    type: bool
   queues:
     description:
       - With V(consuming), the queues to consume (required). With V(drained), the queues to stop consuming (default
@@ -113,8 +129,8 @@ nodes:
   type: dict
   sample:
     default@web1:
-      before: {queues: [default, mail], active: 2, reserved: 3}
-      after: {queues: [], active: 0, reserved: 0}
+      before: {queues: [default, mail], active: 2, reserved: 3, concurrency: 2, autoscale: null}
+      after: {queues: [], active: 0, reserved: 0, concurrency: 2, autoscale: null}
       actions: ["cancel_consumer default", "cancel_consumer mail"]
 missing:
   description: Named nodes that did not answer.
@@ -141,7 +157,7 @@ from ansible_collections.celeryops.fleet.plugins.module_utils._control import (
     HAS_KOMBU, KOMBU_IMPORT_ERROR, Control, Expectation, is_pattern)
 from ansible_collections.celeryops.fleet.plugins.module_utils._wait import wait_until
 
-SNAPSHOT = {'ping': {}, 'active_queues': {}, 'active': {}, 'reserved': {}}
+SNAPSHOT = {'ping': {}, 'active_queues': {}, 'active': {}, 'reserved': {}, 'stats': {}}
 
 
 def check_params(params):
@@ -156,6 +172,23 @@ def check_params(params):
             raise BrokerError('queues: a queue name is empty', option='queues')
     if params['state'] == 'consuming' and not params['queues']:
         raise BrokerError('queues is required with state: consuming', option='queues')
+    if not params['state'] and params['concurrency'] is None and params['autoscale'] is None \
+            and params['events'] is None:
+        raise BrokerError('nothing to do: give state, concurrency, autoscale or events', option='state')
+    if params['state'] == 'stopped' and (params['concurrency'] is not None or params['autoscale'] is not None
+                                         or params['events'] is not None):
+        raise BrokerError('state: stopped goes with neither concurrency, autoscale nor events', option='state')
+    if params['concurrency'] is not None and params['concurrency'] < 1:
+        raise BrokerError('concurrency must be 1 or more, got %d' % params['concurrency'], option='concurrency')
+    if params['autoscale'] is not None:
+        if len(params['autoscale']) != 2 or min(params['autoscale']) < 0:
+            raise BrokerError('autoscale must be [max, min], two numbers of 0 or more, got %s' % params['autoscale'],
+                              option='autoscale')
+        if params['autoscale'][0] < params['autoscale'][1] or params['autoscale'][0] < 1:
+            raise BrokerError('autoscale: max (%d) must be at least min (%d) and at least 1'
+                              % tuple(params['autoscale']), option='autoscale')
+        if params['concurrency'] is not None:
+            raise BrokerError('concurrency and autoscale exclude each other', option='autoscale')
     if params['exclusive'] and params['state'] != 'consuming':
         raise BrokerError('exclusive only goes with state: consuming', option='exclusive')
     for option in ('timeout', 'wait_timeout', 'wait_sleep'):
@@ -182,7 +215,14 @@ class Fleet(object):
             if self.params['nodes'] and not self.expectation.expects(node):
                 continue
             queues = replies.first('active_queues').get(node) or []
-            state[node] = dict(queues=sorted(q.get('name') for q in queues if isinstance(q, dict)),
+            stats = replies.first('stats').get(node) or {}
+            pool = stats.get('pool') or {}
+            autoscaler = stats.get('autoscaler')
+            state[node] = dict(node=node, queues=sorted(q.get('name') for q in queues if isinstance(q, dict)),
+                               concurrency=len(pool['processes']) if isinstance(pool.get('processes'), list)
+                               else pool.get('max-concurrency'),
+                               autoscale=[autoscaler.get('max'), autoscaler.get('min')]
+                               if isinstance(autoscaler, dict) else None,
                                active=len(replies.first('active').get(node) or []),
                                reserved=len(replies.first('reserved').get(node) or []),
                                tasks=[dict(id=t.get('id'), name=t.get('name'), state=kind)
@@ -195,8 +235,12 @@ class Fleet(object):
         replies = self.control.request({command: arguments}, Expectation([node]), destination=[node],
                                        timeout=self.params['timeout'])
         reply = replies.first(command).get(node)
+        if node not in replies.nodes(command):
+            raise BrokerError('%s on %s: no reply within %ss (timeout)' % (command, node, self.params['timeout']),
+                              option='timeout')
         if isinstance(reply, dict) and 'error' in reply:
             raise BrokerError('%s on %s failed: %s' % (command, node, reply['error']), option='state')
+        return reply.get('ok', '') if isinstance(reply, dict) else ''
 
     def wait(self, nodes, done, describe):
         """Ask ``nodes`` again until ``done(snapshot)``; returns the last snapshot."""
@@ -207,7 +251,49 @@ class Fleet(object):
 
 
 def public(state):
-    return dict((k, v) for k, v in state.items() if k != 'tasks')
+    return dict((k, v) for k, v in state.items() if k not in ('tasks', 'node'))
+
+
+def label(command, arguments):
+    """How an action shows in the result: 'cancel_consumer default', 'pool_grow 2', 'autoscale 8,2'."""
+    return ' '.join([command] + [str(v) if not isinstance(v, list) else ','.join(map(str, v))
+                                 for v in arguments.values()])
+
+
+def plan(params, state):
+    """The control commands, as (command, arguments), that bring one node to the desired state."""
+    if params['state'] == 'stopped':
+        return [('shutdown', {})]
+    actions = []
+    current = set(state['queues'])
+    if params['state'] == 'consuming':
+        wanted = set(params['queues'])
+        actions += [('add_consumer', {'queue': q}) for q in sorted(wanted - current)]
+        if params['exclusive']:
+            actions += [('cancel_consumer', {'queue': q}) for q in sorted(current - wanted)]
+    elif params['state'] == 'drained':
+        cancel = current & set(params['queues']) if params['queues'] else current
+        actions += [('cancel_consumer', {'queue': q}) for q in sorted(cancel)]
+    if params['concurrency'] is not None:
+        if state['autoscale'] is not None:
+            raise BrokerError('concurrency: %s autoscales (%s); set autoscale instead'
+                              % (state['node'], ','.join(map(str, state['autoscale']))), option='concurrency')
+        if state['concurrency'] is None:
+            raise BrokerError('concurrency: %s does not report its pool size' % state['node'], option='concurrency')
+        delta = params['concurrency'] - state['concurrency']
+        if delta:
+            actions.append(('pool_grow' if delta > 0 else 'pool_shrink', {'n': abs(delta)}))
+    if params['autoscale'] is not None:
+        if state['autoscale'] is None:
+            raise BrokerError('autoscale: %s runs without --autoscale, so its range cannot be set' % state['node'],
+                              option='autoscale')
+        if list(state['autoscale']) != params['autoscale']:
+            actions.append(('autoscale', {'max': params['autoscale'][0], 'min': params['autoscale'][1]}))
+    if params['events'] is not None:
+        # Workers do not report whether task events are on: the command is sent, and its reply
+        # ("already enabled") tells whether it changed anything.
+        actions.append(('enable_events' if params['events'] else 'disable_events', {}))
+    return actions
 
 
 def converge(params, check_mode, result):
@@ -221,43 +307,32 @@ def converge(params, check_mode, result):
         result['missing'] = missing
         if missing and params['state'] != 'stopped':
             raise BrokerError('nodes not online (state %s needs them answering): %s'
-                              % (params['state'], ', '.join(missing)), option='nodes')
+                              % (params['state'] or 'change', ', '.join(missing)), option='nodes')
         nodes = sorted(before)
         plans = dict((node, plan(params, before[node])) for node in nodes)
         for node in nodes:
-            result['nodes'][node] = dict(before=public(before[node]), actions=plans[node])
+            result['nodes'][node] = dict(before=public(before[node]), actions=[label(*a) for a in plans[node]])
         result['changed'] = any(plans.values())
         if check_mode or not result['changed']:
             for node in nodes:
                 result['nodes'][node]['after'] = public(before[node])
             return
+        unchanged = set()
         for node in nodes:
-            for action in plans[node]:
-                command, _space, argument = action.partition(' ')
+            for command, arguments in plans[node]:
                 if command == 'shutdown':
                     control.send('shutdown', destination=[node])
-                else:
-                    fleet.tell(node, command, {'queue': argument})
+                elif fleet.tell(node, command, arguments).startswith('task events already'):
+                    unchanged.add((node, command))
+        for node in nodes:
+            plans[node] = [a for a in plans[node] if (node, a[0]) not in unchanged]
+            result['nodes'][node]['actions'] = [label(*a) for a in plans[node]]
+        result['changed'] = any(plans.values())
         after = confirm(fleet, params, nodes, plans)
         for node in nodes:
             result['nodes'][node]['after'] = public(after[node]) if node in after else None
     finally:
         control.close()
-
-
-def plan(params, state):
-    """The control commands that bring one node to the desired state, as 'command argument'."""
-    if params['state'] == 'stopped':
-        return ['shutdown']
-    current = set(state['queues'])
-    if params['state'] == 'consuming':
-        wanted = set(params['queues'])
-        actions = ['add_consumer %s' % q for q in sorted(wanted - current)]
-        if params['exclusive']:
-            actions += ['cancel_consumer %s' % q for q in sorted(current - wanted)]
-        return actions
-    cancel = current & set(params['queues']) if params['queues'] else current
-    return ['cancel_consumer %s' % q for q in sorted(cancel)]
 
 
 def confirm(fleet, params, nodes, plans):
@@ -269,21 +344,28 @@ def confirm(fleet, params, nodes, plans):
         return fleet.wait(changed, gone, lambda s: 'nodes still answering after shutdown: %s'
                           % ', '.join(sorted(n for n in changed if n in s)))
 
-    def queues_right(state):
+    def applied(state):
         for node in changed:
             if node not in state:
                 return False
             queues = set(state[node]['queues'])
-            for action in plans[node]:
-                command, _space, queue = action.partition(' ')
-                if (command == 'add_consumer') != (queue in queues):
+            for command, arguments in plans[node]:
+                if command in ('add_consumer', 'cancel_consumer') and (
+                        (command == 'add_consumer') != (arguments['queue'] in queues)):
                     return False
+            if params['concurrency'] is not None and state[node]['autoscale'] is None \
+                    and state[node]['concurrency'] != params['concurrency']:
+                return False
+            if params['autoscale'] is not None and list(state[node]['autoscale'] or []) != params['autoscale']:
+                return False
         return True
 
-    def describe_queues(state):
-        return '; '.join('%s consumes %s' % (node, ', '.join(state[node]['queues']) or 'nothing')
-                         if node in state else '%s stopped answering' % node for node in changed)
-    after = fleet.wait(changed, queues_right, describe_queues)
+    def describe(state):
+        return '; '.join('%s consumes %s with %s processes%s' % (
+            node, ', '.join(state[node]['queues']) or 'nothing', state[node]['concurrency'],
+            ', autoscale %s' % state[node]['autoscale'] if state[node]['autoscale'] else '')
+            if node in state else '%s stopped answering' % node for node in changed)
+    after = fleet.wait(changed, applied, describe) if changed else fleet.snapshot(nodes)
     if params['state'] != 'drained':
         return after
 
@@ -303,7 +385,10 @@ def main():
     argument_spec = broker_argument_spec()
     argument_spec.update(
         nodes=dict(type='list', elements='str'),
-        state=dict(type='str', required=True, choices=['consuming', 'drained', 'stopped']),
+        state=dict(type='str', choices=['consuming', 'drained', 'stopped']),
+        concurrency=dict(type='int'),
+        autoscale=dict(type='list', elements='int'),
+        events=dict(type='bool'),
         queues=dict(type='list', elements='str'),
         exclusive=dict(type='bool', default=False),
         timeout=dict(type='float', default=2.0),

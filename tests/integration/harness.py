@@ -169,7 +169,7 @@ class Worker(object):
     """A real `celery worker` process of the test app."""
 
     def __init__(self, url, name, queues, pool='threads', concurrency=2, prefetch=4, events=False,
-                 global_keyprefix=None, logdir=None):
+                 global_keyprefix=None, logdir=None, autoscale=None):
         self.url = url
         self.name = name
         self.queues = queues
@@ -177,8 +177,12 @@ class Worker(object):
         self.logfile = tempfile.mkstemp(prefix=name.replace('@', '_') + '-', suffix='.log',
                                         dir=logdir or tempfile.mkdtemp(prefix='celery-worker-'))[1]
         argv = [sys.executable, '-m', 'celery', '-A', 'fleet_tasks', 'worker', '-n', name, '-Q', ','.join(queues),
-                '-P', pool, '-c', str(concurrency), '--prefetch-multiplier', str(prefetch),
+                '-P', pool, '--prefetch-multiplier', str(prefetch),
                 '--without-mingle', '--without-gossip', '-l', 'INFO', '--logfile', self.logfile]
+        if concurrency:
+            argv += ['-c', str(concurrency)]
+        if autoscale:
+            argv += ['--autoscale', autoscale]
         if events:
             argv.append('-E')
         env = dict(os.environ, CELERY_BROKER_URL=url, PYTHONPATH=APP_DIR)

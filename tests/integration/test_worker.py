@@ -62,7 +62,7 @@ def test_drain_stop_start_loses_no_task(broker, ansible, workers):
     assert not drained.get('failed'), drained
     node = drained['nodes']['drain@fleet']
     assert node['actions'] == ['cancel_consumer work']
-    assert node['after'] == dict(queues=[], active=0, reserved=0)
+    assert node['after'] == dict(queues=[], active=0, reserved=0, concurrency=1, autoscale=None)
     again = ansible.module('celery_worker', dict(broker_url=url, nodes=['drain@fleet'], state='drained'))
     assert again['changed'] is False
 
@@ -112,6 +112,12 @@ def test_bad_input(redis_env, ansible, workers):
         (dict(broker_url=url, state='drained', wait_timeout=0), 'wait_timeout must be a positive number'),
         (dict(broker_url=url, state='paused'), 'state'),
         (dict(broker_url='redis://127.0.0.1:1/0', state='stopped'), 'redis 127.0.0.1:1 db 0'),
+        (dict(broker_url=url, concurrency=0), 'concurrency must be 1 or more'),
+        (dict(broker_url=url, autoscale=[2, 5]), 'autoscale: max (2) must be at least min (5)'),
+        (dict(broker_url=url, autoscale=[5]), 'autoscale must be [max, min]'),
+        (dict(broker_url=url), 'nothing to do'),
+        (dict(broker_url=url, state='stopped', concurrency=2), 'state: stopped goes with neither'),
+        (dict(broker_url=url, nodes=['here@fleet'], concurrency=3), 'pool_grow on here@fleet failed'),
     ]
     results = ansible.play([{'celeryops.fleet.celery_worker': args} for args, _expected in cases])
     for (args, expected), result in zip(cases, results):
@@ -119,3 +125,33 @@ def test_bad_input(redis_env, ansible, workers):
         assert expected in result['msg'], (args, result['msg'])
         assert 'Traceback' not in result['msg']
     assert worker_state(ansible, url, 'here@fleet') == ['q1']
+
+
+def test_concurrency_autoscale_and_events(broker, ansible, workers):
+    url = broker.url
+    workers.start(url, 'pool@fleet', ['q1'], pool='prefork', concurrency=2)
+    workers.start(url, 'scale@fleet', ['q1'], pool='prefork', concurrency=None, autoscale='3,1')
+    grow = dict(broker_url=url, nodes=['pool@fleet'], concurrency=3)
+    check = ansible.module('celery_worker', grow, check=True)
+    assert check['nodes']['pool@fleet']['actions'] == ['pool_grow 1']
+    assert check['nodes']['pool@fleet']['after']['concurrency'] == 2
+    real, again = ansible.play([{'celeryops.fleet.celery_worker': dict(grow, wait_timeout=60)},
+                                {'celeryops.fleet.celery_worker': grow}])
+    assert real['changed'] and real['nodes']['pool@fleet']['after']['concurrency'] == 3, real
+    assert again['changed'] is False
+    shrink = ansible.module('celery_worker', dict(grow, concurrency=1, wait_timeout=60))
+    assert shrink['nodes']['pool@fleet']['actions'] == ['pool_shrink 2']
+    assert shrink['nodes']['pool@fleet']['after']['concurrency'] == 1
+
+    scale = dict(broker_url=url, nodes=['scale@fleet'], autoscale=[4, 2])
+    first, second = ansible.play([{'celeryops.fleet.celery_worker': scale}, {'celeryops.fleet.celery_worker': scale}])
+    assert first['changed'] and first['nodes']['scale@fleet']['before']['autoscale'] == [3, 1], first
+    assert first['nodes']['scale@fleet']['after']['autoscale'] == [4, 2]
+    assert second['changed'] is False
+    refused = ansible.module('celery_worker', dict(broker_url=url, nodes=['pool@fleet'], autoscale=[4, 2]))
+    assert refused['failed'] and 'runs without --autoscale' in refused['msg']
+
+    events = dict(broker_url=url, nodes=['pool@fleet'], events=True)
+    on, again_on = ansible.play([{'celeryops.fleet.celery_worker': events}, {'celeryops.fleet.celery_worker': events}])
+    assert on['changed'] is True and on['nodes']['pool@fleet']['actions'] == ['enable_events']
+    assert again_on['changed'] is False and again_on['nodes']['pool@fleet']['actions'] == []
