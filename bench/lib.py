@@ -424,8 +424,35 @@ def reset_redis():
     client.set(MARKER, str(os.getpid()))
 
 
+WORKER_PIDS = os.path.join(OUT, 'worker-pids')  # Celery workers bench/worker_info.py started, one pid a line
+
+
+def kill_workers_left():
+    """Kill the process group of every worker bench/worker_info.py left behind (it died before its own
+    clean-up), if that pid is still a celery worker of ours."""
+    import signal
+    if not os.path.exists(WORKER_PIDS):
+        return
+    with open(WORKER_PIDS) as f:
+        pids = [int(line) for line in f if line.strip()]
+    for pid in pids:
+        try:
+            with open('/proc/%d/cmdline' % pid, 'rb') as f:
+                argv = f.read().split(b'\0')
+        except OSError:
+            continue
+        if b'celery' in argv and b'worker' in argv and any(a.startswith(b'bench') for a in argv):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+                log('killed a Celery worker left behind (pid %d)' % pid)
+            except OSError:
+                pass
+    os.unlink(WORKER_PIDS)
+
+
 def cleanup():
-    """Leave the brokers as found: bench db flushed, vhost deleted, slowlog settings restored."""
+    """Leave the brokers as found: workers killed, bench db flushed, vhost deleted, slowlog settings restored."""
+    kill_workers_left()
     try:
         client = redis_client()
         if client.exists(MARKER) or not client.dbsize():

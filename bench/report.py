@@ -9,7 +9,7 @@ import time
 
 import lib
 
-SECTIONS = ('redis_info', 'amqp_info', 'purge', 'breakdown', 'checks')
+SECTIONS = ('redis_info', 'amqp_info', 'purge', 'breakdown', 'checks', 'worker_info')
 
 
 def load(name):
@@ -105,8 +105,11 @@ def main():
       'Redis %s, RabbitMQ %s, all on loopback.' % (
           v.get('python'), v.get('ansible-core'), v.get('redis'), v.get('hiredis'), v.get('pika'), v.get('celery'),
           v.get('kombu'), v.get('redis-server'), v.get('rabbitmq')))
-    w('- Every figure is the **median of %d runs [min–max]**%s; a ratio is of medians. Variants take turns '
-      'within each round, on the same data.' % (lib.REPEAT, ' (quick mode: smaller data)' if lib.QUICK else ''))
+    wi = data['worker_info']
+    w('- Every figure is the **median of %d runs [min–max]**%s%s; a ratio is of medians. Variants take turns '
+      'within each round, on the same data.' % (
+          lib.REPEAT, ' (quick mode: smaller data)' if lib.QUICK else '',
+          ' (section 6: of %d runs, its rounds are long)' % wi['rounds'] if wi and wi['rounds'] != lib.REPEAT else ''))
     w('- Brokers: Redis db %d and RabbitMQ vhost `%s`, both emptied/deleted afterwards.' % (lib.REDIS_DB, lib.VHOST))
     w('- **wall** = the whole `ansible-playbook` process; **task** = the one task, from its start to its result '
       'on the controller (the span `ansible.posix.profile_tasks` reports), by the callback '
@@ -382,6 +385,88 @@ def main():
                           for k, v in sorted(cum.items(), key=lambda kv: -kv[1]))))
             b('')
 
+    # -- 6 ----------------------------------------------------------------------------------------
+    d = data['worker_info']
+    b('## 6. celery_worker_info vs the celery CLI, on real workers')
+    b('')
+    if not d:
+        b('Not measured: bench/worker_info.py failed (see the output of bench/run).')
+        targets.append(('6', 'celery_worker_info playbook wall / celery CLI sequence wall', 'n/a', '≤ 0.25×',
+                        '**not measured**'))
+        targets.append(('6', 'celery_worker_info task − ping task', 'n/a', '≤ 0.3 s', '**not measured**'))
+    else:
+        sizes = [d['sizes'][k] for k in d['order']]
+        first = sizes[0]
+        b('Real Celery workers of the integration tests\' app (`tests/integration/app/fleet_tasks.py`) on Redis db %d, '
+          'idle, consuming `%s`: %s, each started once per size with the harness\'s `Worker` '
+          '(tests/integration/harness.py) and killed at the end. Ready (every worker logged ` ready.`) after %s. '
+          'One of them:' % (
+              lib.REDIS_DB, d['queue'], ' then '.join('%d (`%s` … `%s`)' % (z['n'], z['names'][0], z['names'][-1])
+                                                      for z in sizes),
+              ', '.join('%.1f s (%d)' % (z['start_seconds'], z['n']) for z in sizes)))
+        b('')
+        b('    %s' % first['worker_command'])
+        b('')
+        b('Per round the variants take turns: ansible.builtin.ping; celery_worker_info in one task '
+          '(`expected_nodes` = the node names, `include: %s`, `timeout: %s`: it returns as soon as every node '
+          'answered every section); the celery CLI asking for the same, one command after the other, timed as the '
+          'whole sequence:' % (json.dumps(d['include']).replace('"', ''), d['timeout']))
+        b('')
+        b('    %s' % d['commands']['celery_cli'])
+        b('')
+        b('Checked every run: the module\'s `online` is exactly the node names, `missing`, `unexpected` and '
+          '`duplicates` are empty and every node answered every section; every CLI command lists exactly the nodes '
+          '(`->  <node>: OK`, `N nodes online.`). %d rounds per size (the other sections: %d; a round takes about '
+          '20 s).' % (d['rounds'], lib.REPEAT))
+        b('')
+        b('| workers | variant | wall | task | command |')
+        b('|---|---|---|---|---|')
+        for z in sizes:
+            vv = z['variants']
+            b('| %d | ansible.builtin.ping | %s | %s | `%s` |' % (
+                z['n'], s(vv['ping']['wall']), s(vv['ping']['task']), d['commands']['ping']))
+            b('| %d | celery_worker_info, one task (replies in: %s; result %.1f kB) | %s | %s | `%s` |' % (
+                z['n'], s(vv['worker_info']['elapsed']), (vv['worker_info'].get('result_bytes') or 0) / 1000.0,
+                s(vv['worker_info']['wall']), s(vv['worker_info']['task']), z['command']))
+            b('| %d | celery CLI: status + inspect stats, active, reserved, active_queues | %s | – | the sequence '
+              'above (%s) |' % (z['n'], s(vv['celery_cli']['wall']), ', '.join(
+                  '`%s` %s' % (step['command'].replace('celery -A fleet_tasks ', ''), s(step['wall']))
+                  for step in vv['celery_cli']['steps'])))
+        b('')
+        b('| workers | ratio / figure | value | target |')
+        b('|---|---|---|---|')
+        for z in sizes:
+            vv = z['variants']
+            wall_ratio = ratio(vv['worker_info']['wall'], vv['celery_cli']['wall'])
+            diff = vv['worker_info']['task']['median'] - vv['ping']['task']['median']
+            b('| %d | celery_worker_info wall / celery CLI sequence wall | **%.2f×** (the CLI takes %.1f× as long) | '
+              '≤ 0.25×: %s |' % (z['n'], wall_ratio, 1 / wall_ratio, mark(wall_ratio <= 0.25)))
+            b('| %d | celery_worker_info task − ping task | **%+.2f s** (%.2f×) | ≤ 0.3 s: %s |' % (
+                z['n'], diff, ratio(vv['worker_info']['task'], vv['ping']['task']), mark(diff <= 0.3)))
+            targets.append(('6', 'celery_worker_info playbook wall / celery status + 4 × inspect, %d workers' % z['n'],
+                            '%.2f×' % wall_ratio, '≤ 0.25×', mark(wall_ratio <= 0.25)))
+            targets.append(('6', 'celery_worker_info task − ping task, %d workers' % z['n'], '%+.2f s' % diff,
+                            '≤ 0.3 s', mark(diff <= 0.3)))
+        b('')
+        b('**Where the module\'s time goes.** The module\'s `gather()` run in the bench\'s process with the same '
+          'parameters (no Ansible), `Control`\'s parts timed; then the same with the reply channel\'s BRPOP timeout '
+          '(kombu\'s `brpop_timeout`, 1 s by default) set to %.2f s right after connecting, a what-if made in the '
+          'bench only. And the module\'s import in a fresh interpreter, against `ansible.module_utils.basic` alone '
+          '(which ping pays too):' % d['fast_brpop'])
+        b('')
+        b('| workers | connect | request (all replies) | close | gather() in all | close, BRPOP %.2f s | gather(), BRPOP %.2f s '
+          '| import basic | import celery_worker_info |' % (d['fast_brpop'], d['fast_brpop']))
+        b('|---|---|---|---|---|---|---|---|---|')
+        for z in sizes:
+            a, f = z['inprocess']['as_is'], z['inprocess']['fast_close']
+            b('| %d | %s | %s | %s | %s | %s | %s | %s | %s |' % (
+                z['n'], s(a['connect'], 'ms', 0), s(a['request'], 'ms', 0), s(a['close'], 'ms', 0),
+                s(a['gather'], 'ms', 0), s(f['close'], 'ms', 0), s(f['gather'], 'ms', 0),
+                s(z['imports']['basic'], 'ms', 0), s(z['imports']['module'], 'ms', 0)))
+        b('')
+        b('(`%s`; `%s`)' % (d['commands']['imports']['basic'], d['commands']['imports']['module']))
+        b('')
+
     # -- findings ---------------------------------------------------------------------------------
     ri, ch, bd = data['redis_info'], data['checks'], data['breakdown']
     if ri and ch:
@@ -454,6 +539,40 @@ def main():
                     bd['module_task']['median'] - bd['inprocess']['median'],
                     100 * (bd['module_task']['median'] - bd['inprocess']['median']) / bd['module_task']['median'],
                     '{:,}'.format(bd['n'])))
+    wi = data['worker_info']
+    if wi:
+        z = [wi['sizes'][k] for k in wi['order']]
+        closes = ', '.join('%.0f ms (%d workers)' % (x['inprocess']['as_is']['close']['median'] * 1000, x['n']) for x in z)
+        text = ('celery_worker_info waits out a BRPOP when it closes its Redis connection: `Control.close()` takes %s '
+                'in process, while collecting every reply takes %s. kombu\'s Redis `Channel.close()` reads the reply of '
+                'the BRPOP still in flight on the reply queue (the last `drain_events` sent it), which Redis gives only '
+                'when its timeout (`brpop_timeout`, 1 s by default) runs out. With that timeout set to %.2f s on the '
+                'module\'s channel (a what-if in the bench) close takes %s and gather() %s instead of %s, with the '
+                'same replies.' % (
+                    closes, ', '.join('%.0f ms' % (x['inprocess']['as_is']['request']['median'] * 1000) for x in z),
+                    wi['fast_brpop'],
+                    ', '.join('%.0f ms' % (x['inprocess']['fast_close']['close']['median'] * 1000) for x in z),
+                    ', '.join('%.0f ms' % (x['inprocess']['fast_close']['gather']['median'] * 1000) for x in z),
+                    ', '.join('%.0f ms' % (x['inprocess']['as_is']['gather']['median'] * 1000) for x in z)))
+        x = z[0]
+        vv = x['variants']
+        diff = vv['worker_info']['task']['median'] - vv['ping']['task']['median']
+        imports = x['imports']['module']['median'] - x['imports']['basic']['median']
+        a = x['inprocess']['as_is']
+        rest = diff - imports - a['connect']['median'] - a['request']['median'] - a['close']['median']
+        text += (' Of the %.2f s the task costs over ping with %d workers, close() is %.2f s, the module\'s imports '
+                 'beyond ansible.module_utils.basic (kombu, redis-py) %.2f s, connecting %.2f s, asking and collecting '
+                 '%.2f s (of which %.1f s is the module\'s deliberate wait for duplicate node names), and %.2f s is not '
+                 'accounted for by these (the controller\'s share for a larger payload and result, and noise: these are '
+                 'estimates, per-task times spread). A short BRPOP '
+                 'timeout for the control connection in `_control.py` (kombu takes it from the `polling_interval` '
+                 'transport option, which also sleeps that long between empty polls) would take about %.2f s off '
+                 'every run; not made here. Even then the task stays about %.2f s over ping: the 0.3 s target also '
+                 'needs the imports and the controller\'s share cut.' % (
+                     diff, x['n'], a['close']['median'], imports, a['connect']['median'], a['request']['median'],
+                     wi.get('duplicate_grace', 0.1), rest, a['close']['median'] - x['inprocess']['fast_close']['close']['median'],
+                     diff - (a['close']['median'] - x['inprocess']['fast_close']['close']['median'])))
+        findings.append(text)
     pg = data['purge']
     if pg and 'amqp' in pg:
         findings.append(
@@ -484,7 +603,8 @@ def main():
     w('')
     w('Other knobs: BENCH_REPEAT, BENCH_REDIS_DB (default 5), BENCH_VHOST (default celeryops-bench), '
       'BENCH_REDIS_QUEUES, BENCH_AMQP_QUEUES, BENCH_REDIS_PURGE, BENCH_AMQP_PURGE, BENCH_BACKLOG, '
-      'BENCH_LOOP_KEYS=all, BENCH_SKIP_AMQP_PURGE=1, BENCH_RESULTS (output file).')
+      'BENCH_LOOP_KEYS=all, BENCH_SKIP_AMQP_PURGE=1, BENCH_WORKER_ROUNDS (default 3, quick 2), '
+      'BENCH_WORKER_SIZES (default 3,12), BENCH_RESULTS (output file).')
     w('')
     target = os.environ.get('BENCH_RESULTS') or os.path.join(lib.BENCH, 'RESULTS.quick.md' if lib.QUICK else 'RESULTS.md')
     with open(target, 'w') as f:

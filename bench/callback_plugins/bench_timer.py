@@ -45,7 +45,10 @@ def _summary(result):
         out['result_bytes'] = len(json.dumps(result, default=str))
     except (TypeError, ValueError):
         pass
-    for key in ('msg', 'rc', 'ping', 'changed'):
+    workers = result.get('workers')
+    if isinstance(workers, dict):  # celery_worker_info: the sections each node answered
+        out['sections'] = dict((node, sorted(info)) for node, info in workers.items() if isinstance(info, dict))
+    for key in ('msg', 'rc', 'ping', 'changed', 'online', 'missing', 'unexpected', 'duplicates', 'count', 'elapsed'):
         if key in result:
             out[key] = result[key]
     if 'stdout' in result:

@@ -10,12 +10,6 @@ class ModuleDocFragment(object):
     # kombu's Redis transport options and the RabbitMQ management API (module_utils/_queues.py).
     DOCUMENTATION = r"""
 options:
-  global_keyprefix:
-    description:
-      - Redis only. kombu's C(global_keyprefix) transport option, prepended to every key.
-      - Must match the C(broker_transport_options) of the Celery app.
-    type: str
-    default: ''
   priority_steps:
     description:
       - Redis only. kombu's C(priority_steps) transport option. A queue is one list per step; step 0 is the bare

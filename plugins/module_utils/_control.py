@@ -54,6 +54,16 @@ def is_pattern(name):
     return any(c in name for c in '*?[')
 
 
+def check_node_names(nodes, option):
+    """Node names look like worker1@host; glob patterns (*@host) are taken as they are."""
+    for node in nodes or []:
+        if not node or not node.strip():
+            raise BrokerError('%s: a node name is empty' % option, option=option)
+        if not is_pattern(node) and ('@' not in node or node.startswith('@') or node.endswith('@')):
+            raise BrokerError("%s: '%s' is not a node name like worker1@host (or a pattern like *@host)"
+                              % (option, node), option=option)
+
+
 class Replies(object):
     """Replies to one request: per command, per node, every value that came (in order)."""
 

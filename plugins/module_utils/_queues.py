@@ -19,7 +19,6 @@ def _amqp():
 def queue_options_argument_spec():
     """Options of doc fragments celeryops.fleet.redis_transport and celeryops.fleet.management."""
     return dict(
-        global_keyprefix=dict(type='str', default='', no_log=False),
         priority_steps=dict(type='list', elements='int', default=list(_redis_queues.DEFAULT_PRIORITY_STEPS)),
         sep=dict(type='str', default=_redis_queues.DEFAULT_SEP),
         management_url=dict(type='str'),

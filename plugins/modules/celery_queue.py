@@ -52,6 +52,7 @@ options:
     default: oldest
 extends_documentation_fragment:
   - celeryops.fleet.broker
+  - celeryops.fleet.broker.global_keyprefix
   - celeryops.fleet.queue_options
   - celeryops.fleet.attributes
 attributes:
@@ -179,7 +180,7 @@ def apply(params, check_mode, result, warn):
 
 
 def main():
-    argument_spec = broker_argument_spec()
+    argument_spec = broker_argument_spec(keyprefix=True)
     argument_spec.update(queue_options_argument_spec())
     argument_spec.update(
         queues=dict(type='list', elements='str', required=True),

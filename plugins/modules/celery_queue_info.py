@@ -58,6 +58,7 @@ options:
     type: int
 extends_documentation_fragment:
   - celeryops.fleet.broker
+  - celeryops.fleet.broker.global_keyprefix
   - celeryops.fleet.queue_options
   - celeryops.fleet.wait
   - celeryops.fleet.attributes
@@ -248,7 +249,7 @@ def describe(params, result):
 
 
 def main():
-    argument_spec = broker_argument_spec()
+    argument_spec = broker_argument_spec(keyprefix=True)
     argument_spec.update(queue_options_argument_spec())
     argument_spec.update(wait_argument_spec())
     argument_spec.update(

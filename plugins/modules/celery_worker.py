@@ -78,13 +78,9 @@ options:
       - Seconds between two checks while waiting.
     type: float
     default: 0.5
-  global_keyprefix:
-    description:
-      - Redis only. kombu's C(global_keyprefix) transport option of the Celery app, if it sets one.
-    type: str
-    default: ''
 extends_documentation_fragment:
   - celeryops.fleet.broker
+  - celeryops.fleet.broker.global_keyprefix
   - celeryops.fleet.attributes
 attributes:
   check_mode:
@@ -154,19 +150,14 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
     BrokerError, broker_argument_spec, broker_from_params, fail_from_error)
 from ansible_collections.celeryops.fleet.plugins.module_utils._control import (
-    HAS_KOMBU, KOMBU_IMPORT_ERROR, Control, Expectation, is_pattern)
+    HAS_KOMBU, KOMBU_IMPORT_ERROR, Control, Expectation, check_node_names)
 from ansible_collections.celeryops.fleet.plugins.module_utils._wait import wait_until
 
 SNAPSHOT = {'ping': {}, 'active_queues': {}, 'active': {}, 'reserved': {}, 'stats': {}}
 
 
 def check_params(params):
-    for node in params['nodes'] or []:
-        if not node or not node.strip():
-            raise BrokerError('nodes: a node name is empty', option='nodes')
-        if not is_pattern(node) and ('@' not in node or node.startswith('@') or node.endswith('@')):
-            raise BrokerError("nodes: '%s' is not a node name like worker1@host (or a pattern like *@host)" % node,
-                              option='nodes')
+    check_node_names(params['nodes'], 'nodes')
     for queue in params['queues'] or []:
         if not queue or not queue.strip():
             raise BrokerError('queues: a queue name is empty', option='queues')
@@ -382,7 +373,7 @@ def confirm(fleet, params, nodes, plans):
 
 
 def main():
-    argument_spec = broker_argument_spec()
+    argument_spec = broker_argument_spec(keyprefix=True)
     argument_spec.update(
         nodes=dict(type='list', elements='str'),
         state=dict(type='str', choices=['consuming', 'drained', 'stopped']),
@@ -394,7 +385,6 @@ def main():
         timeout=dict(type='float', default=2.0),
         wait_timeout=dict(type='float', default=300.0),
         wait_sleep=dict(type='float', default=0.5),
-        global_keyprefix=dict(type='str', default='', no_log=False),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if not HAS_KOMBU:

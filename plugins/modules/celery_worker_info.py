@@ -48,13 +48,9 @@ options:
         RV(missing).
     type: float
     default: 1.0
-  global_keyprefix:
-    description:
-      - Redis only. kombu's C(global_keyprefix) transport option of the Celery app, if it sets one.
-    type: str
-    default: ''
 extends_documentation_fragment:
   - celeryops.fleet.broker
+  - celeryops.fleet.broker.global_keyprefix
   - celeryops.fleet.wait
   - celeryops.fleet.attributes
   - celeryops.fleet.attributes.info_module
@@ -145,19 +141,14 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
     BrokerError, broker_argument_spec, broker_from_params, fail_from_error, redact_secrets)
 from ansible_collections.celeryops.fleet.plugins.module_utils._control import (
-    HAS_KOMBU, INSPECT_COMMANDS, KOMBU_IMPORT_ERROR, Control, Expectation, is_pattern)
+    HAS_KOMBU, INSPECT_COMMANDS, KOMBU_IMPORT_ERROR, Control, Expectation, check_node_names)
 from ansible_collections.celeryops.fleet.plugins.module_utils._wait import (
     check_wait_params, wait_argument_spec, wait_until)
 
 
 def check_params(params):
     check_wait_params(params)
-    for node in params['expected_nodes'] or []:
-        if not node or not node.strip():
-            raise BrokerError('expected_nodes: a node name is empty', option='expected_nodes')
-        if not is_pattern(node) and ('@' not in node or node.startswith('@') or node.endswith('@')):
-            raise BrokerError("expected_nodes: '%s' is not a node name like worker1@host (or a pattern like *@host)"
-                              % node, option='expected_nodes')
+    check_node_names(params['expected_nodes'], 'expected_nodes')
     if params['expected_count'] is not None and params['expected_count'] < 0:
         raise BrokerError('expected_count must be 0 or more, got %d' % params['expected_count'], option='expected_count')
     if params['timeout'] <= 0:
@@ -200,7 +191,7 @@ def gather(params, result):
 
 
 def main():
-    argument_spec = broker_argument_spec()
+    argument_spec = broker_argument_spec(keyprefix=True)
     argument_spec.update(wait_argument_spec())
     argument_spec.update(
         expected_nodes=dict(type='list', elements='str'),
@@ -208,7 +199,6 @@ def main():
         include=dict(type='list', elements='str', choices=sorted(INSPECT_COMMANDS),
                      default=['ping', 'stats', 'active_queues']),
         timeout=dict(type='float', default=1.0),
-        global_keyprefix=dict(type='str', default='', no_log=False),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if not HAS_KOMBU:

@@ -1,0 +1,296 @@
+"""6. celery_worker_info vs the celery CLI (`celery status` + four `celery inspect`) on real workers.
+
+Real Celery workers of the integration tests' app (tests/integration/app/fleet_tasks.py) on the
+bench Redis db: 3, then 12 (threads pool, concurrency 1, --without-mingle --without-gossip, node
+names bench1@fleet...), started once per size with the integration harness's Worker and killed
+at the end (also on failure). Each round takes turns:
+
+- ansible.builtin.ping in one playbook (the per-task baseline);
+- celery_worker_info in one playbook: expected_nodes = the node names, include ping, stats,
+  active, reserved, active_queues, timeout 5 (it returns as soon as every node answered);
+- the same information from the celery CLI: status, then inspect stats, active, reserved and
+  active_queues, one process after the other, timed as the whole sequence;
+- diagnostics: the module's gather() in this process with Control's parts timed (and once more
+  with kombu's BRPOP timeout of the reply channel lowered, to size what closing costs), and the
+  import of the module vs ansible.module_utils.basic in fresh interpreters.
+
+Every run is checked: the module's `online` is the node names and nothing is missing, unexpected
+or duplicated, every node answered every section; each CLI command lists exactly the nodes.
+Fewer rounds than the other sections (BENCH_WORKER_ROUNDS; 3, quick 2): a round takes ~20 s.
+"""
+
+import os
+import re
+import signal
+import sys
+import tempfile
+import time
+
+import lib
+
+SIZES = tuple(int(n) for n in (os.environ.get('BENCH_WORKER_SIZES') or '3,12').split(','))
+ROUNDS = int(os.environ.get('BENCH_WORKER_ROUNDS') or min(lib.REPEAT, 2 if lib.QUICK else 3))
+QUEUE = 'bench.workers'
+INCLUDE = ['ping', 'stats', 'active', 'reserved', 'active_queues']
+TIMEOUT = 5
+CLI_STEPS = (('status',), ('inspect', 'stats'), ('inspect', 'active'), ('inspect', 'reserved'),
+             ('inspect', 'active_queues'))
+FAST_BRPOP = 0.05  # the what-if: kombu's BRPOP timeout of the reply channel (kombu's default is 1 s)
+IMPORT = "import sys, os; sys.path.insert(0, os.environ['ANSIBLE_COLLECTIONS_PATH'].split(':')[0]); import %s"
+MODULE = 'ansible_collections.celeryops.fleet.plugins.modules.celery_worker_info'
+
+
+def node_names(n):
+    return ['bench%d@fleet' % i for i in range(1, n + 1)]
+
+
+# -- workers -----------------------------------------------------------------------------------
+
+def worker_class():
+    """The integration harness's Worker (a real `celery worker` process of the test app)."""
+    sys.path.insert(0, os.path.join(lib.ROOT, 'tests', 'integration'))
+    from harness import Worker  # pylint: disable=import-error
+    return Worker
+
+
+def start_workers(names, logdir):
+    """Start one worker per node name, then wait until each logged ' ready.'."""
+    worker = worker_class()
+    workers = []
+    try:
+        for name in names:
+            workers.append(worker(lib.REDIS_URL, name, [QUEUE], pool='threads', concurrency=1, logdir=logdir))
+            with open(lib.WORKER_PIDS, 'a') as f:  # for bench/run's clean-up, should this process die
+                f.write('%d\n' % workers[-1].process.pid)
+        for one in workers:
+            one.wait_ready(timeout=120)
+    except BaseException:
+        kill_workers(workers)
+        raise
+    return workers
+
+
+def kill_workers(workers):
+    for one in workers:
+        try:
+            one.kill()
+        except Exception as exc:  # noqa: BLE001 - go on killing the others
+            lib.log('could not kill worker %s: %s' % (one.name, exc))
+
+
+def worker_command(worker):
+    """A worker's command line as one would type it (python -m celery -> celery, no --logfile)."""
+    argv = list(worker.process.args)[3:]
+    if '--logfile' in argv:
+        at = argv.index('--logfile')
+        del argv[at:at + 2]
+    return 'cd tests/integration/app && CELERY_BROKER_URL=%s celery %s' % (lib.REDIS_URL, lib.show(argv))
+
+
+# -- the celery CLI ----------------------------------------------------------------------------
+
+def celery_argv(step):
+    return [os.path.join(os.path.dirname(sys.executable), 'celery'), '-A', 'fleet_tasks'] + list(step)
+
+
+def cli_command():
+    return 'cd tests/integration/app && export CELERY_BROKER_URL=%s && %s' % (
+        lib.REDIS_URL, ' && '.join('celery -A fleet_tasks %s' % ' '.join(step) for step in CLI_STEPS))
+
+
+def check_cli(step, out, names):
+    text = out.decode('utf-8', 'replace')
+    nodes = re.findall(r'^->  (\S+): OK', text, re.M)
+    if sorted(nodes) != sorted(names) or '%d nodes online.' % len(names) not in text:
+        raise AssertionError('celery %s listed %r, expected %r: %s' % (' '.join(step), nodes, names, text[-500:]))
+
+
+def cli_sequence(names):
+    """The CLI commands one after the other: (seconds of the whole sequence, seconds of each)."""
+    env = {'CELERY_BROKER_URL': lib.REDIS_URL}
+    steps, outputs = [], []
+    start = time.perf_counter()
+    for step in CLI_STEPS:
+        seconds, out = lib.timed(celery_argv(step), env=env, cwd=lib.APP_DIR)
+        steps.append(seconds)
+        outputs.append(out)
+    total = time.perf_counter() - start
+    for step, out in zip(CLI_STEPS, outputs):
+        check_cli(step, out, names)
+    return total, steps
+
+
+# -- the module --------------------------------------------------------------------------------
+
+def module_vars(names):
+    return dict(broker_url=lib.REDIS_URL, expected_nodes=names, include=INCLUDE, timeout=TIMEOUT)
+
+
+def check_module(summary, names):
+    expected = sorted(names)
+    problems = []
+    if summary.get('online') != expected:
+        problems.append('online %r' % summary.get('online'))
+    for key in ('missing', 'unexpected', 'duplicates'):
+        if summary.get(key) != []:
+            problems.append('%s %r' % (key, summary.get(key)))
+    sections = summary.get('sections') or {}
+    for name in names:
+        if not set(INCLUDE) <= set(sections.get(name) or ()):
+            problems.append('%s answered only %r' % (name, sections.get(name)))
+    if problems:
+        raise AssertionError('celery_worker_info with %d workers: %s' % (len(names), '; '.join(problems)))
+
+
+def module_inprocess(names, fast_close=False):
+    """The module's gather() in this process (no Ansible), with Control's parts timed.
+
+    fast_close: the reply channel's BRPOP timeout lowered to FAST_BRPOP right after connecting,
+    to measure how much of close() is kombu waiting out a BRPOP still in flight.
+    Returns {part: seconds}.
+    """
+    lib.module_utils()
+    from ansible_collections.celeryops.fleet.plugins.module_utils import _control
+    from ansible_collections.celeryops.fleet.plugins.module_utils._broker import broker_argument_spec
+    from ansible_collections.celeryops.fleet.plugins.module_utils._wait import wait_argument_spec
+    from ansible_collections.celeryops.fleet.plugins.modules import celery_worker_info
+    params = {}
+    for spec in (broker_argument_spec(), wait_argument_spec()):
+        for name, option in spec.items():
+            params[name] = option.get('default')
+    params.update(broker_url=lib.REDIS_URL, expected_nodes=list(names), expected_count=None, include=list(INCLUDE),
+                  timeout=float(TIMEOUT), global_keyprefix='')
+    spent = {}
+    saved = []
+
+    def wrap(name, label, after=None):
+        real = getattr(_control.Control, name)
+
+        def wrapper(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                value = real(self, *args, **kwargs)
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.perf_counter() - start
+            if after:
+                after(self)
+            return value
+        saved.append((name, real))
+        setattr(_control.Control, name, wrapper)
+
+    def lower_brpop(control):
+        control.channel.brpop_timeout = FAST_BRPOP
+    wrap('__init__', 'connect', lower_brpop if fast_close else None)
+    wrap('request', 'request')
+    wrap('close', 'close')
+    result = {}
+    try:
+        celery_worker_info.check_params(params)
+        start = time.perf_counter()
+        celery_worker_info.gather(params, result)
+        spent['gather'] = time.perf_counter() - start
+    finally:
+        for name, real in saved:
+            setattr(_control.Control, name, real)
+    if result.get('online') != sorted(names) or result.get('missing'):
+        raise AssertionError('gather() in process: online %r, missing %r' % (result.get('online'), result.get('missing')))
+    spent['elapsed'] = result['elapsed']
+    return spent
+
+
+def import_seconds(module):
+    seconds, _out = lib.timed([sys.executable, '-c', IMPORT % module])
+    return seconds
+
+
+# -- one size ----------------------------------------------------------------------------------
+
+def bench_size(n, logdir):
+    names = node_names(n)
+    start = time.perf_counter()
+    workers = start_workers(names, logdir)
+    started = time.perf_counter() - start
+    lib.log('%d workers ready in %.1f s' % (n, started))
+    results = dict(ping=dict(wall=[], task=[]), worker_info=dict(wall=[], task=[], elapsed=[], result_bytes=[]),
+                   celery_cli=dict(wall=[], steps=[[] for _step in CLI_STEPS]))
+    inprocess = dict((key, dict((part, []) for part in ('connect', 'request', 'close', 'gather', 'elapsed')))
+                     for key in ('as_is', 'fast_close'))
+    imports = dict(basic=[], module=[])
+    try:
+        for round_ in range(ROUNDS):
+            wall, task = lib.run_playbook('ping.yml')
+            if task['summary'].get('ping') != 'pong':
+                raise AssertionError('ping task said %r' % task['summary'])
+            results['ping']['wall'].append(wall)
+            results['ping']['task'].append(task['seconds'])
+
+            wall, task = lib.run_playbook('worker_info.yml', module_vars(names))
+            check_module(task['summary'], names)
+            results['worker_info']['wall'].append(wall)
+            results['worker_info']['task'].append(task['seconds'])
+            results['worker_info']['elapsed'].append(task['summary']['elapsed'])
+            results['worker_info']['result_bytes'].append(task['summary'].get('result_bytes'))
+
+            wall, steps = cli_sequence(names)
+            results['celery_cli']['wall'].append(wall)
+            for i, seconds in enumerate(steps):
+                results['celery_cli']['steps'][i].append(seconds)
+
+            for key, fast in (('as_is', False), ('fast_close', True)):
+                for part, seconds in module_inprocess(names, fast).items():
+                    inprocess[key][part].append(seconds)
+            imports['basic'].append(import_seconds('ansible.module_utils.basic'))
+            imports['module'].append(import_seconds(MODULE))
+            lib.log('%d workers, round %d/%d: ping %.2fs (task %.2fs), worker_info %.2fs (task %.2fs), '
+                    'celery CLI %.2fs, close() in process %.2fs' % (
+                        n, round_ + 1, ROUNDS, results['ping']['wall'][-1], results['ping']['task'][-1],
+                        results['worker_info']['wall'][-1], results['worker_info']['task'][-1],
+                        results['celery_cli']['wall'][-1], inprocess['as_is']['close'][-1]))
+        command = worker_command(workers[0])
+    finally:
+        kill_workers(workers)
+    out = dict(n=n, names=names, start_seconds=started, worker_command=command, variants={},
+               command=lib.playbook_command('worker_info.yml', module_vars(names)))
+    for name in ('ping', 'worker_info', 'celery_cli'):
+        data = results[name]
+        entry = dict(wall=lib.summary(data['wall']))
+        if 'task' in data:
+            entry['task'] = lib.summary(data['task'])
+        out['variants'][name] = entry
+    out['variants']['worker_info']['elapsed'] = lib.summary(results['worker_info']['elapsed'])
+    out['variants']['worker_info']['result_bytes'] = results['worker_info']['result_bytes'][-1]
+    out['variants']['celery_cli']['steps'] = [
+        dict(command='celery -A fleet_tasks %s' % ' '.join(step), wall=lib.summary(values))
+        for step, values in zip(CLI_STEPS, results['celery_cli']['steps'])]
+    out['inprocess'] = dict((key, dict((part, lib.summary(values)) for part, values in parts.items()))
+                            for key, parts in inprocess.items())
+    out['imports'] = dict((key, lib.summary(values)) for key, values in imports.items())
+    return out
+
+
+def main():
+    # SIGTERM ends the run through the finally clauses, which kill the workers.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    lib.reset_redis()
+    logdir = tempfile.mkdtemp(prefix='workers-', dir=lib.OUT)
+    sizes = {}
+    try:
+        for n in SIZES:
+            sizes[str(n)] = bench_size(n, logdir)
+    finally:
+        lib.reset_redis()
+    lib.module_utils()
+    from ansible_collections.celeryops.fleet.plugins.module_utils._control import DUPLICATE_GRACE
+    out = dict(sizes=sizes, order=[str(n) for n in SIZES], rounds=ROUNDS, include=INCLUDE, timeout=TIMEOUT,
+               queue=QUEUE, fast_brpop=FAST_BRPOP, duplicate_grace=DUPLICATE_GRACE, commands=dict(
+                   ping=lib.playbook_command('ping.yml'),
+                   celery_cli=cli_command(),
+                   imports=dict(basic='python -c "%s"' % (IMPORT % 'ansible.module_utils.basic'),
+                                module='python -c "%s"' % (IMPORT % MODULE)),
+                   inprocess='in process (bench/worker_info.py): celery_worker_info.gather(params, result), '
+                             'Control.__init__/request/close timed'))
+    lib.write_result('worker_info', out)
+
+
+if __name__ == '__main__':
+    main()
