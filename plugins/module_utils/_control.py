@@ -148,6 +148,9 @@ class Control(object):
             self.connection = Connection(hostname=broker.host, port=broker.port, userid=broker.user,
                                          password=broker.password, virtual_host=str(broker.db), transport='redis',
                                          ssl=ssl, connect_timeout=broker.timeout, transport_options=options)
+            # Closing a channel waits for the BRPOP in flight, which blocks up to the transport's
+            # brpop_timeout (1 s, not a transport option): keep it short.
+            self.connection.transport.brpop_timeout = 0.1
         else:
             ssl = None
             if broker.tls:
