@@ -147,7 +147,7 @@ def module_inprocess(names, fast_close=False):
 
     fast_close: the reply channel's BRPOP timeout lowered to FAST_BRPOP right after connecting,
     to measure how much of close() is kombu waiting out a BRPOP still in flight.
-    Returns {part: seconds}.
+    Returns {part: seconds}, and brpop_timeout: the channel's BRPOP timeout as the module set it.
     """
     lib.module_utils()
     from ansible_collections.celeryops.fleet.plugins.module_utils import _control
@@ -178,9 +178,11 @@ def module_inprocess(names, fast_close=False):
         saved.append((name, real))
         setattr(_control.Control, name, wrapper)
 
-    def lower_brpop(control):
-        control.channel.brpop_timeout = FAST_BRPOP
-    wrap('__init__', 'connect', lower_brpop if fast_close else None)
+    def after_connect(control):
+        spent['brpop_timeout'] = control.channel.brpop_timeout  # as the module (or kombu's default) left it
+        if fast_close:
+            control.channel.brpop_timeout = FAST_BRPOP
+    wrap('__init__', 'connect', after_connect)
     wrap('request', 'request')
     wrap('close', 'close')
     result = {}
@@ -213,8 +215,8 @@ def bench_size(n, logdir):
     lib.log('%d workers ready in %.1f s' % (n, started))
     results = dict(ping=dict(wall=[], task=[]), worker_info=dict(wall=[], task=[], elapsed=[], result_bytes=[]),
                    celery_cli=dict(wall=[], steps=[[] for _step in CLI_STEPS]))
-    inprocess = dict((key, dict((part, []) for part in ('connect', 'request', 'close', 'gather', 'elapsed')))
-                     for key in ('as_is', 'fast_close'))
+    parts = ('connect', 'request', 'close', 'gather', 'elapsed', 'brpop_timeout')
+    inprocess = dict((key, dict((part, []) for part in parts)) for key in ('as_is', 'fast_close'))
     imports = dict(basic=[], module=[])
     try:
         for round_ in range(ROUNDS):
