@@ -49,7 +49,6 @@ def main():
         lib.MANAGEMENT, lib.QVHOST)
     curl = ['curl', '-sf', '-u', 'guest:guest', api]
     results = dict((k, dict(wall=[], task=[])) for k in ('queue_info', 'rabbitmqctl', 'curl', 'module_utils'))
-    _queues = lib.module_utils()
     params = lib.module_params(lib.AMQP_URL)
 
     for round_ in range(lib.REPEAT):
@@ -72,13 +71,8 @@ def main():
             raise AssertionError('the management API listed %d queues' % out.count(b'"name"'))
         results['curl']['wall'].append(seconds)
 
-        start = time.perf_counter()
-        queues = _queues.open_queues(params)
-        try:
-            states = _queues.queue_states(queues, queues.discover(False))
-        finally:
-            queues.close()
-        results['module_utils']['wall'].append(time.perf_counter() - start)
+        seconds, states = lib.describe_in_process(params)
+        results['module_utils']['wall'].append(seconds)
         if len(states) != N_QUEUES:
             raise AssertionError('module_utils saw %d queues' % len(states))
         lib.log('round %d/%d: %s' % (round_ + 1, lib.REPEAT, ', '.join(
@@ -94,7 +88,7 @@ def main():
     out['variants']['rabbitmqctl']['command'] = lib.show(rabbitmqctl)
     out['variants']['curl']['command'] = lib.show(curl)
     out['variants']['module_utils']['command'] = ('in process (bench/amqp_info.py): open_queues(); '
-                                                  'queue_states(queues, queues.discover(False))')
+                                                  'queue_states(queues) (lib.describe_in_process)')
     lib.write_result('amqp_info', out)
     connection = lib.amqp_connection()
     try:

@@ -124,7 +124,6 @@ def main():
     results = dict((name, dict(wall=[], task=[], checks=[])) for name, _p, _v in variants)
     results['redis_cli_stdin'] = dict(wall=[], checks=[])
     results['module_utils'] = dict(wall=[], checks=[])
-    _queues = lib.module_utils()
     params = lib.module_params(lib.REDIS_URL)
 
     for round_ in range(lib.REPEAT):
@@ -150,13 +149,8 @@ def main():
             raise AssertionError('redis-cli read %d counts summing to %d' % (len(counts), sum(counts)))
         results['redis_cli_stdin']['wall'].append(seconds)
         # The module's own work in this process: connect, discover, LLEN x4 per queue, unacked.
-        start = time.perf_counter()
-        queues = _queues.open_queues(params)
-        try:
-            states = _queues.queue_states(queues, queues.discover(False))
-        finally:
-            queues.close()
-        results['module_utils']['wall'].append(time.perf_counter() - start)
+        seconds, states = lib.describe_in_process(params)
+        results['module_utils']['wall'].append(seconds)
         if sum(s['messages'] for s in states) != ready:
             raise AssertionError('module_utils counted %d' % sum(s['messages'] for s in states))
         lib.log('round %d/%d: %s' % (round_ + 1, lib.REPEAT, ', '.join(
@@ -180,7 +174,7 @@ def main():
     out['variants']['redis_cli_stdin']['command'] = 'redis-cli -n %d < %s   # %d lines like: LLEN "bench.q0000\\x06\\x163"' % (
         lib.REDIS_DB, stdin_file, 4 * N_QUEUES)
     out['variants']['module_utils']['command'] = ('in process (bench/redis_info.py): open_queues(); '
-                                                  'queue_states(queues, queues.discover(False))')
+                                                  'queue_states(queues) (lib.describe_in_process)')
     lib.write_result('redis_info', out)
     lib.reset_redis()
 
