@@ -9,7 +9,8 @@ from harness import (Ansible, RabbitBroker, RedisBroker, close_publishers, manag
 @pytest.fixture(scope='session')
 def redis_broker():
     require(redis_up(), 'Redis at 127.0.0.1:6379')
-    return RedisBroker(db=8 + worker_index())
+    # CELERYOPS_TEST_REDIS_DB moves the range so that two checkouts can test side by side.
+    return RedisBroker(db=int(os.environ.get('CELERYOPS_TEST_REDIS_DB', '8')) + worker_index())
 
 
 @pytest.fixture
