@@ -138,6 +138,7 @@ class EventSummary(object):
         self.failures = []
         self.failures_total = 0
         self.workers = {}
+        self.no_exchange = False   # RabbitMQ: the event exchange does not exist
 
     def add(self, event, received_at):
         """Take one event (a dict as Celery sends it); returns whether it was counted."""
@@ -196,6 +197,9 @@ class EventSummary(object):
 
     def hint(self):
         """Why no (task) events came, when that is the likely story; else None."""
+        if self.no_exchange:
+            return ('no events: the event exchange %s does not exist on this vhost, so no worker has ever sent an '
+                    'event through it. Are the workers using this broker and vhost?' % EVENT_EXCHANGE)
         if self.workers == {} and self.undecodable == 0:
             return ('no events arrived: no worker sent even a heartbeat. Are workers running against this broker '
                     '(and database or vhost)? Workers send a heartbeat every %g s, so a shorter window may see none.'
@@ -231,13 +235,16 @@ def listen(control, summary, duration, max_events=None, types=None):
 
     connection = control.connection
     redis = control.broker.transport == 'redis'
-    # Celery's get_exchange: the same exchange is a fanout (PUB/SUB) one on Redis.
-    exchange = Exchange(EVENT_EXCHANGE, type='fanout' if redis else 'topic', durable=True, auto_delete=False)
+    # Celery's get_exchange: the same exchange is a fanout (PUB/SUB) one on Redis. On RabbitMQ it
+    # is only looked up (passive): creating it is the workers' business.
+    exchange = Exchange(EVENT_EXCHANGE, type='fanout' if redis else 'topic', durable=True, auto_delete=False,
+                        passive=not redis)
     queue = Queue(QUEUE_PREFIX + uuid(), exchange=exchange, routing_key=routing_key(types), durable=False,
                   auto_delete=True, exclusive=not redis, expires=QUEUE_EXPIRES, message_ttl=MESSAGE_TTL)
     connection.transport_options['client_name'] = CLIENT_NAME
     channel = control._guard(connection.channel, 'opening a channel on')
-    state = dict(ended='duration')
+    queue = queue(channel)
+    state = dict(ended='duration', declared=False)
 
     def on_message(body, message):
         received_at = time.monotonic()
@@ -250,12 +257,19 @@ def listen(control, summary, duration, max_events=None, types=None):
     def on_undecodable(message, exc):
         summary.undecodable += 1
 
-    started = time.monotonic()
-    deadline = started + duration
+    def declare():
+        try:
+            queue.declare()
+        except connection.channel_errors as exc:
+            if getattr(exc, 'code', None) == 404:
+                return False  # no worker ever sent an event on this vhost: no exchange to bind to
+            raise
+        state['declared'] = True
+        return True
 
     def window():
         with Consumer(channel, queues=[queue], callbacks=[on_message], accept=['json'], no_ack=True,
-                      on_decode_error=on_undecodable):
+                      on_decode_error=on_undecodable, auto_declare=False):
             while state['ended'] != 'max_events':
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -265,17 +279,23 @@ def listen(control, summary, duration, max_events=None, types=None):
                 except socket.timeout:
                     pass
 
+    started = time.monotonic()
+    deadline = started + duration
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        control._guard(window, 'listening for events on', budget=duration + control.broker.timeout)
+        if control._guard(declare, 'declaring the event queue on'):
+            control._guard(window, 'listening for events on', budget=duration + control.broker.timeout)
+        else:
+            summary.no_exchange = True
+            state['ended'] = 'no_exchange'
     except BaseException:
         try:
-            _remove_queue(control, channel, queue, redis)
+            _remove_queue(control, channel, queue, state['declared'])
         except BrokerError:
             pass  # the first failure is the one to report; the queue expires by itself
         raise
     else:
-        _remove_queue(control, channel, queue, redis)
+        _remove_queue(control, channel, queue, state['declared'])
     finally:
         signal.signal(signal.SIGTERM, previous)
     return time.monotonic() - started, state['ended']
@@ -290,12 +310,13 @@ if redis.call('EXISTS', ARGV[1]) == 0 then redis.call('ZREM', ARGV[2], ARGV[3]) 
 """
 
 
-def _remove_queue(control, channel, queue, redis):
+def _remove_queue(control, channel, queue, declared):
     def remove():
-        queue.bind(channel).delete()
-        if redis:
-            prefix = channel.global_keyprefix
-            channel.client.eval(_DROP_DEADLINE, 0, prefix + channel.keyprefix_queue % EVENT_EXCHANGE,
-                                prefix + channel.keyprefix_binding_deadlines, EVENT_EXCHANGE)
+        if declared:
+            queue.delete()
+            if control.broker.transport == 'redis':
+                prefix = channel.global_keyprefix
+                channel.client.eval(_DROP_DEADLINE, 0, prefix + channel.keyprefix_queue % EVENT_EXCHANGE,
+                                    prefix + channel.keyprefix_binding_deadlines, EVENT_EXCHANGE)
         channel.close()
     control._guard(remove, 'removing the event queue from')

@@ -158,7 +158,10 @@ elapsed:
   returned: always
   type: float
 ended:
-  description: What ended the window, V(duration) or V(max_events).
+  description:
+    - What ended the window, V(duration) or V(max_events).
+    - V(no_exchange) on RabbitMQ when the event exchange does not exist (no worker ever sent an event on the vhost),
+      which ends it at once.
   returned: always
   type: str
 broker:

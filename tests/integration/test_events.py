@@ -1,12 +1,16 @@
 """celery_events_info against real Celery workers with and without task events, on Redis and RabbitMQ."""
 
+import os
+import signal
+import subprocess
+import sys
 import time
 import urllib.error
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from harness import RedisBroker, management, publish
+from harness import RabbitBroker, RedisBroker, management, publish, worker_index
 
 # What the module names its Redis connections and its queues (plugins/module_utils/_events.py).
 CLIENT_NAME = 'celeryops.fleet.events'
@@ -141,15 +145,26 @@ def test_task_events_off_gives_the_hint_and_ends_on_time(broker, ansible, worker
 
 def test_max_events_types_and_an_empty_broker(redis_env, ansible, workers):
     url = redis_env.url
-    quiet, early = ansible.play([
-        {'celeryops.fleet.celery_events_info': dict(broker_url=url, duration=1)},
-        {'celeryops.fleet.celery_events_info': dict(broker_url=url, duration=30, max_events=1,
-                                                    types=['worker-heartbeat'])},
-    ])
+    fresh = RabbitBroker('celeryops-test-events-%d-%d' % (worker_index(), os.getpid()))
+    fresh.create()
+    try:
+        quiet, early, no_exchange = ansible.play([
+            {'celeryops.fleet.celery_events_info': dict(broker_url=url, duration=1)},
+            {'celeryops.fleet.celery_events_info': dict(broker_url=url, duration=1.5, max_events=1,
+                                                        types=['worker-heartbeat'])},
+            {'celeryops.fleet.celery_events_info': dict(broker_url=fresh.url, duration=30)},
+        ])
+        exchanges = [e['name'] for e in management('GET', '/api/exchanges/%s' % fresh.qvhost)]
+    finally:
+        fresh.delete()
     assert quiet['events'] == 0 and quiet['workers'] == {} and 1 <= quiet['elapsed'] < 2
     assert quiet['hint'].startswith('no events arrived: no worker sent even a heartbeat')
-    # No worker yet: the second window waits for one.
-    assert early['ended'] == 'duration' and early['events'] == 0
+    # No worker: the window waits for a heartbeat until its end.
+    assert early['ended'] == 'duration' and early['events'] == 0 and early['elapsed'] >= 1.5
+    # A vhost where no worker ever sent an event: nothing to listen to, and nothing is created.
+    assert no_exchange['ended'] == 'no_exchange' and no_exchange['elapsed'] < 5, no_exchange
+    assert no_exchange['hint'].startswith('no events: the event exchange celeryev does not exist')
+    assert 'celeryev' not in exchanges
 
     workers.start(url, 'ev@fleet', ['q1'], events=True, heartbeat_interval=1)
     window = Window(ansible, redis_env, duration=30, max_events=2, types=['task-failed']).wait_listening()
@@ -163,6 +178,51 @@ def test_max_events_types_and_an_empty_broker(redis_env, ansible, workers):
     assert set(f['uuid'] for f in result['failures']) <= set(fails) and len(result['failures']) == 2
     assert result['workers']['ev@fleet']['task_events'] is True
     assert redis_env.client.keys('*celeryev*') == []
+
+
+def module_process(parent):
+    """The pid of the module run under the process ``parent`` (its AnsiballZ wrapper)."""
+    children = {}
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open('/proc/%s/stat' % pid) as stat:
+                ppid = int(stat.read().rsplit(')', 1)[1].split()[1])
+            with open('/proc/%s/cmdline' % pid, 'rb') as cmdline:
+                argv = cmdline.read()
+        except OSError:
+            continue
+        children.setdefault(ppid, []).append((int(pid), argv))
+    todo = [parent]
+    while todo:
+        for pid, argv in children.get(todo.pop(), []):
+            if any(arg.endswith(b'/AnsiballZ_celery_events_info.py') for arg in argv.split(b'\0')):
+                return pid  # python running the module (not the shell that started it)
+            todo.append(pid)
+    return None
+
+
+def test_interrupted_window_leaves_nothing_behind(broker, workers):
+    url = broker.url
+    workers.start(url, 'ev@fleet', ['q1'], events=True)
+    before = leftovers(broker)
+    run = subprocess.Popen(['ansible', 'localhost', '-i', 'localhost,', '-c', 'local', '-o', '-m',
+                            'celeryops.fleet.celery_events_info', '-a', 'broker_url=%s duration=120' % url],
+                           env=dict(os.environ, ANSIBLE_PYTHON_INTERPRETER=sys.executable), text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not listening(broker) and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.05)
+        assert listening(broker), run.communicate(timeout=10)[0] if run.poll() is not None else 'not listening'
+        pid = module_process(run.pid)
+        assert pid, 'no module process under ansible (pid %d)' % run.pid
+        os.kill(pid, signal.SIGTERM)
+        output = run.communicate(timeout=30)[0]
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert 'FAILED' in output and 'interrupted by signal %d while listening' % signal.SIGTERM in output, output
+    assert leftovers(broker) == before
 
 
 def test_bad_input(redis_env, ansible):
