@@ -60,7 +60,7 @@ timeout: 2
 compose:
   ansible_host: inventory_hostname
 keyed_groups:
-  - key: celery_nodes | map(attribute='concurrency') | max
+  - key: celery_nodes | map(attribute='concurrency') | max | string
     prefix: concurrency
 
 # ansible-inventory -i fleet.celery_workers.yml --graph
@@ -77,6 +77,7 @@ keyed_groups:
 from ansible.errors import AnsibleParserError
 from ansible.inventory.group import to_safe_group_name
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
+from ansible.utils.unsafe_proxy import wrap_var
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, parse_broker_url
 from ansible_collections.celeryops.fleet.plugins.module_utils._control import (
@@ -162,8 +163,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         for host, host_nodes in sorted(hosts_of(nodes).items()):
             queues = sorted(set(q for node in host_nodes for q in node['queues']))
             self.inventory.add_host(host, group=ALL_GROUP)
-            self.inventory.set_variable(host, 'celery_nodes', host_nodes)
-            self.inventory.set_variable(host, 'celery_queues', queues)
+            # What workers report is data, never a template.
+            self.inventory.set_variable(host, 'celery_nodes', wrap_var(host_nodes))
+            self.inventory.set_variable(host, 'celery_queues', wrap_var(queues))
             for queue in queues:
                 group = self.inventory.add_group(to_safe_group_name(QUEUE_GROUP % queue, force=True, silent=True))
                 self.inventory.add_child(group, host)
