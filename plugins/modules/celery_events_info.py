@@ -107,7 +107,7 @@ tasks:
                         runtime: {min: 0.12, p50: 0.2, p95: 0.2, max: 0.2}}
 failures:
   description:
-    - The failed tasks, newest first, at most O(max_failures). (Not named C(failed): Ansible reads that key as the
+    - The failed tasks, newest first, at most O(max_failures). (Not named C(failed), which Ansible reads as the
       task's own failure.)
     - C(exception) is the exception as the worker printed it; C(traceback) the line of the traceback that places the
       failure (its innermost C(File ...) frame); C(timestamp) the worker's time of the failure (seconds since the
