@@ -173,8 +173,8 @@ class EventSummary(object):
             if state == 'failed':
                 self.failures_total += 1
                 self.failures.append(dict(uuid=event.get('uuid'), name=name, exception=event.get('exception'),
-                                        traceback=traceback_line(event.get('traceback')), hostname=hostname,
-                                        timestamp=event.get('timestamp')))
+                                          traceback=traceback_line(event.get('traceback')), hostname=hostname,
+                                          timestamp=event.get('timestamp')))
                 del self.failures[:-FAILED_KEEP]
         return True
 

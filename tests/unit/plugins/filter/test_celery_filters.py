@@ -26,8 +26,8 @@ def test_every_input_form_gives_the_same_view():
     management = {'payload': '[[1, 2], {}, {}]', 'payload_encoding': 'string',
                   'properties': {'headers': HEADERS, 'priority': 3, 'content_type': 'application/json'}}
     assert decode_message(management) == expected
-    body = decode_message('[[1, 2], {}, {}]', headers=HEADERS, properties={'priority': 3,
-                                                                          'content_type': 'application/json'})
+    properties = {'priority': 3, 'content_type': 'application/json'}
+    body = decode_message('[[1, 2], {}, {}]', headers=HEADERS, properties=properties)
     assert body == expected
 
 
