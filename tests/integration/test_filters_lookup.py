@@ -52,9 +52,9 @@ def test_redis_elements_decoded_and_queue_depth(redis_env, ansible):
 def test_amqp_messages_decoded_and_queue_depth(rabbit_env, ansible):
     url = rabbit_env.url
     ids = publish(url, ADD, 'q1', args=(5, 6), count=3, priority=7)
+    rabbit_env.wait_for('q1', lambda record: record.get('messages_ready') == 3)  # the management API lags
     got = management('POST', '/api/queues/%s/q1/get' % urllib.parse.quote(rabbit_env.vhost, safe=''),
                      {'count': 1, 'ackmode': 'ack_requeue_true', 'encoding': 'auto'})[0]
-    rabbit_env.wait_for('q1', lambda record: record.get('messages_ready') == 3)
     results = debug(ansible, [
         "query('celeryops.fleet.queue_depth', 'q1', 'missing', broker_url=url)",
         "got | celeryops.fleet.decode_message",
