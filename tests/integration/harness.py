@@ -169,7 +169,7 @@ class Worker(object):
     """A real `celery worker` process of the test app."""
 
     def __init__(self, url, name, queues, pool='threads', concurrency=2, prefetch=4, events=False,
-                 global_keyprefix=None, logdir=None, autoscale=None):
+                 global_keyprefix=None, logdir=None, autoscale=None, heartbeat_interval=None):
         self.url = url
         self.name = name
         self.queues = queues
@@ -185,6 +185,8 @@ class Worker(object):
             argv += ['--autoscale', autoscale]
         if events:
             argv.append('-E')
+        if heartbeat_interval:
+            argv += ['--heartbeat-interval', str(heartbeat_interval)]
         env = dict(os.environ, CELERY_BROKER_URL=url, PYTHONPATH=APP_DIR)
         if global_keyprefix:
             env['FLEET_KEYPREFIX'] = global_keyprefix
