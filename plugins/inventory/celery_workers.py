@@ -49,7 +49,7 @@ options:
       - How many workers (nodes) there should be. Collection stops as soon as that many answered.
     type: int
 requirements:
-  - kombu (installed with celery) on the controller
+  - redis (for a Redis broker) or pika (for RabbitMQ) on the controller; not celery or kombu
 """
 
 EXAMPLES = r"""
@@ -81,7 +81,8 @@ from ansible.utils.unsafe_proxy import wrap_var
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, parse_broker_url
 from ansible_collections.celeryops.fleet.plugins.module_utils._control import (
-    HAS_KOMBU, INSPECT_COMMANDS, Control, Expectation)
+    INSPECT_COMMANDS, Control, Expectation)
+from ansible_collections.celeryops.fleet.plugins.module_utils._queues import missing_library
 
 ALL_GROUP = 'celery_workers'
 QUEUE_GROUP = 'celery_queue_%s'
@@ -132,8 +133,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
 
     def _discover(self):
         """Every node that answers: [node_facts(...)]."""
-        if not HAS_KOMBU:
-            raise AnsibleParserError('%s needs the kombu Python library (installed with celery)' % self.NAME)
+        missing = missing_library({'broker_url': self.get_option('broker_url')})
+        if missing:
+            raise AnsibleParserError('%s needs the %s Python library on the controller' % (self.NAME, missing[0]))
         try:
             timeout, count = self.get_option('timeout'), self.get_option('expected_count')
             if timeout is None or not timeout > 0:

@@ -235,8 +235,7 @@ class _AmqpMailbox(object):
         self.channel = self.queues._open_channel()
         self.oid = None
         self.received = []
-        # Exchanges as Celery declares them (a different durability would be refused).
-        self.rpc(self.channel.exchange_declare, REQUEST_EXCHANGE, 'fanout', durable=False, what='declaring on')
+        self.declared = False
 
     def _bind_reply_queue(self):
         self.oid = str(uuid.uuid4())
@@ -259,6 +258,10 @@ class _AmqpMailbox(object):
         self.rpc(channel.basic_consume, queue, on_message, auto_ack=True, what='consuming on')
 
     def publish(self, bodies, expires, reply):
+        if not self.declared:
+            # As Celery declares it (another durability would be refused); only when sending.
+            self.rpc(self.channel.exchange_declare, REQUEST_EXCHANGE, 'fanout', durable=False, what='declaring on')
+            self.declared = True
         if reply and self.oid is None:
             self._bind_reply_queue()
         properties = self.pika.BasicProperties(content_type='application/json', content_encoding='utf-8',

@@ -4,10 +4,11 @@
 """Celery's event stream without the user's app: listen for a window and summarise it.
 
 Workers publish events on the ``celeryev`` exchange: a topic exchange on RabbitMQ, a fanout
-one (Redis PUB/SUB) on Redis, as Celery's own ``get_exchange`` decides. A listener binds a
-queue of its own for the window, as ``celery events`` does, and removes it at the end on
-every path; should the process die, the queue is exclusive, auto-delete and expiring
-(RabbitMQ), and its binding expires (Redis, kombu's binding deadlines).
+one on Redis, as Celery's own ``get_exchange`` decides, which kombu turns into PUB/SUB on the
+channel ``/<db>.celeryev/<routing key>``. On Redis a pattern subscription reads them and
+leaves nothing behind; on RabbitMQ a queue of our own is bound for the window, as
+``celery events`` does, exclusive, auto-delete and expiring, and deleted at the end. Both
+are spoken over the connections of the queue layer (redis-py, pika), without kombu.
 
 Task events of a prefork worker arrive in batches (routing key ``task.multi``, a list body),
 so task types are filtered here, not by the binding. Only ``task-received`` (and
@@ -16,13 +17,15 @@ so task types are filtered here, not by the binding. Only ``task-received`` (and
 
 from __future__ import annotations
 
+import json
 import math
 import signal
-import socket
 import time
+import uuid
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError
-from ansible_collections.celeryops.fleet.plugins.module_utils._messages import UNKNOWN_TASK
+from ansible_collections.celeryops.fleet.plugins.module_utils._messages import (
+    NotAnEnvelope, UNKNOWN_TASK, json_body, load_envelope)
 
 EVENT_EXCHANGE = 'celeryev'
 QUEUE_PREFIX = 'celeryev.celeryops-fleet.'
@@ -50,7 +53,7 @@ EVENTS_OFF_ADVICE = ('turn task events on with celeryops.fleet.celery_worker (ev
 def routing_key(types):
     """One binding for the window: every event, or worker events only when no task type is asked.
 
-    (kombu's Redis fanout keeps one routing key per queue, so one binding serves both brokers.)
+    (On Redis it becomes the subscription's pattern, as kombu makes it: ``#`` reads as ``*``.)
     """
     if types and not any(t.startswith('task-') for t in types):
         return 'worker.#'
@@ -224,99 +227,134 @@ def _raise_interrupted(signum, frame):
     raise _Interrupted('interrupted by signal %d while listening; the event queue was removed' % signum)
 
 
-def listen(control, summary, duration, max_events=None, types=None):
-    """Listen on ``control``'s broker connection for ``duration`` seconds or ``max_events``
-    counted events, feeding ``summary``. Returns (seconds listened, why it ended).
+class _RedisEvents(object):
+    """Events read through a pattern subscription (kombu's fanout_patterns, on by default; the
+    bare channel too, for workers that turned it off)."""
 
-    The queue bound here is deleted on every way out (end, error, timeout, SIGTERM).
-    """
-    from kombu import Consumer, Exchange, Queue
-    from kombu.utils.uuid import uuid
+    def __init__(self, broker, global_keyprefix, key):
+        from ansible_collections.celeryops.fleet.plugins.module_utils._redis_queues import RedisLayout, RedisQueues
+        self.queues = RedisQueues(broker, RedisLayout(global_keyprefix), client_name=CLIENT_NAME)
+        self.timeout = broker.timeout
+        channel = '/%d.%s' % (broker.db, EVENT_EXCHANGE)
+        # redis-py sends the prefix itself only through kombu's prefixing client: add it here.
+        self.pubsub = self.queues.client.pubsub(ignore_subscribe_messages=True)
+        prefix = self.queues.layout.prefix
+        self.queues.call(self.pubsub.psubscribe, prefix + channel, prefix + channel + '/' + key.replace('#', '*'))
 
-    connection = control.connection
-    redis = control.broker.transport == 'redis'
-    # Celery's get_exchange: the same exchange is a fanout (PUB/SUB) one on Redis. On RabbitMQ it
-    # is only looked up (passive): creating it is the workers' business.
-    exchange = Exchange(EVENT_EXCHANGE, type='fanout' if redis else 'topic', durable=True, auto_delete=False,
-                        passive=not redis)
-    queue = Queue(QUEUE_PREFIX + uuid(), exchange=exchange, routing_key=routing_key(types), durable=False,
-                  auto_delete=True, exclusive=not redis, expires=QUEUE_EXPIRES, message_ttl=MESSAGE_TTL)
-    connection.transport_options['client_name'] = CLIENT_NAME
-    channel = control._guard(connection.channel, 'opening a channel on')
-    queue = queue(channel)
-    state = dict(ended='duration', declared=False)
-
-    def on_message(body, message):
-        received_at = time.monotonic()
-        for event in body if isinstance(body, list) else [body]:
-            if state['ended'] == 'max_events':
-                return
-            if summary.add(event, received_at) and max_events and summary.total >= max_events:
-                state['ended'] = 'max_events'
-
-    def on_undecodable(message, exc):
-        summary.undecodable += 1
-
-    def declare():
-        try:
-            queue.declare()
-        except connection.channel_errors as exc:
-            if getattr(exc, 'code', None) == 404:
-                return False  # no worker ever sent an event on this vhost: no exchange to bind to
-            raise
-        state['declared'] = True
+    def exists(self):
         return True
 
-    def window():
-        with Consumer(channel, queues=[queue], callbacks=[on_message], accept=['json'], no_ack=True,
-                      on_decode_error=on_undecodable, auto_declare=False):
-            while state['ended'] != 'max_events':
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
+    def receive(self, wait):
+        """Bodies of the events that came within ``wait`` seconds; None for an undecodable one."""
+        message = self.queues.call(self.pubsub.get_message, timeout=max(0.01, min(wait, self.timeout / 2.0)))
+        out = []
+        while message is not None:
+            if message.get('type') == 'pmessage':
                 try:
-                    connection.drain_events(timeout=min(left, 0.5))
-                except socket.timeout:
-                    pass
+                    out.append(json_body(load_envelope(message['data']), (dict, list)))
+                except NotAnEnvelope:
+                    out.append(None)
+            message = self.queues.call(self.pubsub.get_message, timeout=0)
+        return out
 
+    def close(self):
+        try:
+            self.pubsub.close()
+        finally:
+            self.queues.close()
+
+
+class _AmqpEvents(object):
+    """Events consumed from a queue of our own bound to the topic exchange (only looked up:
+    creating it is the workers' business)."""
+
+    def __init__(self, broker, key):
+        from ansible_collections.celeryops.fleet.plugins.module_utils._amqp_queues import AmqpQueues, pika_exceptions
+        self.queues = AmqpQueues(broker)
+        self.rpc = self.queues._rpc
+        self.timeout = broker.timeout
+        self.closed_by_broker = pika_exceptions.ChannelClosedByBroker
+        self.key = key
+        self.received = []
+
+    def exists(self):
+        """Bind our queue, or False when the event exchange does not exist on this vhost."""
+        channel = self.queues._open_channel()
+
+        def passive():
+            try:
+                channel.exchange_declare(EVENT_EXCHANGE, 'topic', passive=True)
+                return True
+            except self.closed_by_broker as exc:
+                if exc.reply_code == 404:
+                    return False
+                raise
+        if not self.rpc(passive, what='looking up the event exchange on'):
+            return False
+        channel = self.queues._open_channel()
+        queue = QUEUE_PREFIX + str(uuid.uuid4())
+        self.rpc(channel.queue_declare, queue, durable=False, exclusive=True, auto_delete=True,
+                 arguments={'x-expires': int(QUEUE_EXPIRES * 1000), 'x-message-ttl': int(MESSAGE_TTL * 1000)},
+                 what='declaring the event queue on')
+        self.rpc(channel.queue_bind, queue, EVENT_EXCHANGE, routing_key=self.key, what='binding the event queue on')
+
+        def on_message(_channel, _method, properties, body):
+            try:
+                value = json.loads(body) if properties.content_type == 'application/json' else None
+            except ValueError:
+                value = None
+            self.received.append(value if isinstance(value, (dict, list)) else None)
+        self.rpc(channel.basic_consume, queue, on_message, auto_ack=True, what='consuming on')
+        return True
+
+    def receive(self, wait):
+        if not self.received:
+            self.rpc(self.queues.connection.process_data_events,
+                     time_limit=max(0.01, min(wait, self.timeout)), what='listening for events on')
+        out, self.received = self.received, []
+        return out
+
+    def close(self):
+        # The queue is exclusive: it goes with the connection.
+        self.queues.close()
+
+
+def listen(broker, summary, duration, max_events=None, types=None, global_keyprefix=''):
+    """Listen to ``broker`` for ``duration`` seconds or ``max_events`` counted events, feeding
+    ``summary``. Returns (seconds listened, why it ended: duration, max_events or no_exchange).
+
+    Nothing of ours stays on the broker on any way out (end, error, timeout, SIGTERM).
+    """
+    key = routing_key(types)
     started = time.monotonic()
     deadline = started + duration
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    events = None
     try:
-        if control._guard(declare, 'declaring the event queue on'):
-            control._guard(window, 'listening for events on', budget=duration + control.broker.timeout)
+        if broker.transport == 'redis':
+            events = _RedisEvents(broker, global_keyprefix, key)
         else:
+            events = _AmqpEvents(broker, key)
+        if not events.exists():
             summary.no_exchange = True
-            state['ended'] = 'no_exchange'
-    except BaseException:
-        try:
-            _remove_queue(control, channel, queue, state['declared'])
-        except BrokerError:
-            pass  # the first failure is the one to report; the queue expires by itself
-        raise
-    else:
-        _remove_queue(control, channel, queue, state['declared'])
+            return time.monotonic() - started, 'no_exchange'
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return time.monotonic() - started, 'duration'
+            received_at = time.monotonic()
+            for body in events.receive(min(left, 0.5)):
+                if body is None:
+                    summary.undecodable += 1
+                    continue
+                # A prefork worker sends task events in batches (task.multi): a list.
+                for event in body if isinstance(body, list) else [body]:
+                    if summary.add(event, received_at) and max_events and summary.total >= max_events:
+                        return time.monotonic() - started, 'max_events'
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return time.monotonic() - started, state['ended']
-
-
-# kombu's Redis transport gives a binding table with an expiring queue a deadline in this
-# sorted set; once the table is gone (our binding was its last member) the deadline means
-# nothing, and is dropped so that the listener leaves no key behind. Keys go in ARGV on
-# purpose: kombu's prefixing client would prefix some of them.
-_DROP_DEADLINE = """
-if redis.call('EXISTS', ARGV[1]) == 0 then redis.call('ZREM', ARGV[2], ARGV[3]) end
-"""
-
-
-def _remove_queue(control, channel, queue, declared):
-    def remove():
-        if declared:
-            queue.delete()
-            if control.broker.transport == 'redis':
-                prefix = channel.global_keyprefix
-                channel.client.eval(_DROP_DEADLINE, 0, prefix + channel.keyprefix_queue % EVENT_EXCHANGE,
-                                    prefix + channel.keyprefix_binding_deadlines, EVENT_EXCHANGE)
-        channel.close()
-    control._guard(remove, 'removing the event queue from')
+        if events is not None:
+            try:
+                events.close()
+            except Exception:  # closing is best effort: the first failure is the one to report
+                pass

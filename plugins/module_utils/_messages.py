@@ -60,8 +60,8 @@ def load_envelope(raw):
     return envelope
 
 
-def json_body(envelope):
-    """The body of a protocol 1 message when it is JSON; None for any other serializer."""
+def json_body(envelope, kinds=dict):
+    """The body of a message when it is JSON (of one of ``kinds``); None for any other serializer."""
     if envelope.get('content-type') != 'application/json':
         return None
     body = envelope.get('body')
@@ -74,7 +74,7 @@ def json_body(envelope):
         loaded = json.loads(body) if isinstance(body, (str, bytes)) else body
     except ValueError:
         return None
-    return loaded if isinstance(loaded, dict) else None
+    return loaded if isinstance(loaded, kinds) else None
 
 
 def make_envelope(body, headers, exchange, routing_key=''):

@@ -20,8 +20,9 @@ description:
     anyway. When no task events arrive the module says why in RV(hint) and as a warning, naming the workers that
     ran tasks without sending events. M(celeryops.fleet.celery_worker) with O(celeryops.fleet.celery_worker#module:events=true)
     turns them on.
-  - The queue it listens on is its own, deleted at the end whatever happens; should the module be killed, the queue
-    is exclusive, auto-delete and expiring on RabbitMQ, and its binding expires on Redis. Nothing else is changed.
+  - On Redis it subscribes to the event channel, which leaves nothing behind. On RabbitMQ the queue it listens on is
+    its own, deleted at the end whatever happens; should the module be killed, the queue is exclusive, auto-delete
+    and expiring. Nothing else is changed.
   - The window always ends on time, even when no event comes.
 options:
   duration:
@@ -54,7 +55,7 @@ extends_documentation_fragment:
   - celeryops.fleet.attributes
   - celeryops.fleet.attributes.info_module
 requirements:
-  - kombu (installed with celery) where the module runs
+  - redis (for a Redis broker) or pika (for RabbitMQ) where the module runs; not celery or kombu
 notes:
   - Only C(task-received) and C(task-sent) events carry the task name; a task received before the window started is
     counted under V(<unknown>).
@@ -174,9 +175,8 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
     BrokerError, broker_argument_spec, broker_from_params, fail_from_error)
-from ansible_collections.celeryops.fleet.plugins.module_utils._control import (
-    HAS_KOMBU, KOMBU_IMPORT_ERROR, Control)
 from ansible_collections.celeryops.fleet.plugins.module_utils._events import EVENT_TYPES, EventSummary, listen
+from ansible_collections.celeryops.fleet.plugins.module_utils._queues import missing_library
 
 
 def check_params(params):
@@ -198,8 +198,9 @@ def main():
         max_failures=dict(type='int', default=20),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if not HAS_KOMBU:
-        module.fail_json(msg=missing_required_lib('kombu'), exception=KOMBU_IMPORT_ERROR)
+    missing = missing_library(module.params)
+    if missing:
+        module.fail_json(msg=missing_required_lib(missing[0]), exception=missing[1])
 
     result = dict(changed=False)
     params = module.params
@@ -208,11 +209,8 @@ def main():
         broker = broker_from_params(params)
         result['broker'] = broker.facts()
         summary = EventSummary(params['types'], params['max_failures'])
-        control = Control(broker, params['global_keyprefix'])
-        try:
-            elapsed, ended = listen(control, summary, params['duration'], params['max_events'], params['types'])
-        finally:
-            control.close()
+        elapsed, ended = listen(broker, summary, params['duration'], params['max_events'], params['types'],
+                                params['global_keyprefix'])
         result.update(summary.result(), elapsed=round(elapsed, 3), ended=ended)
     except BrokerError as error:
         fail_from_error(module, error, **result)

@@ -97,7 +97,7 @@ class RabbitBroker(object):
                          {'count': count, 'ackmode': 'ack_requeue_true', 'encoding': 'auto'})
         return [m['properties']['headers']['id'] for m in got]
 
-    def wait_for(self, name, predicate, timeout=30):
+    def wait_for(self, name, predicate, timeout=60):
         """Poll the management API (its statistics lag) until predicate(record) holds."""
         deadline = time.monotonic() + timeout
         record = None

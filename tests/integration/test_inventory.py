@@ -88,7 +88,7 @@ def test_cache_and_bad_input(redis_env, workers, tmp_path):
 
     secret = 'pw-not-shown-42'
     cases = [
-        (dict(broker_url='redis://:%s@127.0.0.1:1/0' % secret), 'connecting to redis 127.0.0.1:1 db 0 failed'),
+        (dict(broker_url='redis://:%s@127.0.0.1:1/0' % secret), 'cannot connect to redis 127.0.0.1:1 db 0'),
         (dict(broker_url=url, timeout=0), 'timeout must be a positive number of seconds, got 0'),
         (dict(broker_url=url, expected_count=0), 'expected_count must be 1 or more'),
         (dict(), 'broker_url is required'),

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-MODULES = ('celery_queue_info', 'celery_queue', 'celery_worker_info', 'celery_worker')
+MODULES = ('celery_queue_info', 'celery_queue', 'celery_worker_info', 'celery_worker', 'celery_events_info')
 
 
 @pytest.mark.parametrize('module', MODULES)

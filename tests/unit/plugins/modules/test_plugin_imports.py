@@ -1,4 +1,4 @@
-"""The queue_depth lookup and the filters must not pay for Celery or kombu: they import neither."""
+"""The queue_depth lookup, the filters and the inventory must not pay for Celery or kombu: they import neither."""
 
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize('plugin', ['lookup.queue_depth', 'filter.celery'])
+@pytest.mark.parametrize('plugin', ['lookup.queue_depth', 'filter.celery', 'inventory.celery_workers'])
 def test_plugins_import_no_celery_or_kombu(plugin):
     code = ("import sys; import ansible_collections.celeryops.fleet.plugins.%s; "
             "print(sorted(m for m in ('celery', 'kombu') if m in sys.modules))" % plugin)
