@@ -161,6 +161,11 @@ def test_workers_check_mode_deploy_idempotent_and_restart_one_through_drain(depl
     assert 'stopwaitsecs=90\n' in text and 'stopasgroup=true' in text and 'killasgroup=true' in text
     assert 'stopsignal=TERM' in text and '--time-limit 60' in text
     assert oct(os.stat(deployment.root() + '/supervisor.sock').st_mode & 0o777) == '0o700'
+    # The environment reached the worker intact ('%' is special to supervisor), and was never printed.
+    with open('/proc/%d/environ' % deployment.pid('celery-worker-beta'), 'rb') as handle:
+        environ = handle.read().split(b'\0')
+    assert b'FLEET_NOTE=50% done' in environ and b'CELERY_BROKER_URL=' + deployment.broker_url.encode() in environ
+    assert '50% done' not in deployment.last.stdout and deployment.broker_url not in deployment.last.stdout
 
     report = deployment.run(roles, {'celery_workers': workers})
     assert deployment.last.returncode == 0 and stats(report)['changed'] == 0, stats(report)
