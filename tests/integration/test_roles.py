@@ -21,7 +21,7 @@ import urllib.request
 
 import pytest
 
-from harness import APP_DIR, publish
+from harness import APP_DIR
 
 VENV = sys.prefix
 SUPERVISORCTL = os.path.join(VENV, 'bin', 'supervisorctl')
@@ -169,11 +169,15 @@ def test_workers_check_mode_deploy_idempotent_and_restart_one_through_drain(depl
     report = deployment.run(roles, {'celery_workers': workers})
     assert deployment.last.returncode == 0 and stats(report)['changed'] == 0, stats(report)
 
-    # Change alpha only: alpha is drained (a running task finishes) and restarted; beta keeps its pid.
+    # Change alpha only. Check mode predicts it and drains nothing; then alpha is drained and
+    # restarted, and beta keeps its pid.
     alpha_pid, beta_pid = deployment.pid('celery-worker-alpha'), deployment.pid('celery-worker-beta')
-    task_id = publish(deployment.broker_url, 'fleet_tasks.sleep', 'roles_a', args=(2,))[0]
-    time.sleep(0.5)  # let alpha take it
     workers[0]['concurrency'] = 3
+    report = deployment.run(roles, {'celery_workers': workers}, check=True)
+    assert deployment.last.returncode == 0 and stats(report)['changed'] == 1, failure(report)
+    assert results(report, 'Drain alpha@localhost')[0].get('skipped') is True
+    assert deployment.pid('celery-worker-alpha') == alpha_pid and '--concurrency 2' in open(program).read()
+
     report = deployment.run(roles, {'celery_workers': workers})
     assert deployment.last.returncode == 0, failure(report)
     drain = results(report, 'Drain alpha@localhost')
@@ -181,9 +185,10 @@ def test_workers_check_mode_deploy_idempotent_and_restart_one_through_drain(depl
     assert results(report, 'Drain beta@localhost')[0].get('skipped') is True
     assert deployment.pid('celery-worker-beta') == beta_pid
     assert deployment.pid('celery-worker-alpha') != alpha_pid
+    # The old alpha stopped consuming (the drain), and only then got the TERM of its warm shutdown.
     with open(os.path.join(deployment.root(), 'log', 'celery-worker-alpha.log')) as handle:
         log = handle.read()
-    assert 'fleet_tasks.sleep[%s] succeeded' % task_id in log
+    assert -1 < log.find('Canceling queue roles_a') < log.find('Warm shutdown') < log.rfind('alpha@localhost ready.')
     assert '--concurrency 3' in open(program).read()
 
     # A worker dropped from the list is stopped and removed.
@@ -277,6 +282,7 @@ BAD_WORKERS = {
     'noqueue': ([worker('idle', [])], 'celery_workers[idle].queues must list at least one queue'),
     'badpool': ([worker('odd', ['q'], pool='fibers')], "value of pool must be one of: prefork"),
     'nokey': ([dict(name='nokey', app='fleet_tasks')], 'missing required arguments: queues'),
+    'badname': ([worker('a b', ['q'])], 'celery_workers[a b].name may hold only'),
 }
 
 
