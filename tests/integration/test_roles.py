@@ -1,0 +1,313 @@
+"""The supervisor, worker, beat and flower roles through ansible-playbook, as users run them.
+
+Every path is under a short directory of the test's own (unix socket paths are limited), supervisor
+comes from this virtualenv (supervisor_install_method: pip, already installed, so nothing is
+downloaded), supervisord is started directly (no root, no systemd) and is shut down at the end.
+The workers are real Celery workers of the test app on the test's Redis database.
+"""
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from harness import APP_DIR
+
+VENV = sys.prefix
+SUPERVISORCTL = os.path.join(VENV, 'bin', 'supervisorctl')
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+class Deployment(object):
+    """One supervisor root per inventory host, and ansible-playbook runs of the roles against them."""
+
+    def __init__(self, broker_url, base):
+        self.broker_url = broker_url
+        self.base = base
+        self.last = None
+
+    def root(self, host='localhost'):
+        return os.path.join(self.base, host)
+
+    def config(self, host='localhost'):
+        return os.path.join(self.root(host), 'supervisord.conf')
+
+    def host_vars(self, host):
+        return dict(ansible_connection='local', ansible_python_interpreter=sys.executable,
+                    supervisor_install_method='pip', supervisor_pip_virtualenv=VENV,
+                    supervisor_start_method='direct', supervisor_root=self.root(host))
+
+    def run(self, roles, play_vars=None, hosts=('localhost',), host_vars=None, check=False, timeout=300):
+        """ansible-playbook with the roles; returns the JSON report (the run's rc is in self.last)."""
+        inventory = {'all': {'hosts': {}}}
+        for host in hosts:
+            inventory['all']['hosts'][host] = dict(self.host_vars(host), **(host_vars or {}).get(host, {}))
+        play = dict(hosts='all', gather_facts=False, roles=list(roles),
+                    vars=dict({'celery_broker_url': self.broker_url}, **(play_vars or {})))
+        stamp = '%d' % (time.monotonic() * 1e6)
+        inventory_path = os.path.join(self.base, 'inventory-%s.json' % stamp)
+        play_path = os.path.join(self.base, 'play-%s.yml' % stamp)
+        with open(inventory_path, 'w') as handle:
+            json.dump(inventory, handle)
+        with open(play_path, 'w') as handle:
+            json.dump([play], handle)
+        argv = ['ansible-playbook', '-i', inventory_path, play_path] + (['--check'] if check else [])
+        env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK='ansible.posix.json', ANSIBLE_NOCOLOR='1',
+                   ANSIBLE_DEPRECATION_WARNINGS='false', ANSIBLE_LOCALHOST_WARNING='false')
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        self.last = proc
+        try:
+            return json.loads(proc.stdout)
+        except ValueError:
+            raise AssertionError('no JSON from ansible-playbook (rc %s):\n%s\n%s'
+                                 % (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:]))
+
+    def supervisorctl(self, *args, host='localhost'):
+        return subprocess.run([SUPERVISORCTL, '-c', self.config(host)] + list(args), capture_output=True,
+                              text=True, timeout=60, check=False).stdout
+
+    def pid(self, program, host='localhost'):
+        return int(self.supervisorctl('pid', program, host=host).strip())
+
+    def shutdown(self):
+        """Stop every supervisord of this deployment, and with it its programs."""
+        for host in os.listdir(self.base):
+            pidfile = os.path.join(self.base, host, 'supervisord.pid')
+            if not os.path.exists(pidfile):
+                continue
+            with open(pidfile) as handle:
+                pid = int(handle.read().strip())
+            self.supervisorctl('shutdown', host=host)
+            # Without its socket, TERM makes supervisord stop its programs too; KILL is the last resort.
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and os.path.exists('/proc/%d' % pid):
+                    time.sleep(0.2)
+                if os.path.exists('/proc/%d' % pid):
+                    os.kill(pid, sig)
+
+
+@pytest.fixture
+def deployment(redis_env):
+    # Short: supervisord's socket lives below it.
+    base = tempfile.mkdtemp(prefix='cof-roles-', dir='/tmp')
+    deployment = Deployment(redis_env.url, base)
+    yield deployment
+    deployment.shutdown()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def stats(report, host='localhost'):
+    return report['stats'][host]
+
+
+def results(report, name_part, host='localhost'):
+    """The results of every task whose name contains name_part."""
+    return [task['hosts'][host] for play in report['plays'] for task in play['tasks']
+            if name_part in task['task']['name'] and host in task['hosts']]
+
+
+def failure(report, host='localhost'):
+    """The message of the task that stopped the host (its last failure; ignored ones come before it)."""
+    failed = ['%s: %s' % (task['task']['name'], task['hosts'][host].get('msg', ''))
+              for play in report['plays'] for task in play['tasks']
+              if host in task['hosts'] and task['hosts'][host].get('failed')]
+    assert failed, 'nothing failed on %s' % host
+    return failed[-1]
+
+
+def worker(name, queues, **extra):
+    return dict(dict(name=name, app='fleet_tasks', queues=queues, pool='threads', workdir=APP_DIR, virtualenv=VENV),
+                **extra)
+
+
+def missing(ansible, url, nodes):
+    """The nodes that do not answer ping."""
+    return ansible.module('celery_worker_info', dict(broker_url=url, expected_nodes=nodes, include=['ping'],
+                                                     timeout=5))['missing']
+
+
+def test_workers_check_mode_deploy_idempotent_and_restart_one_through_drain(deployment, ansible):
+    workers = [worker('alpha', ['roles_a'], concurrency=2, time_limit=60),
+               worker('beta', ['roles_b', 'roles_c'], environment={'FLEET_NOTE': '50% done'})]
+    roles = ['celeryops.fleet.worker']
+
+    # Check mode on a fresh directory: changes reported, nothing written, nothing started.
+    report = deployment.run(roles, {'celery_workers': workers}, check=True)
+    assert deployment.last.returncode == 0, failure(report)
+    assert stats(report)['changed'] > 0
+    assert not os.path.exists(deployment.root())
+
+    report = deployment.run(roles, {'celery_workers': workers})
+    assert deployment.last.returncode == 0, failure(report)
+    assert missing(ansible, deployment.broker_url, ['alpha@localhost', 'beta@localhost']) == []
+    program = os.path.join(deployment.root(), 'conf.d', 'celery-worker-alpha.conf')
+    assert oct(os.stat(program).st_mode & 0o777) == '0o600'  # it holds the broker URL
+    with open(program) as handle:
+        text = handle.read()
+    assert 'stopwaitsecs=90\n' in text and 'stopasgroup=true' in text and 'killasgroup=true' in text
+    assert 'stopsignal=TERM' in text and '--time-limit 60' in text
+    assert oct(os.stat(deployment.root() + '/supervisor.sock').st_mode & 0o777) == '0o700'
+    # The environment reached the worker intact ('%' is special to supervisor), and was never printed.
+    with open('/proc/%d/environ' % deployment.pid('celery-worker-beta'), 'rb') as handle:
+        environ = handle.read().split(b'\0')
+    assert b'FLEET_NOTE=50% done' in environ and b'CELERY_BROKER_URL=' + deployment.broker_url.encode() in environ
+    assert '50% done' not in deployment.last.stdout and deployment.broker_url not in deployment.last.stdout
+
+    report = deployment.run(roles, {'celery_workers': workers})
+    assert deployment.last.returncode == 0 and stats(report)['changed'] == 0, stats(report)
+
+    # Change alpha only. Check mode predicts it and drains nothing; then alpha is drained and
+    # restarted, and beta keeps its pid.
+    alpha_pid, beta_pid = deployment.pid('celery-worker-alpha'), deployment.pid('celery-worker-beta')
+    workers[0]['concurrency'] = 3
+    report = deployment.run(roles, {'celery_workers': workers}, check=True)
+    assert deployment.last.returncode == 0 and stats(report)['changed'] == 1, failure(report)
+    assert results(report, 'Drain alpha@localhost')[0].get('skipped') is True
+    assert deployment.pid('celery-worker-alpha') == alpha_pid and '--concurrency 2' in open(program).read()
+
+    report = deployment.run(roles, {'celery_workers': workers})
+    assert deployment.last.returncode == 0, failure(report)
+    drain = results(report, 'Drain alpha@localhost')
+    assert drain and drain[0]['changed'] is True
+    assert results(report, 'Drain beta@localhost')[0].get('skipped') is True
+    assert deployment.pid('celery-worker-beta') == beta_pid
+    assert deployment.pid('celery-worker-alpha') != alpha_pid
+    # The old alpha stopped consuming (the drain), and only then got the TERM of its warm shutdown.
+    with open(os.path.join(deployment.root(), 'log', 'celery-worker-alpha.log')) as handle:
+        log = handle.read()
+    assert -1 < log.find('Canceling queue roles_a') < log.find('Warm shutdown') < log.rfind('alpha@localhost ready.')
+    assert '--concurrency 3' in open(program).read()
+
+    # A worker dropped from the list is stopped and removed.
+    report = deployment.run(roles, {'celery_workers': workers[:1]})
+    assert deployment.last.returncode == 0, failure(report)
+    assert 'celery-worker-beta' not in deployment.supervisorctl('status')
+    assert not os.path.exists(os.path.join(deployment.root(), 'conf.d', 'celery-worker-beta.conf'))
+
+
+def test_workers_that_do_not_come_up_are_named(deployment):
+    # Runs, but answers under another node name: only the ping check can tell.
+    renamed = [worker('ghost', ['roles_g'], extra_args=['--hostname', 'elsewhere@localhost'])]
+    report = deployment.run(['celeryops.fleet.worker'], {'celery_workers': renamed, 'celery_worker_wait_timeout': 5})
+    assert deployment.last.returncode != 0
+    assert 'did not come up' in failure(report) and 'ghost@localhost' in failure(report)
+    assert deployment.broker_url not in deployment.last.stdout
+
+    # Cannot import its app: supervisor gives up on it and the deploy says so at once, or, when the
+    # import outlasts startsecs on a busy machine, the ping check names it.
+    broken = [worker('broken', ['roles_g'], app='no_such_module_anywhere')]
+    report = deployment.run(['celeryops.fleet.worker'], {'celery_workers': broken, 'celery_worker_wait_timeout': 10})
+    assert deployment.last.returncode != 0
+    message = failure(report)
+    assert 'celery-worker-broken (Celery nodes broken@localhost) did not start' in message or \
+        ('did not come up' in message and 'broken@localhost' in message), message
+
+
+def test_two_hosts_workers_checked_in_one_broadcast_and_one_beat(deployment, ansible):
+    beat_vars = {'celery_beat_app': 'fleet_tasks', 'celery_beat_virtualenv': VENV, 'celery_beat_workdir': APP_DIR}
+    hosts = ('fleet1', 'fleet2')
+    host_vars = dict((host, {'celery_workers': [worker('w', ['roles_%s' % host])]}) for host in hosts)
+    host_vars['fleet2']['celery_beat_enabled'] = False
+    report = deployment.run(['celeryops.fleet.worker', 'celeryops.fleet.beat'], beat_vars, hosts=hosts,
+                            host_vars=host_vars)
+    assert deployment.last.returncode == 0, failure(report, 'fleet1')
+    # The ping check ran once, for both hosts' nodes.
+    pings = [task['hosts'] for play in report['plays'] for task in play['tasks']
+             if task['task']['name'].endswith('Wait until every worker node of the play answers ping')]
+    assert len(pings) == 1 and len(pings[0]) == 1, pings
+    assert missing(ansible, deployment.broker_url, ['w@fleet1', 'w@fleet2']) == []
+    assert 'RUNNING' in deployment.supervisorctl('status', 'celery-beat', host='fleet1')
+    assert 'celery-beat' not in deployment.supervisorctl('status', host='fleet2')
+    deadline = time.monotonic() + 20  # beat opens its schedule file once it is up
+    while not any(name.startswith('celerybeat-schedule') for name in os.listdir(deployment.root('fleet1'))):
+        assert time.monotonic() < deadline, os.listdir(deployment.root('fleet1'))
+        time.sleep(0.5)
+
+    # A second beat is refused, naming the hosts, before anything changes.
+    del host_vars['fleet2']['celery_beat_enabled']
+    report = deployment.run(['celeryops.fleet.beat'], beat_vars, hosts=hosts, host_vars=host_vars)
+    assert deployment.last.returncode != 0
+    message = failure(report, 'fleet1')
+    assert 'celery_beat_enabled' in message and 'fleet1, fleet2' in message
+    assert 'celery-beat' not in deployment.supervisorctl('status', host='fleet2')
+
+
+def http_status(url, credentials=None):
+    request = urllib.request.Request(url)
+    if credentials:
+        request.add_header('Authorization', 'Basic ' + base64.b64encode(credentials.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_flower_answers_with_auth_only(deployment):
+    port = free_port()
+    secret = 'ops:s3cret-%d' % port
+    flower_vars = {'flower_port': port, 'flower_basic_auth': [secret], 'flower_virtualenv': VENV}
+    report = deployment.run(['celeryops.fleet.flower'], flower_vars)
+    assert deployment.last.returncode == 0, failure(report)
+    url = 'http://127.0.0.1:%d/workers' % port
+    assert http_status(url) == 401
+    assert http_status(url, 'ops:wrong') == 401
+    assert http_status(url, secret) == 200
+    program = os.path.join(deployment.root(), 'conf.d', 'flower.conf')
+    assert oct(os.stat(program).st_mode & 0o777) == '0o600'
+    with open(program) as handle:
+        command = [line for line in handle if line.startswith('command=')][0]
+    assert secret not in command and '--persistent=True' in command
+    assert secret not in deployment.last.stdout + deployment.last.stderr
+    assert os.path.exists(os.path.join(deployment.root(), 'flower.db')) or \
+        any(name.startswith('flower.db') for name in os.listdir(deployment.root()))
+
+
+BAD_WORKERS = {
+    'dupname': ([worker('one', ['q']), worker('one', ['r'])], 'celery_workers: the name one is used more than once'),
+    'zero': ([worker('zero', ['q'], concurrency=0)], 'celery_workers[zero].concurrency must be 1 or more'),
+    'noqueue': ([worker('idle', [])], 'celery_workers[idle].queues must list at least one queue'),
+    'badpool': ([worker('odd', ['q'], pool='fibers')], "value of pool must be one of: prefork"),
+    'nokey': ([dict(name='nokey', app='fleet_tasks')], 'missing required arguments: queues'),
+    'badname': ([worker('a b', ['q'])], 'celery_workers[a b].name may hold only'),
+}
+
+
+def test_bad_worker_lists_are_refused(deployment):
+    # One host per case, in one run: each host stops on its own error.
+    report = deployment.run(['celeryops.fleet.worker'], hosts=list(BAD_WORKERS), check=True,
+                            host_vars=dict((host, {'celery_workers': case[0]}) for host, case in BAD_WORKERS.items()))
+    assert deployment.last.returncode != 0
+    for host, (_workers, expected) in BAD_WORKERS.items():
+        message = failure(report, host)
+        assert expected in message and 'celery_workers' in message, (host, message)
+
+
+def test_duplicate_node_names_across_hosts_are_refused(deployment):
+    same = {'celery_workers': [worker('w', ['q'], node='same@fleet')]}
+    report = deployment.run(['celeryops.fleet.worker'], hosts=['h1', 'h2'], host_vars={'h1': same, 'h2': same},
+                            check=True)
+    assert deployment.last.returncode != 0
+    assert 'node names used by more than one worker: same@fleet' in failure(report, 'h1')
+
+
+def test_flower_without_credentials_is_refused(deployment):
+    report = deployment.run(['celeryops.fleet.flower'], {'flower_port': free_port()}, check=True)
+    assert deployment.last.returncode != 0
+    assert 'flower_basic_auth' in failure(report)
