@@ -40,3 +40,12 @@ def sleep(seconds):
 @app.task(name='fleet_tasks.mail')
 def mail(to):
     return to
+
+
+@app.task(name='fleet_tasks.record', bind=True)
+def record(self):
+    """Append this task's id to FLEET_RECORD_FILE: the fleet tests check that every submitted task ran, once."""
+    # One short O_APPEND write per task: lines from concurrent workers do not interleave.
+    with open(os.environ['FLEET_RECORD_FILE'], 'a') as handle:
+        handle.write(self.request.id + '\n')
+    return self.request.id
