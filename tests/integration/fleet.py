@@ -17,16 +17,12 @@ import sys
 import tempfile
 import time
 
+from harness import free_port
+
 SSHD = '/usr/sbin/sshd'
 VENV = sys.prefix
 SUPERVISORCTL = os.path.join(VENV, 'bin', 'supervisorctl')
 SSH_ADDRESSES = ('127.0.0.2', '127.0.0.3')
-
-
-def free_port(address='127.0.0.1'):
-    with socket.socket() as sock:
-        sock.bind((address, 0))
-        return sock.getsockname()[1]
 
 
 def keygen(path):

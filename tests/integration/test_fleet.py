@@ -5,20 +5,18 @@ The fleet is built once for the module (the tests run in one xdist worker: xdist
 leaves it healthy. Playbooks run as users run them: ansible-playbook celeryops.fleet.<name>.
 """
 
-import base64
 import os
 import re
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 import xml.etree.ElementTree as ET
 
 import pytest
 
-from fleet import VENV, Fleet, free_port
-from harness import APP_DIR, RabbitBroker, close_publishers, management_up, publish, require
+from fleet import VENV, Fleet
+from harness import (APP_DIR, RabbitBroker, close_publishers, free_port, http_status, management_up, publish,
+                     require)
 
 pytestmark = pytest.mark.xdist_group('fleet')
 
@@ -255,17 +253,6 @@ def test_purge_without_confirmation_removes_nothing(fleet, fleet_broker):
 
     bad = fleet.playbook('celeryops.fleet.purge', {'purge_queues': 'fleet_purge'})
     assert bad.rc != 0 and 'purge_queues must list the queues' in bad.failures()[0]
-
-
-def http_status(url, credentials=None):
-    request = urllib.request.Request(url)
-    if credentials:
-        request.add_header('Authorization', 'Basic ' + base64.b64encode(credentials.encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
 
 
 def test_flower_on_a_fleet_host_answers_with_auth_only(fleet):
