@@ -1,8 +1,9 @@
 """The fleet playbooks on a real fleet: three hosts (this machine, and two over real SSH), each with its own
 supervisord and two Celery workers deployed by the roles, on a RabbitMQ vhost of this module's own.
 
-The fleet is built once for the module (the tests run in one xdist worker: xdist_group) and every test
-leaves it healthy. Playbooks run as users run them: ansible-playbook celeryops.fleet.<name>.
+The fleet is built once for the module and every test leaves it healthy; scripts/test runs this file in a
+pytest process of its own, beside the other integration tests (xdist would build one fleet per worker).
+Playbooks run as users run them: ansible-playbook celeryops.fleet.<name>.
 """
 
 import os
@@ -17,8 +18,6 @@ import pytest
 from fleet import VENV, Fleet
 from harness import (APP_DIR, RabbitBroker, close_publishers, free_port, http_status, management_up, publish,
                      require)
-
-pytestmark = pytest.mark.xdist_group('fleet')
 
 FLOWER_AUTH = 'ops:fl0wer-%d' % os.getpid()
 PROGRAMS = ('celery-worker-alpha', 'celery-worker-beta')
