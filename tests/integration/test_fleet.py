@@ -150,6 +150,11 @@ def test_drain_and_stop_are_idempotent_and_rolling_restart_brings_the_host_back(
     def drain(**extra):
         return fleet.playbook('celeryops.fleet.drain', extra, limit='fleet3')
 
+    # Check mode says what it would do and sends nothing.
+    checked = fleet.playbook('celeryops.fleet.drain', {'drain_stop': True}, limit='fleet3', check=True)
+    assert checked.rc == 0 and checked.results('Drain the nodes')[0]['changed'] is True, checked.failures()
+    assert health_check(fleet).rc == 0
+
     report = drain()
     assert report.rc == 0, report.failures()
     assert report.results('Drain the nodes')[0]['changed'] is True
