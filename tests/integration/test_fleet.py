@@ -63,7 +63,7 @@ def summary(report):
 
 
 def health_check(fleet, **extra):
-    return fleet.playbook('celeryops.fleet.health_check', dict({'health_check_timeout': 3}, **extra))
+    return fleet.playbook('celeryops.fleet.health_check', extra)
 
 
 def wait_healthy(fleet, timeout=60):
@@ -127,7 +127,7 @@ def test_a_killed_worker_and_a_full_queue_fail_the_health_check_by_name(fleet, f
         os.killpg(victim, signal.SIGKILL)
         junit = str(tmp_path / 'health.xml')
         report = health_check(fleet, health_check_junit_file=junit, health_check_queues=['fleet_idle'],
-                              health_check_queue_max_messages={'fleet_idle': 2})
+                              health_check_queue_max_messages={'fleet_idle': 2}, health_check_timeout=3)
     finally:
         os.kill(supervisord, signal.SIGCONT)
     assert report.rc != 0
@@ -144,6 +144,17 @@ def test_a_killed_worker_and_a_full_queue_fail_the_health_check_by_name(fleet, f
 
     # supervisord, thawed, starts the worker again.
     wait_healthy(fleet)
+
+
+def test_an_unreachable_broker_fails_the_health_check_with_a_junit_error(fleet, tmp_path):
+    junit = str(tmp_path / 'health.xml')
+    report = health_check(fleet, celery_broker_url='amqp://guest:n0t-shown@127.0.0.1:1//', health_check_junit_file=junit)
+    assert report.rc != 0
+    message = report.results('Fail with the broker error')[0]['msg']
+    assert message.startswith('Celery fleet health unknown: ') and '127.0.0.1:1' in message, message
+    error = ET.parse(junit).getroot().find('testsuite/testcase/error')
+    assert error.get('message') in message
+    assert 'n0t-shown' not in fleet.last.stdout + fleet.last.stderr + open(junit).read()
 
 
 def test_drain_and_stop_are_idempotent_and_rolling_restart_brings_the_host_back(fleet):
