@@ -21,7 +21,7 @@ import urllib.request
 
 import pytest
 
-from harness import APP_DIR, publish
+from harness import APP_DIR
 
 VENV = sys.prefix
 SUPERVISORCTL = os.path.join(VENV, 'bin', 'supervisorctl')
@@ -133,10 +133,10 @@ def worker(name, queues, **extra):
                 **extra)
 
 
-def online(ansible, url, nodes):
-    result = ansible.module('celery_worker_info', dict(broker_url=url, expected_nodes=nodes, include=['ping'],
-                                                       timeout=5))
-    return result['online']
+def missing(ansible, url, nodes):
+    """The nodes that do not answer ping."""
+    return ansible.module('celery_worker_info', dict(broker_url=url, expected_nodes=nodes, include=['ping'],
+                                                     timeout=5))['missing']
 
 
 def test_workers_check_mode_deploy_idempotent_and_restart_one_through_drain(deployment, ansible):
@@ -152,8 +152,7 @@ def test_workers_check_mode_deploy_idempotent_and_restart_one_through_drain(depl
 
     report = deployment.run(roles, {'celery_workers': workers})
     assert deployment.last.returncode == 0, failure(report)
-    assert online(ansible, deployment.broker_url, ['alpha@localhost', 'beta@localhost']) == \
-        ['alpha@localhost', 'beta@localhost']
+    assert missing(ansible, deployment.broker_url, ['alpha@localhost', 'beta@localhost']) == []
     program = os.path.join(deployment.root(), 'conf.d', 'celery-worker-alpha.conf')
     assert oct(os.stat(program).st_mode & 0o777) == '0o600'  # it holds the broker URL
     with open(program) as handle:
@@ -170,11 +169,15 @@ def test_workers_check_mode_deploy_idempotent_and_restart_one_through_drain(depl
     report = deployment.run(roles, {'celery_workers': workers})
     assert deployment.last.returncode == 0 and stats(report)['changed'] == 0, stats(report)
 
-    # Change alpha only: alpha is drained (a running task finishes) and restarted; beta keeps its pid.
+    # Change alpha only. Check mode predicts it and drains nothing; then alpha is drained and
+    # restarted, and beta keeps its pid.
     alpha_pid, beta_pid = deployment.pid('celery-worker-alpha'), deployment.pid('celery-worker-beta')
-    task_id = publish(deployment.broker_url, 'fleet_tasks.sleep', 'roles_a', args=(2,))[0]
-    time.sleep(0.5)  # let alpha take it
     workers[0]['concurrency'] = 3
+    report = deployment.run(roles, {'celery_workers': workers}, check=True)
+    assert deployment.last.returncode == 0 and stats(report)['changed'] == 1, failure(report)
+    assert results(report, 'Drain alpha@localhost')[0].get('skipped') is True
+    assert deployment.pid('celery-worker-alpha') == alpha_pid and '--concurrency 2' in open(program).read()
+
     report = deployment.run(roles, {'celery_workers': workers})
     assert deployment.last.returncode == 0, failure(report)
     drain = results(report, 'Drain alpha@localhost')
@@ -182,9 +185,10 @@ def test_workers_check_mode_deploy_idempotent_and_restart_one_through_drain(depl
     assert results(report, 'Drain beta@localhost')[0].get('skipped') is True
     assert deployment.pid('celery-worker-beta') == beta_pid
     assert deployment.pid('celery-worker-alpha') != alpha_pid
+    # The old alpha stopped consuming (the drain), and only then got the TERM of its warm shutdown.
     with open(os.path.join(deployment.root(), 'log', 'celery-worker-alpha.log')) as handle:
         log = handle.read()
-    assert 'fleet_tasks.sleep[%s] succeeded' % task_id in log
+    assert -1 < log.find('Canceling queue roles_a') < log.find('Warm shutdown') < log.rfind('alpha@localhost ready.')
     assert '--concurrency 3' in open(program).read()
 
     # A worker dropped from the list is stopped and removed.
@@ -212,20 +216,33 @@ def test_workers_that_do_not_come_up_are_named(deployment):
         ('did not come up' in message and 'broken@localhost' in message), message
 
 
-def test_beat_runs_on_one_host_and_refuses_a_second(deployment):
+def test_two_hosts_workers_checked_in_one_broadcast_and_one_beat(deployment, ansible):
     beat_vars = {'celery_beat_app': 'fleet_tasks', 'celery_beat_virtualenv': VENV, 'celery_beat_workdir': APP_DIR}
-    hosts = ('beat1', 'beat2')
-    report = deployment.run(['celeryops.fleet.beat'], beat_vars, hosts=hosts,
-                            host_vars={'beat2': {'celery_beat_enabled': False}})
-    assert deployment.last.returncode == 0, failure(report)
-    assert 'RUNNING' in deployment.supervisorctl('status', 'celery-beat', host='beat1')
-    assert 'celery-beat' not in deployment.supervisorctl('status', host='beat2')
+    hosts = ('fleet1', 'fleet2')
+    host_vars = dict((host, {'celery_workers': [worker('w', ['roles_%s' % host])]}) for host in hosts)
+    host_vars['fleet2']['celery_beat_enabled'] = False
+    report = deployment.run(['celeryops.fleet.worker', 'celeryops.fleet.beat'], beat_vars, hosts=hosts,
+                            host_vars=host_vars)
+    assert deployment.last.returncode == 0, failure(report, 'fleet1')
+    # The ping check ran once, for both hosts' nodes.
+    pings = [task['hosts'] for play in report['plays'] for task in play['tasks']
+             if task['task']['name'].endswith('Wait until every worker node of the play answers ping')]
+    assert len(pings) == 1 and len(pings[0]) == 1, pings
+    assert missing(ansible, deployment.broker_url, ['w@fleet1', 'w@fleet2']) == []
+    assert 'RUNNING' in deployment.supervisorctl('status', 'celery-beat', host='fleet1')
+    assert 'celery-beat' not in deployment.supervisorctl('status', host='fleet2')
+    deadline = time.monotonic() + 20  # beat opens its schedule file once it is up
+    while not any(name.startswith('celerybeat-schedule') for name in os.listdir(deployment.root('fleet1'))):
+        assert time.monotonic() < deadline, os.listdir(deployment.root('fleet1'))
+        time.sleep(0.5)
 
-    report = deployment.run(['celeryops.fleet.beat'], beat_vars, hosts=hosts)
+    # A second beat is refused, naming the hosts, before anything changes.
+    del host_vars['fleet2']['celery_beat_enabled']
+    report = deployment.run(['celeryops.fleet.beat'], beat_vars, hosts=hosts, host_vars=host_vars)
     assert deployment.last.returncode != 0
-    message = failure(report, 'beat1')
-    assert 'celery_beat_enabled' in message and 'beat1, beat2' in message
-    assert 'celery-beat' not in deployment.supervisorctl('status', host='beat2')
+    message = failure(report, 'fleet1')
+    assert 'celery_beat_enabled' in message and 'fleet1, fleet2' in message
+    assert 'celery-beat' not in deployment.supervisorctl('status', host='fleet2')
 
 
 def http_status(url, credentials=None):
@@ -265,6 +282,7 @@ BAD_WORKERS = {
     'noqueue': ([worker('idle', [])], 'celery_workers[idle].queues must list at least one queue'),
     'badpool': ([worker('odd', ['q'], pool='fibers')], "value of pool must be one of: prefork"),
     'nokey': ([dict(name='nokey', app='fleet_tasks')], 'missing required arguments: queues'),
+    'badname': ([worker('a b', ['q'])], 'celery_workers[a b].name may hold only'),
 }
 
 
