@@ -161,10 +161,10 @@ def test_drain_and_stop_are_idempotent_and_rolling_restart_brings_the_host_back(
     def drain(**extra):
         return fleet.playbook('celeryops.fleet.drain', extra, limit='fleet3')
 
-    # Check mode says what it would do and sends nothing.
+    # Check mode says what it would do and sends nothing (the real drain below still has work to do).
     checked = fleet.playbook('celeryops.fleet.drain', {'drain_stop': True}, limit='fleet3', check=True)
     assert checked.rc == 0 and checked.results('Drain the nodes')[0]['changed'] is True, checked.failures()
-    assert health_check(fleet).rc == 0
+    assert 'RUNNING' in fleet.supervisorctl('fleet3', 'status', 'celery-worker-alpha')
 
     report = drain()
     assert report.rc == 0, report.failures()
@@ -186,9 +186,10 @@ def test_drain_and_stop_are_idempotent_and_rolling_restart_brings_the_host_back(
     assert again.rc == 0 and again.stats()['fleet3']['changed'] == 0, again.failures()
     assert 'alpha@fleet3, beta@fleet3' in again.results('Name the nodes that do not answer')[0]['msg']
 
+    # The rolling restart starts the stopped programs and waits until they consume again.
     report = fleet.playbook('celeryops.fleet.rolling_restart', limit='fleet3')
     assert report.rc == 0, report.failures()
-    assert health_check(fleet).rc == 0
+    assert report.results('Wait until the nodes answer and consume')[0]['count'] == 2
 
 
 def test_rolling_restart_under_load_runs_every_task_once(fleet, fleet_broker):
