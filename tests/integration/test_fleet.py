@@ -189,7 +189,9 @@ def test_drain_and_stop_are_idempotent_and_rolling_restart_brings_the_host_back(
     # The rolling restart starts the stopped programs and waits until they consume again.
     report = fleet.playbook('celeryops.fleet.rolling_restart', limit='fleet3')
     assert report.rc == 0, report.failures()
-    assert report.results('Wait until the nodes answer and consume')[0]['count'] == 2
+    back = report.results('Wait until the nodes answer and consume')[0]
+    assert back['missing'] == [] and {'alpha@fleet3', 'beta@fleet3'} <= set(back['online'])
+    assert back['workers']['beta@fleet3']['queues'] == ['fleet_beta', 'fleet_shared']
 
 
 def test_rolling_restart_under_load_runs_every_task_once(fleet, fleet_broker):
