@@ -85,6 +85,7 @@ class Deployment(object):
         return int(self.supervisorctl('pid', program, host=host).strip())
 
     def shutdown(self):
+        """Stop every supervisord of this deployment, and with it its programs."""
         for host in os.listdir(self.base):
             pidfile = os.path.join(self.base, host, 'supervisord.pid')
             if not os.path.exists(pidfile):
@@ -92,11 +93,13 @@ class Deployment(object):
             with open(pidfile) as handle:
                 pid = int(handle.read().strip())
             self.supervisorctl('shutdown', host=host)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and os.path.exists('/proc/%d' % pid):
-                time.sleep(0.2)
-            if os.path.exists('/proc/%d' % pid):
-                os.kill(pid, signal.SIGKILL)
+            # Without its socket, TERM makes supervisord stop its programs too; KILL is the last resort.
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and os.path.exists('/proc/%d' % pid):
+                    time.sleep(0.2)
+                if os.path.exists('/proc/%d' % pid):
+                    os.kill(pid, sig)
 
 
 @pytest.fixture
