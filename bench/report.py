@@ -454,23 +454,17 @@ def main():
             targets.append(('6', 'celery_worker_info task − ping task, %d workers' % z['n'], shown_diff,
                             '≤ 0.3 s', mark(diff <= 0.3)))
         b('')
-        brpop = first['inprocess']['as_is'].get('brpop_timeout')
         b('**Where the module\'s time goes.** The module\'s `gather()` run in the bench\'s process with the same '
-          'parameters (no Ansible), `Control`\'s parts timed; then the same with the reply channel\'s BRPOP timeout '
-          '(kombu\'s `brpop_timeout`: %s as the module leaves it, kombu\'s default is 1 s) set to %.2f s right after '
-          'connecting, a what-if made in the bench only. And the module\'s import in a fresh interpreter, against '
-          '`ansible.module_utils.basic` alone (which ping pays too):' % (
-              '%g s' % brpop['median'] if brpop else '?', d['fast_brpop']))
+          'parameters (no Ansible), `Control`\'s parts timed; and the module\'s import in a fresh interpreter, against '
+          '`ansible.module_utils.basic` alone (which ping pays too):')
         b('')
-        b('| workers | connect | request (all replies) | close | gather() in all | close, BRPOP %.2f s | gather(), BRPOP %.2f s '
-          '| import basic | import celery_worker_info |' % (d['fast_brpop'], d['fast_brpop']))
-        b('|---|---|---|---|---|---|---|---|---|')
+        b('| workers | connect | request (all replies) | close | gather() in all | import basic | import celery_worker_info |')
+        b('|---|---|---|---|---|---|---|')
         for z in sizes:
-            a, f = z['inprocess']['as_is'], z['inprocess']['fast_close']
-            b('| %d | %s | %s | %s | %s | %s | %s | %s | %s |' % (
+            a = z['inprocess']['as_is']
+            b('| %d | %s | %s | %s | %s | %s | %s |' % (
                 z['n'], s(a['connect'], 'ms', 0), s(a['request'], 'ms', 0), s(a['close'], 'ms', 0),
-                s(a['gather'], 'ms', 0), s(f['close'], 'ms', 0), s(f['gather'], 'ms', 0),
-                s(z['imports']['basic'], 'ms', 0), s(z['imports']['module'], 'ms', 0)))
+                s(a['gather'], 'ms', 0), s(z['imports']['basic'], 'ms', 0), s(z['imports']['module'], 'ms', 0)))
         b('')
         b('(`%s`; `%s`)' % (d['commands']['imports']['basic'], d['commands']['imports']['module']))
         b('')
@@ -555,43 +549,23 @@ def main():
             return '%.0f ms' % (x['inprocess'][key][part]['median'] * 1000)
         x = z[0]
         a = x['inprocess']['as_is']
-        brpop = a.get('brpop_timeout')
-        saving = a['close']['median'] - x['inprocess']['fast_close']['close']['median']
-        slow_close = max(y['inprocess']['as_is']['close']['median'] for y in z) >= 0.3
-        if slow_close:
-            text = ('celery_worker_info waits out a BRPOP when it closes its Redis connection: `Control.close()` takes '
-                    '%s in process, while collecting every reply takes %s. kombu\'s Redis `Channel.close()` reads the '
-                    'reply of the BRPOP still in flight on the reply queue (the last `drain_events` sent it), which '
-                    'Redis gives only when its timeout (`brpop_timeout`, %s here) runs out. ' % (
-                        ', '.join('%s (%d workers)' % (ms(y, 'as_is', 'close'), y['n']) for y in z),
-                        ', '.join(ms(y, 'as_is', 'request') for y in z),
-                        '%g s' % brpop['median'] if brpop else '1 s by default'))
-        else:
-            text = ('celery_worker_info closes its Redis connection in %s: kombu\'s Redis `Channel.close()` waits for '
-                    'the BRPOP still in flight on the reply queue, and the module keeps that timeout (`brpop_timeout`) '
-                    'at %s instead of kombu\'s 1 s; collecting every reply takes %s. ' % (
-                        ', '.join('%s (%d workers)' % (ms(y, 'as_is', 'close'), y['n']) for y in z),
-                        '%g s' % brpop['median'] if brpop else '?', ', '.join(ms(y, 'as_is', 'request') for y in z)))
-        text += ('With that timeout set to %.2f s on the module\'s channel (a what-if in the bench) close takes %s and '
-                 'gather() %s instead of %s, with the same replies.' % (
-                     wi['fast_brpop'], ', '.join(ms(y, 'fast_close', 'close') for y in z),
-                     ', '.join(ms(y, 'fast_close', 'gather') for y in z), ', '.join(ms(y, 'as_is', 'gather') for y in z)))
+        text = ('celery_worker_info speaks Celery\'s remote-control protocol itself over redis-py (pika on RabbitMQ), '
+                'without importing kombu: connecting takes %s, sending every section and collecting every reply %s, '
+                'closing %s (%s).' % (
+                    ', '.join(ms(y, 'as_is', 'connect') for y in z), ', '.join(ms(y, 'as_is', 'request') for y in z),
+                    ', '.join(ms(y, 'as_is', 'close') for y in z), ', '.join('%d workers' % y['n'] for y in z)))
         vv = x['variants']
         diff = vv['worker_info']['task']['median'] - vv['ping']['task']['median']
         imports = x['imports']['module']['median'] - x['imports']['basic']['median']
         rest = diff - imports - a['connect']['median'] - a['request']['median'] - a['close']['median']
         text += (' Of the %.2f s the task costs over ping with %d workers, close() is %.2f s, the module\'s imports '
-                 'beyond ansible.module_utils.basic (kombu, redis-py) %.2f s, connecting %.2f s, asking and collecting '
+                 'beyond ansible.module_utils.basic (redis-py) %.2f s, connecting %.2f s, asking and collecting '
                  '%.2f s (of which %.1f s is the module\'s deliberate wait for duplicate node names), and %.2f s is not '
                  'accounted for by these (the controller\'s share for a larger payload and result, and noise: these are '
                  'estimates, per-task times spread).' % (
                      diff, x['n'], a['close']['median'], imports, a['connect']['median'], a['request']['median'],
                      wi.get('duplicate_grace', 0.1), rest))
-        if slow_close:
-            text += (' A short BRPOP timeout for the control connection in `_control.py` would take about %.2f s off '
-                     'every run; not made here. Even then the task stays about %.2f s over ping: the 0.3 s target '
-                     'also needs the imports and the controller\'s share cut.' % (saving, diff - saving))
-        elif diff > 0.3:
+        if diff > 0.3:
             text += ' The 0.3 s target needs the imports, the collecting and the controller\'s share cut.'
         text += (' For the wall target: an ansible-playbook run of ping alone takes %s, so 0.25× of the CLI '
                  'sequence leaves %s for celery_worker_info beyond a ping playbook; it takes %s (%s).' % (

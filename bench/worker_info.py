@@ -10,8 +10,7 @@ at the end (also on failure). Each round takes turns:
   active, reserved, active_queues, timeout 5 (it returns as soon as every node answered);
 - the same information from the celery CLI: status, then inspect stats, active, reserved and
   active_queues, one process after the other, timed as the whole sequence;
-- diagnostics: the module's gather() in this process with Control's parts timed (and once more
-  with kombu's BRPOP timeout of the reply channel lowered, to size what closing costs), and the
+- diagnostics: the module's gather() in this process with Control's parts timed, and the
   import of the module vs ansible.module_utils.basic in fresh interpreters.
 
 Every run is checked: the module's `online` is the node names and nothing is missing, unexpected
@@ -35,7 +34,6 @@ INCLUDE = ['ping', 'stats', 'active', 'reserved', 'active_queues']
 TIMEOUT = 5
 CLI_STEPS = (('status',), ('inspect', 'stats'), ('inspect', 'active'), ('inspect', 'reserved'),
              ('inspect', 'active_queues'))
-FAST_BRPOP = 0.05  # the what-if: kombu's BRPOP timeout of the reply channel (kombu's default is 1 s)
 IMPORT = "import sys, os; sys.path.insert(0, os.environ['ANSIBLE_COLLECTIONS_PATH'].split(':')[0]); import %s"
 MODULE = 'ansible_collections.celeryops.fleet.plugins.modules.celery_worker_info'
 
@@ -142,13 +140,8 @@ def check_module(summary, names):
         raise AssertionError('celery_worker_info with %d workers: %s' % (len(names), '; '.join(problems)))
 
 
-def module_inprocess(names, fast_close=False):
-    """The module's gather() in this process (no Ansible), with Control's parts timed.
-
-    fast_close: the reply channel's BRPOP timeout lowered to FAST_BRPOP right after connecting,
-    to measure how much of close() is kombu waiting out a BRPOP still in flight.
-    Returns {part: seconds}, and brpop_timeout: the channel's BRPOP timeout as the module set it.
-    """
+def module_inprocess(names):
+    """The module's gather() in this process (no Ansible), with Control's parts timed: {part: seconds}."""
     lib.module_utils()
     from ansible_collections.celeryops.fleet.plugins.module_utils import _control
     from ansible_collections.celeryops.fleet.plugins.module_utils._broker import broker_argument_spec
@@ -163,7 +156,7 @@ def module_inprocess(names, fast_close=False):
     spent = {}
     saved = []
 
-    def wrap(name, label, after=None):
+    def wrap(name, label):
         real = getattr(_control.Control, name)
 
         def wrapper(self, *args, **kwargs):
@@ -172,17 +165,11 @@ def module_inprocess(names, fast_close=False):
                 value = real(self, *args, **kwargs)
             finally:
                 spent[label] = spent.get(label, 0.0) + time.perf_counter() - start
-            if after:
-                after(self)
             return value
         saved.append((name, real))
         setattr(_control.Control, name, wrapper)
 
-    def after_connect(control):
-        spent['brpop_timeout'] = control.channel.brpop_timeout  # as the module (or kombu's default) left it
-        if fast_close:
-            control.channel.brpop_timeout = FAST_BRPOP
-    wrap('__init__', 'connect', after_connect)
+    wrap('__init__', 'connect')
     wrap('request', 'request')
     wrap('close', 'close')
     result = {}
@@ -215,8 +202,8 @@ def bench_size(n, logdir):
     lib.log('%d workers ready in %.1f s' % (n, started))
     results = dict(ping=dict(wall=[], task=[]), worker_info=dict(wall=[], task=[], elapsed=[], result_bytes=[]),
                    celery_cli=dict(wall=[], steps=[[] for _step in CLI_STEPS]))
-    parts = ('connect', 'request', 'close', 'gather', 'elapsed', 'brpop_timeout')
-    inprocess = dict((key, dict((part, []) for part in parts)) for key in ('as_is', 'fast_close'))
+    parts = ('connect', 'request', 'close', 'gather', 'elapsed')
+    inprocess = dict(as_is=dict((part, []) for part in parts))
     imports = dict(basic=[], module=[])
     try:
         for round_ in range(ROUNDS):
@@ -238,9 +225,8 @@ def bench_size(n, logdir):
             for i, seconds in enumerate(steps):
                 results['celery_cli']['steps'][i].append(seconds)
 
-            for key, fast in (('as_is', False), ('fast_close', True)):
-                for part, seconds in module_inprocess(names, fast).items():
-                    inprocess[key][part].append(seconds)
+            for part, seconds in module_inprocess(names).items():
+                inprocess['as_is'][part].append(seconds)
             imports['basic'].append(import_seconds('ansible.module_utils.basic'))
             imports['module'].append(import_seconds(MODULE))
             lib.log('%d workers, round %d/%d: ping %.2fs (task %.2fs), worker_info %.2fs (task %.2fs), '
@@ -284,7 +270,7 @@ def main():
     lib.module_utils()
     from ansible_collections.celeryops.fleet.plugins.module_utils._control import DUPLICATE_GRACE
     out = dict(sizes=sizes, order=[str(n) for n in SIZES], rounds=ROUNDS, include=INCLUDE, timeout=TIMEOUT,
-               queue=QUEUE, fast_brpop=FAST_BRPOP, duplicate_grace=DUPLICATE_GRACE, commands=dict(
+               queue=QUEUE, duplicate_grace=DUPLICATE_GRACE, commands=dict(
                    ping=lib.playbook_command('ping.yml'),
                    celery_cli=cli_command(),
                    imports=dict(basic='python -c "%s"' % (IMPORT % 'ansible.module_utils.basic'),

@@ -12,12 +12,15 @@ and lets the channel close requeue them, which puts them back in their places.
 
 from __future__ import annotations
 
+import base64
 import json
 import ssl
 import time
 import traceback
 from http.client import HTTPException
+from urllib.error import HTTPError, URLError
 from urllib.parse import quote
+from urllib.request import HTTPSHandler, ProxyHandler, Request, build_opener
 
 try:
     import pika
@@ -28,9 +31,6 @@ try:
 except ImportError:  # guarded: the module reports missing_required_lib
     HAS_PIKA = False
     PIKA_IMPORT_ERROR = traceback.format_exc()
-
-from ansible.module_utils.urls import ConnectionError as UrlsConnectionError, open_url
-from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
     BrokerError, scrub, ssl_context, time_limit)
@@ -69,11 +69,7 @@ class Management(object):
 
     def get(self, path):
         try:
-            response = open_url(self.url + path, method='GET', url_username=self.user, url_password=self.password,
-                                force_basic_auth=True, timeout=self.broker.timeout,
-                                validate_certs=self.validate_certs, ca_path=self.broker.tls_ca_file,
-                                use_proxy=False, use_netrc=False)
-            answer = json.loads(response.read())
+            answer = json.loads(self._open(path))
             self.error = None
             return answer
         except HTTPError as exc:
@@ -85,12 +81,27 @@ class Management(object):
                 403: ' (check management_user and management_password)',
                 404: ' (is management_url the RabbitMQ management API, with its path prefix if any?)',
             }.get(exc.code, ''))
-        except (URLError, OSError, ValueError, HTTPException, UrlsConnectionError) as exc:
+        except (URLError, OSError, ValueError, HTTPException) as exc:
             # HTTPException: something that is not HTTP answered (BadStatusLine from the AMQP
-            # port, Flower's trap); UrlsConnectionError: Ansible's TLS validation failures.
+            # port, Flower's trap); URLError also wraps TLS validation failures.
             reason = scrub(getattr(exc, 'reason', None) or exc, self.password) or type(exc).__name__
         self.error = 'management API at %s: %s' % (self.url, reason)
         raise BrokerError(self.error, option='management_url', endpoint=self.url)
+
+    def _open(self, path):
+        """The body of one GET, with basic auth, no proxy (the API is next to the broker)."""
+        handlers = [ProxyHandler({})]
+        if self.url.startswith('https:'):
+            context = ssl.create_default_context(cafile=self.broker.tls_ca_file)
+            if not self.validate_certs:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            handlers.append(HTTPSHandler(context=context))
+        credentials = base64.b64encode(('%s:%s' % (self.user, self.password)).encode('utf-8')).decode('ascii')
+        request = Request(self.url + path, headers={'Authorization': 'Basic ' + credentials,
+                                                    'Accept': 'application/json'})
+        with build_opener(*handlers).open(request, timeout=self.broker.timeout) as response:
+            return response.read()
 
     def queues(self, vhost):
         """name -> the queue's record, for every queue of the vhost, in one request."""

@@ -1,7 +1,13 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) celeryops.fleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Celery remote control without the user's app: kombu's pidbox mailbox, as `celery inspect` uses it.
+"""Celery remote control without the user's app: the pidbox protocol `celery inspect` speaks.
+
+A request is a JSON message on the fanout exchange ``celery.pidbox``; every worker it is
+meant for answers ``{node: value}`` through the direct exchange ``reply.celery.pidbox`` to
+a reply queue of ours, with the request's ticket in a header. It is spoken here directly,
+over the same redis-py and pika connections the queue modules use: kombu alone takes
+longer to import than a whole health check should take.
 
 Celery's own reply collection waits until no reply came for ``timeout`` seconds, unless it
 knows how many to expect. Here every command of a request is sent at once, replies for all
@@ -13,21 +19,13 @@ counted, so two workers with the same name show as a duplicate instead of mergin
 from __future__ import annotations
 
 import fnmatch
-import socket
+import json
 import time
-import traceback
+import uuid
 
-try:
-    from kombu import Connection, Consumer
-    from kombu.pidbox import Mailbox
-    from kombu.utils.uuid import uuid
-    HAS_KOMBU = True
-    KOMBU_IMPORT_ERROR = None
-except ImportError:  # guarded: the module reports missing_required_lib
-    HAS_KOMBU = False
-    KOMBU_IMPORT_ERROR = traceback.format_exc()
-
-from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, scrub, time_limit
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError
+from ansible_collections.celeryops.fleet.plugins.module_utils._messages import (
+    NotAnEnvelope, json_body, load_envelope, make_envelope)
 
 # Inspect commands and the arguments `celery inspect` sends with them.
 INSPECT_COMMANDS = {
@@ -42,12 +40,16 @@ INSPECT_COMMANDS = {
     'conf': {'with_defaults': False},
     'memdump': {'samples': 10},
 }
-# Celery's defaults for the control exchange and its queues (control_exchange, control_queue_*).
-CONTROL_EXCHANGE = 'celery'
+# Celery's defaults: control_exchange 'celery' names both exchanges; the reply queue's
+# control_queue_ttl and control_queue_expires (seconds).
+REQUEST_EXCHANGE = 'celery.pidbox'
+REPLY_EXCHANGE = 'reply.celery.pidbox'
 REPLY_QUEUE_TTL = 300.0
 REPLY_QUEUE_EXPIRES = 10.0
-# After every expected node answered, a moment more to catch a second worker of the same name.
+# After every expected node answered, a moment more to catch a second worker of the same name:
+# as long again as the answers took (a twin answers about as fast), within these bounds.
 DUPLICATE_GRACE = 0.1
+MIN_DUPLICATE_GRACE = 0.02
 
 
 def is_pattern(name):
@@ -127,76 +129,175 @@ class Expectation(object):
         return sorted(n for n in nodes if not self.expects(n))
 
 
-class Control(object):
-    """One broker connection, one mailbox, one reply queue for every request."""
+def _request(command, arguments, destination, ticket=None, reply_to=None):
+    """The body of one pidbox request, as kombu's Mailbox writes it."""
+    body = {'method': command, 'arguments': arguments or {}, 'destination': destination,
+            'pattern': None, 'matcher': None}
+    if ticket:
+        body.update(ticket=ticket, reply_to={'exchange': REPLY_EXCHANGE, 'routing_key': reply_to})
+    return body
 
-    def __init__(self, broker, global_keyprefix=''):
-        if not HAS_KOMBU:
-            raise BrokerError('the kombu Python library (installed with celery) is needed for remote control')
+
+class _RedisMailbox(object):
+    """Requests PUBLISHed on the channel the workers subscribe to (kombu's fanout prefix
+    ``/<db>.``); replies LPUSHed by the workers into the list that the reply exchange's
+    binding set points at, which is ours for the duration of the run."""
+
+    # kombu 5.7 sweeps binding sets whose deadline passed; a client keeps its set's deadline
+    # ahead, as kombu's own clients do, where that bookkeeping exists.
+    _BIND = """
+redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local now = redis.call('TIME')
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  redis.call('ZADD', KEYS[2], 'GT', ms + tonumber(ARGV[3]), ARGV[2])
+end
+"""
+    _BINDING_TTL_MS = 3600 * 1000
+
+    def __init__(self, broker, global_keyprefix):
+        from ansible_collections.celeryops.fleet.plugins.module_utils._redis_queues import RedisLayout, RedisQueues
         self.broker = broker
-        if broker.transport == 'redis':
-            options = {'socket_timeout': broker.timeout, 'socket_connect_timeout': broker.timeout,
-                       'max_retries': 1}
-            if global_keyprefix:
-                options['global_keyprefix'] = global_keyprefix
-            ssl = None
-            if broker.tls:
-                import ssl as ssl_module
-                ssl = {'ssl_cert_reqs': ssl_module.CERT_REQUIRED if broker.tls_verify else ssl_module.CERT_NONE,
-                       'ssl_ca_certs': broker.tls_ca_file, 'ssl_certfile': broker.tls_cert_file,
-                       'ssl_keyfile': broker.tls_key_file}
-            self.connection = Connection(hostname=broker.host, port=broker.port, userid=broker.user,
-                                         password=broker.password, virtual_host=str(broker.db), transport='redis',
-                                         ssl=ssl, connect_timeout=broker.timeout, transport_options=options)
-            # Closing a channel waits for the BRPOP in flight, which blocks up to the transport's
-            # brpop_timeout (1 s, not a transport option): keep it short.
-            self.connection.transport.brpop_timeout = 0.1
-        else:
-            ssl = None
-            if broker.tls:
-                import ssl as ssl_module
-                ssl = {'cert_reqs': ssl_module.CERT_REQUIRED if broker.tls_verify else ssl_module.CERT_NONE,
-                       'ca_certs': broker.tls_ca_file, 'certfile': broker.tls_cert_file,
-                       'keyfile': broker.tls_key_file}
-            self.connection = Connection(hostname=broker.host, port=broker.port, userid=broker.user or 'guest',
-                                         password=broker.password or 'guest', virtual_host=broker.vhost,
-                                         transport='pyamqp', ssl=ssl, connect_timeout=broker.timeout,
-                                         transport_options={'read_timeout': broker.timeout,
-                                                            'write_timeout': broker.timeout})
-        self.mailbox = Mailbox(CONTROL_EXCHANGE, type='fanout', accept=['json'], serializer='json',
-                               reply_queue_ttl=REPLY_QUEUE_TTL, reply_queue_expires=REPLY_QUEUE_EXPIRES)(
-                                   self.connection)
-        self._guard(lambda: self.connection.ensure_connection(max_retries=1, timeout=broker.timeout), 'connecting to')
-        self.channel = self._guard(lambda: self.connection.default_channel, 'opening a channel on')
+        self.queues = RedisQueues(broker, RedisLayout(global_keyprefix))  # connects; maps redis-py's errors
+        self.client = self.queues.client
+        self.prefix = self.queues.layout.prefix
+        self.sep = self.queues.layout.sep
+        self.topic = '%s/%d.%s' % (self.prefix, broker.db, REQUEST_EXCHANGE)
+        self.oid = self.reply_key = self.member = None
+
+    def _bind_reply_queue(self):
+        self.oid = str(uuid.uuid4())
+        queue = '%s.%s' % (self.oid, REPLY_EXCHANGE)
+        self.reply_key = self.prefix + queue
+        self.member = self.sep.join([self.oid, '', queue])
+        self.queues.call(self.client.eval, self._BIND, 2, self.prefix + '_kombu.binding.' + REPLY_EXCHANGE,
+                         self.prefix + '_kombu.binding_deadlines', self.member, REPLY_EXCHANGE,
+                         self._BINDING_TTL_MS)
+
+    def publish(self, bodies, expires, reply):
+        """Publish request bodies (a list); with ``reply``, they carry our reply queue."""
+        if reply and self.oid is None:
+            self._bind_reply_queue()
+        headers = {'clock': 1, 'expires': expires}
+        pipe = self.client.pipeline(transaction=False)
+        for body in bodies(self.oid):
+            pipe.publish(self.topic, make_envelope(body, headers, REQUEST_EXCHANGE))
+        self.queues.call(pipe.execute)
+
+    def replies(self, wait):
+        """[(ticket, body)] of the replies that came within ``wait`` seconds (all that are there)."""
+        # BRPOP in slices shorter than the socket timeout, which would read as a dead server.
+        first = self.queues.call(self.client.brpop, [self.reply_key],
+                                 timeout=max(0.01, min(wait, self.broker.timeout / 2.0)))
+        if not first:
+            return []
+        pipe = self.client.pipeline(transaction=True)
+        pipe.lrange(self.reply_key, 0, -1)
+        pipe.delete(self.reply_key)
+        rest = self.queues.call(pipe.execute)[0]
+        return [r for r in (_reply_of(raw) for raw in [first[1]] + list(reversed(rest))) if r]
 
     def close(self):
         try:
-            self.connection.release()
-        except Exception:  # best effort: the reply queue expires by itself
+            if self.oid is not None:
+                # What kombu does when the last consumer of an auto-delete queue goes.
+                pipe = self.client.pipeline(transaction=False)
+                pipe.srem(self.prefix + '_kombu.binding.' + REPLY_EXCHANGE, self.member)
+                pipe.srem(self.prefix + '_kombu.binding_permanent.' + REPLY_EXCHANGE, self.member)
+                pipe.delete(*[key for _step, key in self.queues.layout.keys(self.reply_key[len(self.prefix):])])
+                pipe.execute()
+        except Exception:  # best effort: a reply list left behind holds a few small replies
             pass
+        self.queues.close()
 
-    def _guard(self, func, what, budget=None):
-        """Run one kombu operation, bounded in time, its failures turned into a BrokerError."""
-        endpoint = self.broker.endpoint
-        try:
-            with time_limit((budget if budget is not None else self.broker.timeout) + 1.0,
-                            '%s %s' % (what, endpoint)):
-                return func()
-        except BrokerError:
-            raise
-        except Exception as exc:  # kombu raises each transport's own errors
-            reason = scrub(exc, self.broker.password) or type(exc).__name__
-            lowered = reason.lower()
-            option = 'broker_url'
-            if 'auth' in lowered or 'access_refused' in lowered or 'wrongpass' in lowered:
-                option = 'broker_password'
-                reason = 'authentication failed: ' + reason
-            raise BrokerError('%s %s failed: %s' % (what, endpoint, reason), option=option, endpoint=endpoint)
+
+def _reply_of(raw):
+    """(ticket, body) of one reply element on Redis; None if it is not a JSON kombu message."""
+    try:
+        envelope = load_envelope(raw)
+    except NotAnEnvelope:
+        return None
+    body = json_body(envelope)
+    ticket = (envelope.get('headers') or {}).get('ticket')
+    return (ticket, body) if body is not None and ticket else None
+
+
+class _AmqpMailbox(object):
+    """Requests published to the fanout exchange; replies consumed from an auto-delete queue
+    bound to the reply exchange, declared as kombu declares it."""
+
+    def __init__(self, broker):
+        from ansible_collections.celeryops.fleet.plugins.module_utils._amqp_queues import AmqpQueues, pika
+        self.pika = pika
+        self.broker = broker
+        self.queues = AmqpQueues(broker)  # connects; maps pika's errors
+        self.rpc = self.queues._rpc
+        self.channel = self.queues._open_channel()
+        self.oid = None
+        self.received = []
+        self.declared = False
+
+    def _bind_reply_queue(self):
+        self.oid = str(uuid.uuid4())
+        queue = '%s.%s' % (self.oid, REPLY_EXCHANGE)
+        channel = self.channel
+        self.rpc(channel.exchange_declare, REPLY_EXCHANGE, 'direct', durable=False, what='declaring on')
+        self.rpc(channel.queue_declare, queue, durable=False, auto_delete=True, what='declaring on',
+                 arguments={'x-expires': int(REPLY_QUEUE_EXPIRES * 1000),
+                            'x-message-ttl': int(REPLY_QUEUE_TTL * 1000)})
+        self.rpc(channel.queue_bind, queue, REPLY_EXCHANGE, routing_key=self.oid, what='binding on')
+
+        def on_message(_channel, _method, properties, body):
+            try:
+                value = json.loads(body)
+            except ValueError:
+                return
+            ticket = (properties.headers or {}).get('ticket')
+            if properties.content_type == 'application/json' and ticket:
+                self.received.append((ticket, value))
+        self.rpc(channel.basic_consume, queue, on_message, auto_ack=True, what='consuming on')
+
+    def publish(self, bodies, expires, reply):
+        if not self.declared:
+            # As Celery declares it (another durability would be refused); only when sending.
+            self.rpc(self.channel.exchange_declare, REQUEST_EXCHANGE, 'fanout', durable=False, what='declaring on')
+            self.declared = True
+        if reply and self.oid is None:
+            self._bind_reply_queue()
+        properties = self.pika.BasicProperties(content_type='application/json', content_encoding='utf-8',
+                                               delivery_mode=1, priority=0,
+                                               headers={'clock': 1, 'expires': expires})
+        for body in bodies(self.oid):
+            self.rpc(self.channel.basic_publish, REQUEST_EXCHANGE, '', json.dumps(body).encode('utf-8'),
+                     properties, what='publishing on')
+
+    def replies(self, wait):
+        if not self.received:
+            self.rpc(self.queues.connection.process_data_events, time_limit=max(0.01, min(wait, self.broker.timeout)))
+        out, self.received = self.received, []
+        return out
+
+    def close(self):
+        # The reply queue is auto-delete: it goes with the connection.
+        self.queues.close()
+
+
+class Control(object):
+    """One broker connection and one reply queue for every request of a module run."""
+
+    def __init__(self, broker, global_keyprefix=''):
+        self.broker = broker
+        if broker.transport == 'redis':
+            self.mailbox = _RedisMailbox(broker, global_keyprefix)
+        else:
+            self.mailbox = _AmqpMailbox(broker)
+
+    def close(self):
+        self.mailbox.close()
 
     def send(self, command, arguments=None, destination=None):
         """A command that gets no reply by design (``shutdown``)."""
-        self._guard(lambda: self.mailbox._publish(command, arguments or {}, destination=destination,
-                                                  channel=self.channel), 'sending %s to' % command)
+        self.mailbox.publish(lambda _oid: [_request(command, arguments, destination)], expires=0, reply=False)
 
     def request(self, commands, expectation=None, destination=None, timeout=1.0):
         """Send every command of ``commands`` (name -> arguments) at once and collect the replies.
@@ -206,43 +307,28 @@ class Control(object):
         """
         expectation = expectation or Expectation()
         replies = Replies(commands)
-        tickets = {}
         started = time.monotonic()
         deadline = started + timeout
+        tickets = dict((str(uuid.uuid4()), command) for command in commands)
+        self.mailbox.publish(
+            lambda oid: [_request(command, commands[command], destination, ticket, oid)
+                         for ticket, command in tickets.items()],
+            # Whole seconds, rounded up: pika cannot put a float in a header.
+            expires=int(time.time() + timeout) + 1, reply=True)
 
-        def publish_all():
-            for command, arguments in commands.items():
-                ticket = uuid()
-                tickets[ticket] = command
-                self.mailbox._publish(command, arguments or {}, destination=destination, reply_ticket=ticket,
-                                      channel=self.channel, timeout=timeout)
-        self._guard(publish_all, 'sending %s to' % ', '.join(commands))
-
-        def on_message(body, message):
-            command = tickets.get(message.headers.get('ticket'))
-            if command is not None and isinstance(body, dict):
-                for node, value in body.items():
-                    replies.add(command, node, value)
-
-        def complete():
-            return all(expectation.met_by(set(by_node)) for by_node in replies.by_command.values())
-
-        def collect():
-            consumer = Consumer(self.channel, queues=[self.mailbox.reply_queue], accept=['json'],
-                                callbacks=[on_message], no_ack=True)
-            with consumer:
-                grace_until = None
-                while True:
-                    now = time.monotonic()
-                    if now >= deadline or (grace_until is not None and now >= grace_until):
-                        return
-                    if grace_until is None and complete():
-                        grace_until = min(deadline, now + DUPLICATE_GRACE)
-                        continue
-                    try:
-                        self.connection.drain_events(timeout=max(0.01, min(deadline, grace_until or deadline) - now))
-                    except socket.timeout:
-                        pass
-        self._guard(collect, 'collecting replies from', budget=timeout)
+        grace_until = None
+        while True:
+            now = time.monotonic()
+            if now >= deadline or (grace_until is not None and now >= grace_until):
+                break
+            if grace_until is None and all(expectation.met_by(set(by_node))
+                                           for by_node in replies.by_command.values()):
+                grace_until = min(deadline, now + min(DUPLICATE_GRACE, max(MIN_DUPLICATE_GRACE, now - started)))
+                continue
+            for ticket, body in self.mailbox.replies(min(deadline, grace_until or deadline) - now):
+                command = tickets.get(ticket)
+                if command is not None and isinstance(body, dict):
+                    for node, value in body.items():
+                        replies.add(command, node, value)
         replies.elapsed = time.monotonic() - started
         return replies

@@ -14,6 +14,7 @@ import collections
 import json
 import operator
 import re
+import uuid
 from itertools import repeat
 
 UNKNOWN_TASK = '<unknown>'
@@ -59,8 +60,8 @@ def load_envelope(raw):
     return envelope
 
 
-def _json_body(envelope):
-    """The body of a protocol 1 message when it is JSON; None for any other serializer."""
+def json_body(envelope, kinds=dict):
+    """The body of a message when it is JSON (of one of ``kinds``); None for any other serializer."""
     if envelope.get('content-type') != 'application/json':
         return None
     body = envelope.get('body')
@@ -73,7 +74,20 @@ def _json_body(envelope):
         loaded = json.loads(body) if isinstance(body, (str, bytes)) else body
     except ValueError:
         return None
-    return loaded if isinstance(loaded, dict) else None
+    return loaded if isinstance(loaded, kinds) else None
+
+
+def make_envelope(body, headers, exchange, routing_key=''):
+    """A JSON message as kombu's Redis transport stores it (what a kombu producer would write)."""
+    return json.dumps({
+        'body': base64.b64encode(json.dumps(body).encode('utf-8')).decode('ascii'),
+        'content-encoding': 'utf-8',
+        'content-type': 'application/json',
+        'headers': headers,
+        'properties': {'body_encoding': 'base64', 'delivery_mode': 1, 'priority': 0,
+                       'delivery_tag': str(uuid.uuid4()),
+                       'delivery_info': {'exchange': exchange, 'routing_key': routing_key}},
+    })
 
 
 def describe_message(headers, properties=None, envelope=None):
@@ -87,7 +101,7 @@ def describe_message(headers, properties=None, envelope=None):
     out = dict((field, headers.get(field)) for field in HEADER_FIELDS)
     out['protocol'] = 2
     if not headers.get('task') and envelope is not None:
-        body = _json_body(envelope)
+        body = json_body(envelope)
         if body and body.get('task'):
             out['protocol'] = 1
             for field in ('task', 'id', 'eta', 'expires', 'retries'):

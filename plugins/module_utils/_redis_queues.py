@@ -104,14 +104,14 @@ class RedisQueues(object):
 
     transport = 'redis'
 
-    def __init__(self, broker, layout):
+    def __init__(self, broker, layout, client_name=None):
         if not HAS_REDIS:
             raise BrokerError('the redis Python library is needed for %s' % broker.endpoint)
         self.broker = broker
         self.layout = layout
         kwargs = dict(host=broker.host, port=broker.port, db=broker.db, username=broker.user,
                       password=broker.password, socket_timeout=broker.timeout,
-                      socket_connect_timeout=broker.timeout, retry=Retry(NoBackoff(), 0))
+                      socket_connect_timeout=broker.timeout, retry=Retry(NoBackoff(), 0), client_name=client_name)
         if broker.tls:
             kwargs.update(ssl=True, ssl_ca_certs=broker.tls_ca_file, ssl_certfile=broker.tls_cert_file,
                           ssl_keyfile=broker.tls_key_file, ssl_check_hostname=broker.tls_verify,

@@ -88,7 +88,7 @@ attributes:
   diff_mode:
     support: none
 requirements:
-  - celery (for kombu) where the module runs
+  - redis (for a Redis broker) or pika (for RabbitMQ) where the module runs; not celery or kombu
 author:
   - celeryops.fleet developers (@celeryops)
 """
@@ -150,7 +150,8 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
     BrokerError, broker_argument_spec, broker_from_params, fail_from_error)
 from ansible_collections.celeryops.fleet.plugins.module_utils._control import (
-    HAS_KOMBU, KOMBU_IMPORT_ERROR, Control, Expectation, check_node_names)
+    Control, Expectation, check_node_names)
+from ansible_collections.celeryops.fleet.plugins.module_utils._queues import missing_library
 from ansible_collections.celeryops.fleet.plugins.module_utils._wait import wait_until
 
 SNAPSHOT = {'ping': {}, 'active_queues': {}, 'active': {}, 'reserved': {}, 'stats': {}}
@@ -387,8 +388,9 @@ def main():
         wait_sleep=dict(type='float', default=0.5),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if not HAS_KOMBU:
-        module.fail_json(msg=missing_required_lib('celery'), exception=KOMBU_IMPORT_ERROR)
+    missing = missing_library(module.params)
+    if missing:
+        module.fail_json(msg=missing_required_lib(missing[0]), exception=missing[1])
 
     result = dict(changed=False, nodes={}, missing=[])
     started = time.monotonic()

@@ -55,7 +55,7 @@ extends_documentation_fragment:
   - celeryops.fleet.attributes
   - celeryops.fleet.attributes.info_module
 requirements:
-  - celery (for kombu) where the module runs
+  - redis (for a Redis broker) or pika (for RabbitMQ) where the module runs; not celery or kombu
 author:
   - celeryops.fleet developers (@celeryops)
 """
@@ -141,7 +141,8 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
     BrokerError, broker_argument_spec, broker_from_params, fail_from_error, redact_secrets)
 from ansible_collections.celeryops.fleet.plugins.module_utils._control import (
-    HAS_KOMBU, INSPECT_COMMANDS, KOMBU_IMPORT_ERROR, Control, Expectation, check_node_names)
+    INSPECT_COMMANDS, Control, Expectation, check_node_names)
+from ansible_collections.celeryops.fleet.plugins.module_utils._queues import missing_library
 from ansible_collections.celeryops.fleet.plugins.module_utils._wait import (
     check_wait_params, wait_argument_spec, wait_until)
 
@@ -201,8 +202,9 @@ def main():
         timeout=dict(type='float', default=1.0),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if not HAS_KOMBU:
-        module.fail_json(msg=missing_required_lib('celery'), exception=KOMBU_IMPORT_ERROR)
+    missing = missing_library(module.params)
+    if missing:
+        module.fail_json(msg=missing_required_lib(missing[0]), exception=missing[1])
 
     result = dict(changed=False, workers={}, online=[], missing=[], unexpected=[], duplicates=[], count=0)
     try:

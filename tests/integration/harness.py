@@ -98,7 +98,7 @@ class RabbitBroker(object):
                          {'count': count, 'ackmode': 'ack_requeue_true', 'encoding': 'auto'})
         return [m['properties']['headers']['id'] for m in got]
 
-    def wait_for(self, name, predicate, timeout=30):
+    def wait_for(self, name, predicate, timeout=60):
         """Poll the management API (its statistics lag) until predicate(record) holds."""
         deadline = time.monotonic() + timeout
         record = None
@@ -170,7 +170,7 @@ class Worker(object):
     """A real `celery worker` process of the test app."""
 
     def __init__(self, url, name, queues, pool='threads', concurrency=2, prefetch=4, events=False,
-                 global_keyprefix=None, logdir=None, autoscale=None):
+                 global_keyprefix=None, logdir=None, autoscale=None, heartbeat_interval=None):
         self.url = url
         self.name = name
         self.queues = queues
@@ -186,6 +186,8 @@ class Worker(object):
             argv += ['--autoscale', autoscale]
         if events:
             argv.append('-E')
+        if heartbeat_interval:
+            argv += ['--heartbeat-interval', str(heartbeat_interval)]
         env = dict(os.environ, CELERY_BROKER_URL=url, PYTHONPATH=APP_DIR)
         if global_keyprefix:
             env['FLEET_KEYPREFIX'] = global_keyprefix

@@ -400,8 +400,10 @@ def test_bad_input_fails_clearly(rabbit_env, ansible):
     mgmt = ok(results[-1])
     assert mgmt['queues'][0]['source'] == 'amqp' and mgmt['queues'][0]['unacked'] is None
     assert 'HTTP 401 (check management_user and management_password)' in mgmt['management_error']
-    # amqps:// to the plain port fails at once, well within connect_timeout (2 s), not a hang.
-    assert task_seconds(ansible)[3] < 2.0 + 1.5, task_seconds(ansible)
+    # amqps:// to the plain port fails within connect_timeout (2 s) plus a second, not a hang. Ansible's own
+    # per-task cost (seconds on a busy machine) is that of the task that fails before any network call.
+    seconds = task_seconds(ansible)
+    assert seconds[3] - seconds[6] < 2.0 + 1.0, seconds
 
 
 def test_large_backlog_is_read_whole(rabbit_env, ansible):

@@ -42,6 +42,23 @@ def mail(to):
     return to
 
 
+class FleetTaskError(Exception):
+    """The known exception of fleet_tasks.fail, for tests that look for it in events."""
+
+
+@app.task(name='fleet_tasks.fail')
+def fail(reason):
+    raise FleetTaskError(reason)
+
+
+@app.task(name='fleet_tasks.flaky', bind=True, max_retries=5)
+def flaky(self, failures):
+    """Fails (and is retried at once) ``failures`` times, then succeeds."""
+    if self.request.retries < failures:
+        raise self.retry(exc=FleetTaskError('attempt %d' % self.request.retries), countdown=0)
+    return self.request.retries
+
+
 @app.task(name='fleet_tasks.record', bind=True)
 def record(self):
     """Append this task's id to FLEET_RECORD_FILE: the fleet tests check that every submitted task ran, once."""

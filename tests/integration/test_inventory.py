@@ -1,0 +1,101 @@
+"""The celery_workers inventory plugin against real workers, through ansible-inventory and ansible-playbook."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.fixture(params=['redis', 'rabbitmq'])
+def broker(request):
+    return request.getfixturevalue('redis_env' if request.param == 'redis' else 'rabbit_env')
+
+
+def inventory_file(tmp_path, name, **options):
+    path = tmp_path / ('%s.celery_workers.yml' % name)
+    path.write_text(json.dumps(dict(plugin='celeryops.fleet.celery_workers', **options)))  # JSON is YAML
+    return str(path)
+
+
+def run(*argv, env=None):
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False,
+                          env=dict(os.environ, ANSIBLE_PYTHON_INTERPRETER=sys.executable, **(env or {})))
+
+
+def listing(path, *extra):
+    out = run('ansible-inventory', '-i', path, '--list', *extra, env={'ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED': '1'})
+    assert out.returncode == 0, out.stderr
+    # Data from the workers is marked unsafe (never templated): {"__ansible_unsafe": "w1@fleet-a"}.
+    return json.loads(out.stdout, object_hook=lambda d: d['__ansible_unsafe'] if list(d) == ['__ansible_unsafe'] else d)
+
+
+def hosts(inventory, group):
+    return sorted(inventory.get(group, {}).get('hosts', []))
+
+
+def test_hosts_groups_constructed_and_a_playbook_on_a_group(broker, workers, tmp_path):
+    url = broker.url
+    one = workers.start(url, 'w1@fleet-a', ['q1', 'q.2'], concurrency=2)
+    two = workers.start(url, 'w2@fleet-a', ['q3'], concurrency=1)
+    three = workers.start(url, 'w3@fleet-b', ['q1'], concurrency=3)
+    path = inventory_file(
+        tmp_path, 'fleet', broker_url=url, expected_count=3, timeout=20,
+        compose={'ansible_connection': "'local'", 'node_count': 'celery_nodes | length'},
+        groups={'crowded': 'celery_nodes | length > 1'},
+        keyed_groups=[{'key': "celery_nodes | map(attribute='concurrency') | max | string", 'prefix': 'concurrency'}])
+
+    inventory = listing(path)
+    hostvars = inventory['_meta']['hostvars']
+    assert sorted(hostvars) == ['fleet-a', 'fleet-b']
+    assert hostvars['fleet-a']['celery_nodes'] == [
+        dict(name='w1@fleet-a', queues=['q.2', 'q1'], concurrency=2, pid=one.process.pid),
+        dict(name='w2@fleet-a', queues=['q3'], concurrency=1, pid=two.process.pid)]
+    assert hostvars['fleet-b']['celery_nodes'] == [dict(name='w3@fleet-b', queues=['q1'], concurrency=3,
+                                                        pid=three.process.pid)]
+    assert hostvars['fleet-a']['celery_queues'] == ['q.2', 'q1', 'q3']
+    assert hostvars['fleet-a']['node_count'] == 2 and hostvars['fleet-b']['node_count'] == 1
+    assert hosts(inventory, 'celery_workers') == ['fleet-a', 'fleet-b']
+    assert hosts(inventory, 'celery_queue_q1') == ['fleet-a', 'fleet-b']
+    assert hosts(inventory, 'celery_queue_q_2') == ['fleet-a']
+    assert hosts(inventory, 'celery_queue_q3') == ['fleet-a']
+    assert hosts(inventory, 'crowded') == ['fleet-a']
+    assert hosts(inventory, 'concurrency_2') == ['fleet-a'] and hosts(inventory, 'concurrency_3') == ['fleet-b']
+
+    graph = run('ansible-inventory', '-i', path, '--graph')
+    assert '@celery_queue_q3:' in graph.stdout and '|  |--fleet-a' in graph.stdout, graph.stdout + graph.stderr
+
+    playbook = tmp_path / 'q1.yml'
+    playbook.write_text(json.dumps([{'hosts': 'celery_queue_q1', 'gather_facts': False, 'tasks': [
+        {'ansible.builtin.debug': {'msg': "{{ celery_nodes | map(attribute='name') | join(',') }}"}}]}]))
+    play = run('ansible-playbook', '-i', path, str(playbook), env={'ANSIBLE_STDOUT_CALLBACK': 'ansible.posix.json'})
+    assert play.returncode == 0, play.stdout[-2000:] + play.stderr
+    results = json.loads(play.stdout)['plays'][0]['tasks'][0]['hosts']
+    assert dict((h, r['msg']) for h, r in results.items()) == {'fleet-a': 'w1@fleet-a,w2@fleet-a',
+                                                               'fleet-b': 'w3@fleet-b'}
+
+
+def test_cache_and_bad_input(redis_env, workers, tmp_path):
+    url = redis_env.url
+    worker = workers.start(url, 'solo@cached', ['q1'])
+    cached = inventory_file(tmp_path, 'cached', broker_url=url, timeout=1, cache=True, cache_plugin='jsonfile',
+                            cache_connection=str(tmp_path / 'cache'))
+    assert hosts(listing(cached), 'celery_workers') == ['cached']
+    worker.kill()
+    assert hosts(listing(cached), 'celery_workers') == ['cached']  # from the cache
+    assert hosts(listing(cached, '--flush-cache'), 'celery_workers') == []
+
+    secret = 'pw-not-shown-42'
+    cases = [
+        (dict(broker_url='redis://:%s@127.0.0.1:1/0' % secret), 'cannot connect to redis 127.0.0.1:1 db 0'),
+        (dict(broker_url=url, timeout=0), 'timeout must be a positive number of seconds, got 0'),
+        (dict(broker_url=url, expected_count=0), 'expected_count must be 1 or more'),
+        (dict(), 'broker_url is required'),
+    ]
+    for index, (options, expected) in enumerate(cases):
+        out = run('ansible-inventory', '-i', inventory_file(tmp_path, 'bad%d' % index, **options), '--list',
+                  env={'ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED': '1', 'CELERY_BROKER_URL': ''})
+        assert out.returncode != 0, (options, out.stdout)
+        assert 'celeryops.fleet.celery_workers: ' + expected in out.stderr, (options, out.stderr)
+        assert secret not in out.stdout + out.stderr and 'Traceback' not in out.stderr
