@@ -120,3 +120,12 @@ ensure_brokers() {
     _wait_for 60 _management_up || { echo "the RabbitMQ management API did not come up on 127.0.0.1:15672" >&2; return 1; }
   fi
 }
+
+# sshd and ssh-keygen for the multi-host fleet tests, which start sshd processes of their own
+# (tests/integration/fleet.py); no system sshd is configured or started.
+ensure_sshd() {
+  if [ ! -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null 2>&1; then
+    log "installing openssh-server"
+    apt_install openssh-server
+  fi
+}

@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -272,3 +273,24 @@ class Ansible(object):
         """One module task; returns its result dict."""
         fqcn = name if '.' in name else 'celeryops.fleet.' + name
         return self.play([{fqcn: args}], check=check, diff=diff, **kwargs)[0]
+
+
+# -- network helpers -------------------------------------------------------------------------
+
+def free_port(address='127.0.0.1'):
+    """A TCP port nothing listens on at ADDRESS right now."""
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
+
+
+def http_status(url, credentials=None):
+    """The HTTP status of a GET, with "user:password" basic auth when given."""
+    request = urllib.request.Request(url)
+    if credentials:
+        request.add_header('Authorization', 'Basic ' + base64.b64encode(credentials.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code

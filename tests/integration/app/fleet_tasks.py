@@ -57,3 +57,12 @@ def flaky(self, failures):
     if self.request.retries < failures:
         raise self.retry(exc=FleetTaskError('attempt %d' % self.request.retries), countdown=0)
     return self.request.retries
+
+
+@app.task(name='fleet_tasks.record', bind=True)
+def record(self):
+    """Append this task's id to FLEET_RECORD_FILE: the fleet tests check that every submitted task ran, once."""
+    # One short O_APPEND write per task: lines from concurrent workers do not interleave.
+    with open(os.environ['FLEET_RECORD_FILE'], 'a') as handle:
+        handle.write(self.request.id + '\n')
+    return self.request.id
