@@ -6,31 +6,21 @@ downloaded), supervisord is started directly (no root, no systemd) and is shut d
 The workers are real Celery workers of the test app on the test's Redis database.
 """
 
-import base64
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
-from harness import APP_DIR
+from harness import APP_DIR, free_port, http_status
 
 VENV = sys.prefix
 SUPERVISORCTL = os.path.join(VENV, 'bin', 'supervisorctl')
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 class Deployment(object):
@@ -246,17 +236,6 @@ def test_two_hosts_workers_checked_in_one_broadcast_and_one_beat(deployment, ans
     message = failure(report, 'fleet1')
     assert 'celery_beat_enabled' in message and 'fleet1, fleet2' in message
     assert 'celery-beat' not in deployment.supervisorctl('status', host='fleet2')
-
-
-def http_status(url, credentials=None):
-    request = urllib.request.Request(url)
-    if credentials:
-        request.add_header('Authorization', 'Basic ' + base64.b64encode(credentials.encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
 
 
 def test_flower_answers_with_auth_only(deployment):
