@@ -560,7 +560,8 @@ def main():
         rest = diff - imports - a['connect']['median'] - a['request']['median'] - a['close']['median']
         text += (' Of the %.2f s the task costs over ping with %d workers, close() is %.2f s, the module\'s imports '
                  'beyond ansible.module_utils.basic (redis-py) %.2f s, connecting %.2f s, asking and collecting '
-                 '%.2f s (of which up to %.1f s is the module\'s deliberate wait for duplicate node names: as long again as the answers took), and %.2f s is not '
+                 '%.2f s (of which up to %.1f s is the module\'s deliberate wait for duplicate node names: as long '
+                 'again as the answers took), and %.2f s is not '
                  'accounted for by these (the controller\'s share for a larger payload and result, and noise: these are '
                  'estimates, per-task times spread).' % (
                      diff, x['n'], a['close']['median'], imports, a['connect']['median'], a['request']['median'],
