@@ -60,3 +60,31 @@ def workers(tmp_path):
     yield Workers()
     for worker in started:
         worker.kill()
+
+
+@pytest.fixture
+def private(tmp_path):
+    """Brokers of this test's own (private_brokers.py): private.redis(), private.rabbit(),
+    private.proxy(port), private.tls(); for faults and TLS, never on the shared brokers."""
+    import private_brokers
+    made = []
+
+    class Private(object):
+        def tls(self):
+            return private_brokers.make_tls(str(tmp_path / 'tls'))
+
+        def redis(self, tls=None):
+            made.append(private_brokers.PrivateRedis(str(tmp_path / ('redis-%d' % len(made))), tls=tls))
+            return made[-1].start()
+
+        def rabbit(self, tls=None):
+            made.append(private_brokers.PrivateRabbit(str(tmp_path / ('rabbit-%d' % len(made))), tls=tls))
+            return made[-1].start()
+
+        def proxy(self, target_port):
+            made.append(private_brokers.StallingProxy(target_port))
+            return made[-1]
+
+    yield Private()
+    for thing in reversed(made):
+        (getattr(thing, 'cleanup', None) or getattr(thing, 'close', None) or thing.stop)()
