@@ -47,7 +47,7 @@ REPLY_EXCHANGE = 'reply.celery.pidbox'
 REPLY_QUEUE_TTL = 300.0
 REPLY_QUEUE_EXPIRES = 10.0
 # After every expected node answered, a moment more to catch a second worker of the same name:
-# as long again as the answers took (a twin answers about as fast), within these bounds.
+# as long again as the first complete set of answers took, within these bounds.
 DUPLICATE_GRACE = 0.1
 MIN_DUPLICATE_GRACE = 0.02
 
@@ -319,13 +319,15 @@ class Control(object):
         grace_until = None
         while True:
             now = time.monotonic()
-            if now >= deadline or (grace_until is not None and now >= grace_until):
+            met = [expectation.met_by(set(by_node)) for by_node in replies.by_command.values()]
+            if grace_until is None and any(met):
+                # The grace runs from the first command every expected node answered: a twin
+                # answers that one about as fast, while the slower commands are still coming.
+                grace_until = now + min(DUPLICATE_GRACE, max(MIN_DUPLICATE_GRACE, now - started))
+            if now >= deadline or (all(met) and now >= (grace_until or now)):
                 break
-            if grace_until is None and all(expectation.met_by(set(by_node))
-                                           for by_node in replies.by_command.values()):
-                grace_until = min(deadline, now + min(DUPLICATE_GRACE, max(MIN_DUPLICATE_GRACE, now - started)))
-                continue
-            for ticket, body in self.mailbox.replies(min(deadline, grace_until or deadline) - now):
+            wait_until = min(deadline, grace_until) if all(met) else deadline
+            for ticket, body in self.mailbox.replies(wait_until - now):
                 command = tickets.get(ticket)
                 if command is not None and isinstance(body, dict):
                     for node, value in body.items():
