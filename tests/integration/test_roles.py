@@ -258,6 +258,55 @@ def test_flower_answers_with_auth_only(deployment):
         any(name.startswith('flower.db') for name in os.listdir(deployment.root()))
 
 
+def supervisord_of(deployment, host='localhost'):
+    """The pid and command line of the supervisord of a host's root."""
+    with open(os.path.join(deployment.root(host), 'supervisord.pid')) as handle:
+        pid = int(handle.read().strip())
+    with open('/proc/%d/cmdline' % pid, 'rb') as handle:
+        return pid, handle.read().split(b'\0')
+
+
+def parent_pid(pid):
+    with open('/proc/%d/stat' % pid) as handle:
+        return int(handle.read().rsplit(')', 1)[1].split()[1])
+
+
+def test_os_package_supervisor_without_systemd(deployment, ansible):
+    """Debian's supervisor package (apt) runs the workers, and coexists with the pip one of this virtualenv."""
+    systemd = os.path.isdir('/run/systemd/system')
+    # auto picks `direct` on a host without systemd; on one with systemd it would install a system unit,
+    # which a test must not do, so there it is asked for directly.
+    package = {'supervisor_install_method': 'package', 'supervisor_start_method': 'direct' if systemd else 'auto'}
+    report = deployment.run(['celeryops.fleet.worker'], {'celery_workers': [worker('pkg', ['roles_pkg'])]},
+                            host_vars={'localhost': package}, timeout=600)
+    assert deployment.last.returncode == 0, failure(report)
+    chosen = results(report, 'Choose how supervisord is kept running')[0]['ansible_facts']
+    assert chosen['_supervisor_start_method'] == 'direct'
+    assert missing(ansible, deployment.broker_url, ['pkg@localhost']) == []
+    # The package's supervisord (Debian's /usr/bin, its own Python), with the role's configuration and socket,
+    # is the parent of the worker.
+    pid, cmdline = supervisord_of(deployment)
+    assert b'/usr/bin/supervisord' in cmdline and deployment.config().encode() in cmdline, cmdline
+    assert parent_pid(deployment.pid('celery-worker-pkg')) == pid
+    assert oct(os.stat(deployment.root() + '/supervisor.sock').st_mode & 0o777) == '0o700'
+
+    # A second run finds it running and changes nothing.
+    report = deployment.run(['celeryops.fleet.worker'], {'celery_workers': [worker('pkg', ['roles_pkg'])]},
+                            host_vars={'localhost': package})
+    assert deployment.last.returncode == 0 and stats(report)['changed'] == 0, stats(report)
+    assert supervisord_of(deployment)[0] == pid
+
+    if not systemd:
+        # Asked for a systemd service where systemd does not run: refused before anything is written.
+        report = deployment.run(['celeryops.fleet.supervisor'], host_vars={'localhost': dict(
+            package, supervisor_start_method='service', supervisor_root=deployment.root('other'))}, check=True)
+        assert deployment.last.returncode != 0
+        message = failure(report)
+        assert 'supervisor_start_method: service' in message and 'systemd' in message, message
+        assert 'not running on this host' in message, message
+        assert not os.path.exists(deployment.root('other'))
+
+
 BAD_WORKERS = {
     'dupname': ([worker('one', ['q']), worker('one', ['r'])], 'celery_workers: the name one is used more than once'),
     'zero': ([worker('zero', ['q'], concurrency=0)], 'celery_workers[zero].concurrency must be 1 or more'),
