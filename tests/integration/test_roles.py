@@ -30,6 +30,7 @@ class Deployment(object):
         self.broker_url = broker_url
         self.base = base
         self.last = None
+        self.account = None  # an Account: ansible-playbook runs as that user
 
     def root(self, host='localhost'):
         return os.path.join(self.base, host)
@@ -59,6 +60,8 @@ class Deployment(object):
         argv = ['ansible-playbook', '-i', inventory_path, play_path] + (['--check'] if check else [])
         env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK='ansible.posix.json', ANSIBLE_NOCOLOR='1',
                    ANSIBLE_DEPRECATION_WARNINGS='false', ANSIBLE_LOCALHOST_WARNING='false')
+        if self.account:
+            argv = self.account.wrap(argv, env)
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
         self.last = proc
         try:
@@ -305,6 +308,89 @@ def test_os_package_supervisor_without_systemd(deployment, ansible):
         assert 'supervisor_start_method: service' in message and 'systemd' in message, message
         assert 'not running on this host' in message, message
         assert not os.path.exists(deployment.root('other'))
+
+
+class Account(object):
+    """A system user without root, a virtualenv it can read (this one's packages, hard-linked) and the collection."""
+
+    NAME = 'celeryops-nonroot'
+
+    def __init__(self, base):
+        if subprocess.run(['getent', 'passwd', self.NAME], capture_output=True, check=False).returncode != 0:
+            subprocess.run(['useradd', '--system', '--no-create-home', '--shell', '/usr/sbin/nologin', self.NAME],
+                           check=True, capture_output=True, timeout=60)
+        self.uid = int(subprocess.run(['id', '-u', self.NAME], capture_output=True, text=True, check=True).stdout)
+        os.chmod(base, 0o755)
+        self.home = os.path.join(base, 'home')
+        os.mkdir(self.home)
+        os.chown(self.home, self.uid, -1)
+        self.env = {}
+        self.venv = os.path.join(base, 'venv')
+        subprocess.run([self.python(base), '-m', 'venv', '--without-pip', self.venv], check=True, capture_output=True,
+                       timeout=120)
+        # The packages, hard-linked (instant, read-only to the user), and the scripts we need with their
+        # first line pointing at the new virtualenv.
+        version = 'python%d.%d' % sys.version_info[:2]
+        site = os.path.join(self.venv, 'lib', version, 'site-packages')
+        shutil.rmtree(site)
+        subprocess.run(['cp', '-al', os.path.join(VENV, 'lib', version, 'site-packages'), site], check=True, timeout=300)
+        for name in ('ansible-playbook', 'pip', 'supervisord', 'supervisorctl', 'celery'):
+            with open(os.path.join(VENV, 'bin', name)) as handle:
+                script = handle.read().split('\n', 1)[1]
+            path = os.path.join(self.venv, 'bin', name)
+            with open(path, 'w') as handle:
+                handle.write('#!%s/bin/python\n%s' % (self.venv, script))
+            os.chmod(path, 0o755)
+        # The collection, as place_collection links it.
+        self.collections = os.path.join(base, 'collections')
+        os.makedirs(os.path.join(self.collections, 'ansible_collections', 'celeryops'))
+        os.symlink(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                   os.path.join(self.collections, 'ansible_collections', 'celeryops', 'fleet'))
+
+    def python(self, base):
+        """This Python, or a hard-linked copy of it when the user cannot run it (pyenv in root's home)."""
+        python = os.path.join(sys.base_prefix, 'bin', 'python%d.%d' % sys.version_info[:2])
+        if subprocess.run(['runuser', '-u', self.NAME, '--', python, '-c', 'pass'], capture_output=True, timeout=60,
+                          check=False).returncode == 0:
+            return python
+        copy = os.path.join(base, 'python')
+        subprocess.run(['cp', '-al', sys.base_prefix, copy], check=True, timeout=300)
+        # Its libpython is found through an absolute RUNPATH into the original; supervisord and the
+        # workers inherit this from the role's environment.
+        self.env['LD_LIBRARY_PATH'] = os.path.join(copy, 'lib')
+        return os.path.join(copy, 'bin', os.path.basename(python))
+
+    def wrap(self, argv, env):
+        """argv run as the user, with only the environment Ansible needs."""
+        keep = dict((key, value) for key, value in env.items() if key.startswith('ANSIBLE_') and key not in (
+            'ANSIBLE_COLLECTIONS_PATH', 'ANSIBLE_PYTHON_INTERPRETER', 'ANSIBLE_CONFIG'))
+        keep.update(self.env, HOME=self.home, PATH='%s/bin:/usr/bin:/bin' % self.venv, LANG='C.UTF-8',
+                    ANSIBLE_COLLECTIONS_PATH=self.collections, ANSIBLE_PYTHON_INTERPRETER=self.venv + '/bin/python',
+                    # Ansible finds ~ in the user database, where this user has no home directory.
+                    ANSIBLE_REMOTE_TMP=self.home + '/.ansible/tmp', ANSIBLE_LOCAL_TEMP=self.home + '/.ansible/tmp')
+        return (['runuser', '-u', self.NAME, '--', 'env', '-i'] + ['%s=%s' % item for item in sorted(keep.items())]
+                + [os.path.join(self.venv, 'bin', argv[0])] + argv[1:])
+
+
+def test_roles_without_root(deployment, ansible):
+    """The README's recipe for a user directory: a user-level supervisord runs a worker that answers ping."""
+    account = deployment.account = Account(deployment.base)
+    root = deployment.root()
+    os.mkdir(root)
+    os.chown(root, account.uid, -1)
+    host = {'ansible_python_interpreter': account.venv + '/bin/python', 'supervisor_pip_virtualenv': account.venv}
+    report = deployment.run(['celeryops.fleet.worker'],
+                            {'celery_workers': [worker('user', ['roles_user'], virtualenv=account.venv)]},
+                            host_vars={'localhost': host})
+    assert deployment.last.returncode == 0, failure(report)
+    # Its own ping check passed; and asked from here, as root:
+    assert missing(ansible, deployment.broker_url, ['user@localhost']) == []
+    pid, _cmdline = supervisord_of(deployment)
+    for process in (pid, deployment.pid('celery-worker-user')):
+        assert os.stat('/proc/%d' % process).st_uid == account.uid, process
+    for name in ('supervisord.conf', 'supervisor.sock', 'conf.d/celery-worker-user.conf'):
+        assert os.stat(os.path.join(root, name)).st_uid == account.uid, name
+    assert deployment.broker_url not in deployment.last.stdout
 
 
 BAD_WORKERS = {
