@@ -43,7 +43,7 @@ class Deployment(object):
                     supervisor_install_method='pip', supervisor_pip_virtualenv=VENV,
                     supervisor_start_method='direct', supervisor_root=self.root(host))
 
-    def run(self, roles, play_vars=None, hosts=('localhost',), host_vars=None, check=False, timeout=300):
+    def run(self, roles, play_vars=None, hosts=('localhost',), host_vars=None, check=False, timeout=300, limit=None):
         """ansible-playbook with the roles; returns the JSON report (the run's rc is in self.last)."""
         inventory = {'all': {'hosts': {}}}
         for host in hosts:
@@ -57,7 +57,8 @@ class Deployment(object):
             json.dump(inventory, handle)
         with open(play_path, 'w') as handle:
             json.dump([play], handle)
-        argv = ['ansible-playbook', '-i', inventory_path, play_path] + (['--check'] if check else [])
+        argv = ['ansible-playbook', '-i', inventory_path, play_path] + (['--check'] if check else []) + \
+            (['--limit', limit] if limit else [])
         env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK='ansible.posix.json', ANSIBLE_NOCOLOR='1',
                    ANSIBLE_DEPRECATION_WARNINGS='false', ANSIBLE_LOCALHOST_WARNING='false')
         if self.account:
@@ -239,6 +240,25 @@ def test_two_hosts_workers_checked_in_one_broadcast_and_one_beat(deployment, ans
     message = failure(report, 'fleet1')
     assert 'celery_beat_enabled' in message and 'fleet1, fleet2' in message
     assert 'celery-beat' not in deployment.supervisorctl('status', host='fleet2')
+
+    # A play limited to fleet2 sees fleet1's beat through the inventory of celery_beat_group (fleet1 does
+    # not set celery_beat_enabled there: the default, true, counts)...
+    group_vars = dict(beat_vars, celery_beat_group='all')
+    report = deployment.run(['celeryops.fleet.beat'], group_vars, hosts=hosts, host_vars=host_vars, limit='fleet2',
+                            check=True)
+    assert deployment.last.returncode != 0
+    message = failure(report, 'fleet2')
+    assert 'on 2 hosts (fleet2, fleet1; fleet1 by the inventory, outside this play)' in message, message
+    # ... and moves beat when the inventory says fleet1 no longer runs it.
+    host_vars['fleet1']['celery_beat_enabled'] = False
+    report = deployment.run(['celeryops.fleet.beat'], group_vars, hosts=hosts, host_vars=host_vars, limit='fleet2',
+                            check=True)
+    assert deployment.last.returncode == 0, failure(report, 'fleet2')
+    assert results(report, 'Refuse a second beat', 'fleet2')[0].get('failed') is not True
+    report = deployment.run(['celeryops.fleet.beat'], dict(beat_vars, celery_beat_group='beats'), hosts=hosts,
+                            host_vars=host_vars, limit='fleet2', check=True)
+    assert deployment.last.returncode != 0
+    assert 'celery_beat_group: beats is not a group of the inventory' in failure(report, 'fleet2')
 
 
 def test_flower_answers_with_auth_only(deployment):
