@@ -330,6 +330,13 @@ def test_os_package_supervisor_without_systemd(deployment, ansible):
         assert not os.path.exists(deployment.root('other'))
 
 
+def copy_tree(source, target):
+    """Hard links where they can be made (instant), a real copy across file systems."""
+    if subprocess.run(['cp', '-al', source, target], capture_output=True, timeout=300, check=False).returncode:
+        shutil.rmtree(target, ignore_errors=True)
+        subprocess.run(['cp', '-a', source, target], check=True, timeout=900)
+
+
 class Account(object):
     """A system user without root, a virtualenv it can read (this one's packages, hard-linked) and the collection."""
 
@@ -353,7 +360,7 @@ class Account(object):
         version = 'python%d.%d' % sys.version_info[:2]
         site = os.path.join(self.venv, 'lib', version, 'site-packages')
         shutil.rmtree(site)
-        subprocess.run(['cp', '-al', os.path.join(VENV, 'lib', version, 'site-packages'), site], check=True, timeout=300)
+        copy_tree(os.path.join(VENV, 'lib', version, 'site-packages'), site)
         for name in ('ansible-playbook', 'pip', 'supervisord', 'supervisorctl', 'celery'):
             with open(os.path.join(VENV, 'bin', name)) as handle:
                 script = handle.read().split('\n', 1)[1]
@@ -374,7 +381,7 @@ class Account(object):
                           check=False).returncode == 0:
             return python
         copy = os.path.join(base, 'python')
-        subprocess.run(['cp', '-al', sys.base_prefix, copy], check=True, timeout=300)
+        copy_tree(sys.base_prefix, copy)
         # Its libpython is found through an absolute RUNPATH into the original; supervisord and the
         # workers inherit this from the role's environment.
         self.env['LD_LIBRARY_PATH'] = os.path.join(copy, 'lib')
