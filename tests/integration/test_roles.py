@@ -30,6 +30,7 @@ class Deployment(object):
         self.broker_url = broker_url
         self.base = base
         self.last = None
+        self.account = None  # an Account: ansible-playbook runs as that user
 
     def root(self, host='localhost'):
         return os.path.join(self.base, host)
@@ -42,7 +43,7 @@ class Deployment(object):
                     supervisor_install_method='pip', supervisor_pip_virtualenv=VENV,
                     supervisor_start_method='direct', supervisor_root=self.root(host))
 
-    def run(self, roles, play_vars=None, hosts=('localhost',), host_vars=None, check=False, timeout=300):
+    def run(self, roles, play_vars=None, hosts=('localhost',), host_vars=None, check=False, timeout=300, limit=None):
         """ansible-playbook with the roles; returns the JSON report (the run's rc is in self.last)."""
         inventory = {'all': {'hosts': {}}}
         for host in hosts:
@@ -56,9 +57,12 @@ class Deployment(object):
             json.dump(inventory, handle)
         with open(play_path, 'w') as handle:
             json.dump([play], handle)
-        argv = ['ansible-playbook', '-i', inventory_path, play_path] + (['--check'] if check else [])
+        argv = ['ansible-playbook', '-i', inventory_path, play_path] + (['--check'] if check else []) + \
+            (['--limit', limit] if limit else [])
         env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK='ansible.posix.json', ANSIBLE_NOCOLOR='1',
                    ANSIBLE_DEPRECATION_WARNINGS='false', ANSIBLE_LOCALHOST_WARNING='false')
+        if self.account:
+            argv = self.account.wrap(argv, env)
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
         self.last = proc
         try:
@@ -237,6 +241,25 @@ def test_two_hosts_workers_checked_in_one_broadcast_and_one_beat(deployment, ans
     assert 'celery_beat_enabled' in message and 'fleet1, fleet2' in message
     assert 'celery-beat' not in deployment.supervisorctl('status', host='fleet2')
 
+    # A play limited to fleet2 sees fleet1's beat through the inventory of celery_beat_group (fleet1 does
+    # not set celery_beat_enabled there: the default, true, counts)...
+    group_vars = dict(beat_vars, celery_beat_group='all')
+    report = deployment.run(['celeryops.fleet.beat'], group_vars, hosts=hosts, host_vars=host_vars, limit='fleet2',
+                            check=True)
+    assert deployment.last.returncode != 0
+    message = failure(report, 'fleet2')
+    assert 'on 2 hosts (fleet2, fleet1; fleet1 by the inventory, outside this play)' in message, message
+    # ... and moves beat when the inventory says fleet1 no longer runs it.
+    host_vars['fleet1']['celery_beat_enabled'] = False
+    report = deployment.run(['celeryops.fleet.beat'], group_vars, hosts=hosts, host_vars=host_vars, limit='fleet2',
+                            check=True)
+    assert deployment.last.returncode == 0, failure(report, 'fleet2')
+    assert results(report, 'Refuse a second beat', 'fleet2')[0].get('failed') is not True
+    report = deployment.run(['celeryops.fleet.beat'], dict(beat_vars, celery_beat_group='beats'), hosts=hosts,
+                            host_vars=host_vars, limit='fleet2', check=True)
+    assert deployment.last.returncode != 0
+    assert 'celery_beat_group: beats is not a group of the inventory' in failure(report, 'fleet2')
+
 
 def test_flower_answers_with_auth_only(deployment):
     port = free_port()
@@ -256,6 +279,145 @@ def test_flower_answers_with_auth_only(deployment):
     assert secret not in deployment.last.stdout + deployment.last.stderr
     assert os.path.exists(os.path.join(deployment.root(), 'flower.db')) or \
         any(name.startswith('flower.db') for name in os.listdir(deployment.root()))
+
+
+def supervisord_of(deployment, host='localhost'):
+    """The pid and command line of the supervisord of a host's root."""
+    with open(os.path.join(deployment.root(host), 'supervisord.pid')) as handle:
+        pid = int(handle.read().strip())
+    with open('/proc/%d/cmdline' % pid, 'rb') as handle:
+        return pid, handle.read().split(b'\0')
+
+
+def parent_pid(pid):
+    with open('/proc/%d/stat' % pid) as handle:
+        return int(handle.read().rsplit(')', 1)[1].split()[1])
+
+
+def test_os_package_supervisor_without_systemd(deployment, ansible):
+    """Debian's supervisor package (apt) runs the workers, and coexists with the pip one of this virtualenv."""
+    systemd = os.path.isdir('/run/systemd/system')
+    # auto picks `direct` on a host without systemd; on one with systemd it would install a system unit,
+    # which a test must not do, so there it is asked for directly.
+    package = {'supervisor_install_method': 'package', 'supervisor_start_method': 'direct' if systemd else 'auto'}
+    report = deployment.run(['celeryops.fleet.worker'], {'celery_workers': [worker('pkg', ['roles_pkg'])]},
+                            host_vars={'localhost': package}, timeout=600)
+    assert deployment.last.returncode == 0, failure(report)
+    chosen = results(report, 'Choose how supervisord is kept running')[0]['ansible_facts']
+    assert chosen['_supervisor_start_method'] == 'direct'
+    assert missing(ansible, deployment.broker_url, ['pkg@localhost']) == []
+    # The package's supervisord (Debian's /usr/bin, its own Python), with the role's configuration and socket,
+    # is the parent of the worker.
+    pid, cmdline = supervisord_of(deployment)
+    assert b'/usr/bin/supervisord' in cmdline and deployment.config().encode() in cmdline, cmdline
+    assert parent_pid(deployment.pid('celery-worker-pkg')) == pid
+    assert oct(os.stat(deployment.root() + '/supervisor.sock').st_mode & 0o777) == '0o700'
+
+    # A second run finds it running and changes nothing.
+    report = deployment.run(['celeryops.fleet.worker'], {'celery_workers': [worker('pkg', ['roles_pkg'])]},
+                            host_vars={'localhost': package})
+    assert deployment.last.returncode == 0 and stats(report)['changed'] == 0, stats(report)
+    assert supervisord_of(deployment)[0] == pid
+
+    if not systemd:
+        # Asked for a systemd service where systemd does not run: refused before anything is written.
+        report = deployment.run(['celeryops.fleet.supervisor'], host_vars={'localhost': dict(
+            package, supervisor_start_method='service', supervisor_root=deployment.root('other'))}, check=True)
+        assert deployment.last.returncode != 0
+        message = failure(report)
+        assert 'supervisor_start_method: service' in message and 'systemd' in message, message
+        assert 'not running on this host' in message, message
+        assert not os.path.exists(deployment.root('other'))
+
+
+def copy_tree(source, target):
+    """Hard links where they can be made (instant), a real copy across file systems."""
+    if subprocess.run(['cp', '-al', source, target], capture_output=True, timeout=300, check=False).returncode:
+        shutil.rmtree(target, ignore_errors=True)
+        subprocess.run(['cp', '-a', source, target], check=True, timeout=900)
+
+
+class Account(object):
+    """A system user without root, a virtualenv it can read (this one's packages, hard-linked) and the collection."""
+
+    NAME = 'celeryops-nonroot'
+
+    def __init__(self, base):
+        if subprocess.run(['getent', 'passwd', self.NAME], capture_output=True, check=False).returncode != 0:
+            subprocess.run(['useradd', '--system', '--no-create-home', '--shell', '/usr/sbin/nologin', self.NAME],
+                           check=True, capture_output=True, timeout=60)
+        self.uid = int(subprocess.run(['id', '-u', self.NAME], capture_output=True, text=True, check=True).stdout)
+        os.chmod(base, 0o755)
+        self.home = os.path.join(base, 'home')
+        os.mkdir(self.home)
+        os.chown(self.home, self.uid, -1)
+        self.env = {}
+        self.venv = os.path.join(base, 'venv')
+        subprocess.run([self.python(base), '-m', 'venv', '--without-pip', self.venv], check=True, capture_output=True,
+                       timeout=120)
+        # The packages, hard-linked (instant, read-only to the user), and the scripts we need with their
+        # first line pointing at the new virtualenv.
+        version = 'python%d.%d' % sys.version_info[:2]
+        site = os.path.join(self.venv, 'lib', version, 'site-packages')
+        shutil.rmtree(site)
+        copy_tree(os.path.join(VENV, 'lib', version, 'site-packages'), site)
+        for name in ('ansible-playbook', 'pip', 'supervisord', 'supervisorctl', 'celery'):
+            with open(os.path.join(VENV, 'bin', name)) as handle:
+                script = handle.read().split('\n', 1)[1]
+            path = os.path.join(self.venv, 'bin', name)
+            with open(path, 'w') as handle:
+                handle.write('#!%s/bin/python\n%s' % (self.venv, script))
+            os.chmod(path, 0o755)
+        # The collection, as place_collection links it.
+        self.collections = os.path.join(base, 'collections')
+        os.makedirs(os.path.join(self.collections, 'ansible_collections', 'celeryops'))
+        os.symlink(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                   os.path.join(self.collections, 'ansible_collections', 'celeryops', 'fleet'))
+
+    def python(self, base):
+        """This Python, or a hard-linked copy of it when the user cannot run it (pyenv in root's home)."""
+        python = os.path.join(sys.base_prefix, 'bin', 'python%d.%d' % sys.version_info[:2])
+        if subprocess.run(['runuser', '-u', self.NAME, '--', python, '-c', 'pass'], capture_output=True, timeout=60,
+                          check=False).returncode == 0:
+            return python
+        copy = os.path.join(base, 'python')
+        copy_tree(sys.base_prefix, copy)
+        # Its libpython is found through an absolute RUNPATH into the original; supervisord and the
+        # workers inherit this from the role's environment.
+        self.env['LD_LIBRARY_PATH'] = os.path.join(copy, 'lib')
+        return os.path.join(copy, 'bin', os.path.basename(python))
+
+    def wrap(self, argv, env):
+        """argv run as the user, with only the environment Ansible needs."""
+        keep = dict((key, value) for key, value in env.items() if key.startswith('ANSIBLE_') and key not in (
+            'ANSIBLE_COLLECTIONS_PATH', 'ANSIBLE_PYTHON_INTERPRETER', 'ANSIBLE_CONFIG'))
+        keep.update(self.env, HOME=self.home, PATH='%s/bin:/usr/bin:/bin' % self.venv, LANG='C.UTF-8',
+                    ANSIBLE_COLLECTIONS_PATH=self.collections, ANSIBLE_PYTHON_INTERPRETER=self.venv + '/bin/python',
+                    # Ansible finds ~ in the user database, where this user has no home directory.
+                    ANSIBLE_REMOTE_TMP=self.home + '/.ansible/tmp', ANSIBLE_LOCAL_TEMP=self.home + '/.ansible/tmp')
+        return (['runuser', '-u', self.NAME, '--', 'env', '-i'] + ['%s=%s' % item for item in sorted(keep.items())]
+                + [os.path.join(self.venv, 'bin', argv[0])] + argv[1:])
+
+
+def test_roles_without_root(deployment, ansible):
+    """The README's recipe for a user directory: a user-level supervisord runs a worker that answers ping."""
+    account = deployment.account = Account(deployment.base)
+    root = deployment.root()
+    os.mkdir(root)
+    os.chown(root, account.uid, -1)
+    host = {'ansible_python_interpreter': account.venv + '/bin/python', 'supervisor_pip_virtualenv': account.venv}
+    report = deployment.run(['celeryops.fleet.worker'],
+                            {'celery_workers': [worker('user', ['roles_user'], virtualenv=account.venv)]},
+                            host_vars={'localhost': host})
+    assert deployment.last.returncode == 0, failure(report)
+    # Its own ping check passed; and asked from here, as root:
+    assert missing(ansible, deployment.broker_url, ['user@localhost']) == []
+    pid, _cmdline = supervisord_of(deployment)
+    for process in (pid, deployment.pid('celery-worker-user')):
+        assert os.stat('/proc/%d' % process).st_uid == account.uid, process
+    for name in ('supervisord.conf', 'supervisor.sock', 'conf.d/celery-worker-user.conf'):
+        assert os.stat(os.path.join(root, name)).st_uid == account.uid, name
+    assert deployment.broker_url not in deployment.last.stdout
 
 
 BAD_WORKERS = {
