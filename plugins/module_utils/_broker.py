@@ -247,6 +247,30 @@ def ssl_context(broker):
     return context
 
 
+# How OpenSSL and Python say that the broker's certificate did not verify, or that the broker
+# wanted a certificate of ours.
+_CERT_UNTRUSTED = re.compile(r'CERTIFICATE_VERIFY_FAILED|certificate verify failed|hostname mismatch|'
+                             r'IP address mismatch', re.IGNORECASE)
+_CERT_WANTED = re.compile(r'certificate required|PEER_DID_NOT_RETURN_A_CERTIFICATE', re.IGNORECASE)
+
+
+def tls_failure(broker, reason):
+    """What a failed connection to a TLS broker means and which option fixes it, as
+    ``(text, option)``; None when ``reason`` (a scrubbed library message) is not about TLS."""
+    if not broker.tls:
+        return None
+    if _CERT_UNTRUSTED.search(reason):
+        return ("certificate verification failed (%s); set tls_ca_file to the CA that signed the broker's certificate "
+                "(ssl_ca_certs in the URL), or tls_verify: false to connect without verifying" % reason, 'tls_ca_file')
+    if _CERT_WANTED.search(reason):
+        return ('the broker wants a client certificate (%s); set tls_cert_file and tls_key_file' % reason,
+                'tls_cert_file')
+    if 'ssl' in reason.lower() or 'tls' in reason.lower():
+        usual = ' (amqps is usually on port 5671)' if broker.transport == 'amqp' else ''
+        return 'the TLS handshake failed (does the port speak TLS?%s): %s' % (usual, reason), 'broker_url'
+    return None
+
+
 def scrub(text, *secrets):
     """Remove secrets from a text that came from a library (exception messages, reprs)."""
     text = str(text)
