@@ -214,3 +214,72 @@ def test_modules_lookup_filter_and_errors_never_show_the_password(kind, request,
             assert out.returncode != 0 and 'authentication failed' in out.stderr, out.stderr[-2000:]
 
     assert scan(str(quiet_files), secrets) == []
+
+
+@pytest.fixture
+def secret_deployment(redis_user, quiet_files, monkeypatch):
+    """test_roles' Deployment (supervisor under a directory of its own, no SSH), with the broker URL and the
+    Flower credentials taken from the environment by the plays."""
+    monkeypatch.setenv('COF_URL', redis_user.url)
+    monkeypatch.setenv('COF_USER_URL', redis_user.url.replace(':%s@' % redis_user.password, '@'))
+    monkeypatch.setenv('COF_PASSWORD', redis_user.password)
+    monkeypatch.setenv('COF_WRONG', WRONG_PASSWORD)
+    monkeypatch.setenv('COF_FLOWER_AUTH', 'ops:' + FLOWER_PASSWORD)
+    base = tempfile.mkdtemp(prefix='cof-sec-', dir='/tmp')  # short: supervisord's socket lives below it
+    deployment = Deployment(env_var('COF_URL'), base)
+    yield deployment
+    deployment.shutdown()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_roles_and_playbooks_never_show_the_password(secret_deployment, redis_user, redis_env, quiet_files):
+    deployment = secret_deployment
+    secrets = secrets_of(redis_user.password, FLOWER_PASSWORD, WRONG_PASSWORD)
+    runs = []
+
+    def playbook(name, extra_vars=None, ok=True):
+        report = deployment.playbook('celeryops.fleet.' + name, extra_vars, host_vars=host_vars, verbosity=4)
+        runs.append((name, deployment.last))
+        assert (deployment.last.returncode == 0) == ok, (name, deployment.last.returncode, deployment.last.stdout[-3000:])
+        return report
+
+    host_vars = {'localhost': {'celery_workers': [worker('sec', ['sec_roles'], time_limit=20)]}}
+    port = free_port()
+    flower_vars = {'flower_port': port, 'flower_basic_auth': [env_var('COF_FLOWER_AUTH')], 'flower_virtualenv': VENV}
+    report = deployment.run(['celeryops.fleet.worker', 'celeryops.fleet.flower'], dict(flower_vars, **host_vars['localhost']),
+                            verbosity=4)
+    runs.append(('the worker and flower roles', deployment.last))
+    assert deployment.last.returncode == 0, failure(report)
+    # The credentials in use are the secret ones: Flower lets the password in, and the worker logged in as the user.
+    url = 'http://127.0.0.1:%d/workers' % port
+    assert http_status(url, 'ops:' + FLOWER_PASSWORD) == 200 and http_status(url, 'ops:' + WRONG_PASSWORD) == 401
+    clients = redis_env.client.client_list()
+    assert any(client.get('user') == redis_user.name for client in clients), clients
+
+    publish(redis_user.url, ADD, 'sec_purge', args=(1, 2), count=4)
+    # The password through celery_broker_password (not in the URL) for some of the playbooks.
+    by_password = {'celery_broker_url': env_var('COF_USER_URL'), 'celery_broker_password': env_var('COF_PASSWORD')}
+    checked = playbook('health_check', dict(by_password, health_check_timeout=5))
+    assert 'sec@localhost' in json.dumps(checked)
+    playbook('purge', {'purge_queues': ['sec_purge'], 'purge_confirm': True})
+    assert redis_env.client.llen('sec_purge') == 0
+    drained = playbook('drain', by_password)
+    assert stats(drained)['changed'] >= 1, stats(drained)
+    pid = deployment.pid('celery-worker-sec')
+    playbook('rolling_restart', {'rolling_restart_wait_timeout': 60, 'rolling_restart_drain_timeout': 30})
+    assert deployment.pid('celery-worker-sec') != pid
+    unhealthy = playbook('health_check', dict(by_password, celery_broker_password=env_var('COF_WRONG')), ok=False)
+    assert 'authentication failed' in json.dumps(unhealthy)
+
+    for name, run in runs:
+        assert_clean(run.stdout, secrets, '%s stdout' % name)
+        assert_clean(run.stderr, secrets, '%s stderr' % name)
+    # The supervisor program files hold the broker URL and Flower's credentials: 0600, and nothing else may.
+    conf_d = os.path.join(deployment.root(), 'conf.d')
+    allowed = [os.path.join(conf_d, 'celery-worker-sec.conf'), os.path.join(conf_d, 'flower.conf')]
+    for path in allowed:
+        with open(path) as handle:
+            text = handle.read()
+        assert any(secret in text for secret in secrets), path
+    assert scan(deployment.base, secrets, allowed) == []
+    assert scan(str(quiet_files), secrets) == []
