@@ -236,14 +236,20 @@ def ssl_context(broker):
     import ssl
     try:
         context = ssl.create_default_context(cafile=broker.tls_ca_file)
-        if not broker.tls_verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if broker.tls_cert_file:
-            context.load_cert_chain(broker.tls_cert_file, broker.tls_key_file)
     except (ssl.SSLError, OSError) as exc:
-        raise BrokerError('cannot load the TLS files for %s: %s' % (broker.endpoint, exc), option='tls_ca_file',
-                          endpoint=broker.endpoint)
+        raise BrokerError('tls_ca_file: cannot load %s as PEM CA certificates: %s' % (broker.tls_ca_file, exc),
+                          option='tls_ca_file', endpoint=broker.endpoint)
+    if not broker.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if broker.tls_cert_file:
+        try:
+            context.load_cert_chain(broker.tls_cert_file, broker.tls_key_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise BrokerError('tls_cert_file: cannot load the client certificate %s%s (a PEM certificate, with its key in '
+                              'it or in tls_key_file): %s' % (broker.tls_cert_file, ' with the key %s' % broker.tls_key_file
+                                                               if broker.tls_key_file else '', exc),
+                              option='tls_cert_file', endpoint=broker.endpoint)
     return context
 
 

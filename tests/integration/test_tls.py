@@ -48,7 +48,7 @@ def check_failures(ansible, results, expected):
         assert 'Traceback' not in result['msg'], result['msg']
         for text in texts:
             assert text in result['msg'], (index, text, result['msg'])
-        if 'certificate verification failed' in texts:
+        if 'certificate verification failed' in texts and 'option' in result:  # the lookup has no 'option'
             assert result['option'] == 'tls_ca_file', result
         # The connect timeout, plus the module's start-up on a loaded machine.
         assert seconds[index] < TIMEOUT + 10, (index, seconds[index], result['msg'])
@@ -62,7 +62,7 @@ def test_redis_over_tls_verified_and_every_failure_clear(private, tls, workers, 
     # How Celery (kombu, redis-py) is told to verify, in the URL.
     celery_url = base + '?ssl_cert_reqs=required&ssl_ca_certs=' + tls['ca']
     ids = publish(celery_url, ADD, 'tls_q', args=(1, 2), count=3)
-    worker = workers.start(celery_url, 'tls1@test', ['tls_other'])
+    worker = workers.start(celery_url, 'tls1@test', ['tls_other'], events=True, heartbeat_interval=1)
     verified = dict(broker_url=base, tls_ca_file=tls['ca'], connect_timeout=TIMEOUT)
     plain = redis_env.url.replace('redis://', 'rediss://:%s@' % PASSWORD)  # the shared Redis speaks no TLS
     cases = [
@@ -72,22 +72,29 @@ def test_redis_over_tls_verified_and_every_failure_clear(private, tls, workers, 
                                    tls_key_file=tls['client_key'])),
         ('celery_queue', dict(verified, queues=['tls_q'])),
         ('celery_worker_info', dict(verified, expected_nodes=['tls1@test'], include=['ping', 'stats'], timeout=10)),
-        ('celery_events_info', dict(verified, duration=1)),
+        ('celery_worker', dict(verified, nodes=['tls1@test'], state='consuming', queues=['tls_more'])),
+        ('celery_events_info', dict(verified, duration=2.5)),
         # Verification off, asked for explicitly: the wrong CA does not matter.
         ('celery_queue_info', dict(verified, queues=['tls_q'], tls_ca_file=tls['wrong_ca'], tls_verify=False)),
         ('celery_queue_info', dict(broker_url=base + '?ssl_cert_reqs=none', queues=['tls_q'], connect_timeout=TIMEOUT)),
-        # Failures.
+        # Failures: 9 to 15.
         ('celery_queue_info', dict(verified, queues=['tls_q'], tls_ca_file=tls['wrong_ca'])),
         ('celery_queue_info', dict(broker_url=base, queues=['tls_q'], connect_timeout=TIMEOUT)),
         ('celery_worker_info', dict(verified, tls_ca_file=tls['wrong_ca'], include=['ping'])),
         ('celery_queue_info', dict(broker_url=base.replace('rediss://', 'redis://'), connect_timeout=TIMEOUT)),
         ('celery_queue', dict(broker_url=plain, queues=['tls_q'], connect_timeout=TIMEOUT)),
         ('celery_queue_info', dict(broker_url=plain, connect_timeout=TIMEOUT, tls_ca_file=tls['ca'])),
+        ('celery_queue_info', dict(verified, tls_ca_file=tls['server_key'])),
+        ('celery_queue_info', dict(verified, tls_cert_file=tls['client_cert'])),
     ]
-    results = ansible.play([{'celeryops.fleet.' + module: args} for module, args in cases], check=True)
-    for index in range(8):
+    tasks = [{'celeryops.fleet.' + module: args} for module, args in cases]
+    # The lookup shares the options: the same CA verifies, the wrong one fails.
+    tasks += [{'ansible.builtin.debug': {'msg': "{{ query('celeryops.fleet.queue_depth', 'tls_q', broker_url=url, "
+                                                "tls_ca_file='%s') }}" % ca}} for ca in (tls['ca'], tls['wrong_ca'])]
+    results = ansible.play(tasks, check=True, play_extra={'vars': {'url': base}})
+    for index in range(9):
         assert not results[index].get('failed'), (index, results[index])
-    first, from_query, client_cert, purge, info, events, unverified, none_in_query = results[:8]
+    first, from_query, client_cert, purge, info, consuming, events, unverified, none_in_query = results[:9]
     assert first['queues'][0]['messages'] == 3 and first['queues'][0]['peek'][0]['id'] == ids[0], first
     assert first['broker']['tls'] is True
     for result in (from_query, client_cert, unverified, none_in_query):
@@ -95,15 +102,20 @@ def test_redis_over_tls_verified_and_every_failure_clear(private, tls, workers, 
     assert purge['changed'] is True and purge['queues'][0]['removed'] == 3, purge  # check mode: nothing went
     assert info['online'] == ['tls1@test'] and info['missing'] == [], info
     assert info['workers']['tls1@test']['stats']['broker']['transport'] == 'rediss', info
-    assert 'failed' not in events, events
+    assert consuming['changed'] is True, consuming
+    assert events['events'] > 0 and 'tls1@test' in events['workers'], events  # heartbeats, over TLS
     assert client.llen('tls_q') == 3
     verify_failed = ['certificate verification failed', 'tls_ca_file']
     check_failures(ansible, results, {
-        8: verify_failed, 9: verify_failed, 10: verify_failed,
-        11: ['redis 127.0.0.1:%d' % redis.port, 'rediss://'],
-        12: ['rediss 127.0.0.1:6379', 'does the port speak TLS?'],
-        13: ['does the port speak TLS?'],
+        9: verify_failed, 10: verify_failed, 11: verify_failed,
+        12: ['redis 127.0.0.1:%d' % redis.port, 'rediss://'],
+        13: ['rediss 127.0.0.1:6379', 'does the port speak TLS?'],
+        14: ['does the port speak TLS?'],
+        15: ['tls_ca_file: cannot load %s' % tls['server_key']],
+        16: ['tls_cert_file: cannot load the client certificate %s' % tls['client_cert'], 'tls_key_file'],
+        18: ['queue_depth', 'certificate verification failed', 'tls_ca_file'],
     })
+    assert results[17]['msg'] == [3], results[17]
     assert worker.process.poll() is None
 
 

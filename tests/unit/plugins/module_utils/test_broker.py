@@ -422,9 +422,19 @@ def test_ssl_context_refuses_unreadable_files(pem):
     broker = parse('rediss://:%s@h:6379/0' % SECRET, tls_ca_file=pem['ca'])
     with pytest.raises(BrokerError) as info:
         ssl_context(broker)
-    assert info.value.msg.startswith('cannot load the TLS files for rediss h:6379 db 0: ')
+    assert info.value.msg.startswith('tls_ca_file: cannot load %s as PEM CA certificates: ' % pem['ca'])
     assert info.value.option == 'tls_ca_file'
     assert info.value.endpoint == 'rediss h:6379 db 0'
+    assert_no_secret(info.value)
+
+
+def test_ssl_context_names_the_client_certificate_when_that_is_unreadable(pem):
+    broker = parse('amqps://u:%s@h//' % SECRET, tls_cert_file=pem['cert'], tls_key_file=pem['key'])
+    with pytest.raises(BrokerError) as info:
+        ssl_context(broker)
+    assert info.value.msg.startswith('tls_cert_file: cannot load the client certificate %s with the key %s'
+                                     % (pem['cert'], pem['key']))
+    assert info.value.option == 'tls_cert_file'
     assert_no_secret(info.value)
 
 
