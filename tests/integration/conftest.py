@@ -53,7 +53,9 @@ def redis_user(redis_env):
     password = 'redis-pw-%s' % uuid.uuid4().hex
     redis_env.client.acl_setuser(name, enabled=True, passwords=['+' + password], keys=['*'], channels=['*'],
                                  commands=['+@all'])
-    yield BrokerUser(name, password, redis_env.url.replace('redis://', 'redis://%s:%s@' % (name, password)))
+    url = redis_env.url.replace('redis://', 'redis://%s:%s@' % (name, password))
+    yield BrokerUser(name, password, url)
+    close_publishers(url)
     redis_env.client.acl_deluser(name)
 
 
@@ -64,8 +66,9 @@ def rabbit_user(rabbit_env):
     password = 'rabbit-pw-%s' % uuid.uuid4().hex
     management('PUT', '/api/users/%s' % name, {'password': password, 'tags': ''})
     management('PUT', '/api/permissions/%s/%s' % (rabbit_env.qvhost, name), {'configure': '.*', 'write': '.*', 'read': '.*'})
-    yield BrokerUser(name, password, rabbit_env.url.replace('guest:guest@', '%s:%s@' % (name, urllib.parse.quote(password))))
-    close_publishers(rabbit_env.url.replace('guest:guest@', '%s:%s@' % (name, urllib.parse.quote(password))))
+    url = rabbit_env.url.replace('guest:guest@', '%s:%s@' % (name, urllib.parse.quote(password)))
+    yield BrokerUser(name, password, url)
+    close_publishers(url)
     management('DELETE', '/api/users/%s' % name)
 
 

@@ -70,7 +70,8 @@ def scan(root, secrets, allowed=()):
                 continue
             if any(secret.encode() in data for secret in secrets):
                 if path in allowed:
-                    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+                    # Readable by its owner only: the service user (supervisord's here; nobody else runs as it).
+                    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and os.stat(path).st_uid == os.getuid(), path
                 else:
                     found.append(path)
     return found
