@@ -50,7 +50,7 @@ options:
     description:
       - Whether to verify the broker's TLS certificate and host name.
       - When not set, C(ssl_cert_reqs) in the URL decides, and verification is on if that is absent too.
-      - Set it to V(false) only on purpose: the connection is still encrypted, but anyone in between can pose as the broker.
+      - Set it to V(false) only on purpose. The connection is still encrypted, but anyone in between can pose as the broker.
     type: bool
 requirements:
   - redis (Python library) for a Redis broker

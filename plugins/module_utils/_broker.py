@@ -246,9 +246,9 @@ def ssl_context(broker):
         try:
             context.load_cert_chain(broker.tls_cert_file, broker.tls_key_file)
         except (ssl.SSLError, OSError) as exc:
+            key = ' with the key %s' % broker.tls_key_file if broker.tls_key_file else ''
             raise BrokerError('tls_cert_file: cannot load the client certificate %s%s (a PEM certificate, with its key in '
-                              'it or in tls_key_file): %s' % (broker.tls_cert_file, ' with the key %s' % broker.tls_key_file
-                                                               if broker.tls_key_file else '', exc),
+                              'it or in tls_key_file): %s' % (broker.tls_cert_file, key, exc),
                               option='tls_cert_file', endpoint=broker.endpoint)
     return context
 

@@ -23,7 +23,7 @@ import uuid
 
 import pytest
 
-from harness import APP_DIR, free_port, http_status, management, publish
+from harness import free_port, http_status, management, publish
 from test_roles import VENV, Deployment, failure, stats, worker
 
 ADD = 'fleet_tasks.add'
@@ -118,8 +118,8 @@ def error_tasks(scheme, user, port, path):
          ['cannot connect to %s 127.0.0.1:1' % scheme]),
         (dict(broker_url='%s://%s:%s@no-such-host.invalid:%d/%s' % (scheme, user, env_var('COF_PASSWORD'), port, path),
               connect_timeout=3), ['no-such-host.invalid']),
-        (dict(broker_url='%s://%s:%s/%s@127.0.0.1:%d/%s' % (scheme, user, env_var('COF_SLASH_A'), env_var('COF_SLASH_B'),
-                                                              port, path)),
+        (dict(broker_url='%s://%s:%s/%s@127.0.0.1:%d/%s'
+              % (scheme, user, env_var('COF_SLASH_A'), env_var('COF_SLASH_B'), port, path)),
          ['broker_url', 'percent-encode']),
         (dict(broker_url='%s://%s:%s@127.0.0.1:%d:%d/%s' % (scheme, user, env_var('COF_PASSWORD'), port, port, path)),
          ['broker_url', 'port']),
