@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from harness import publish
+from test_secrets import assert_clean, secrets_of
 
 PASSWORD = 'tls-pw-' + uuid.uuid4().hex
 ADD = 'fleet_tasks.add'
@@ -39,8 +40,7 @@ def task_seconds(ansible):
 
 def check_failures(ansible, results, expected):
     """Every failing case failed with its expected texts, fast, without a traceback or the password."""
-    output = ansible.last['stdout'] + ansible.last['stderr']
-    assert PASSWORD not in output
+    assert_clean(ansible.last['stdout'] + ansible.last['stderr'], secrets_of(PASSWORD), 'the output')
     seconds = task_seconds(ansible)
     for index, texts in expected.items():
         result = results[index]
