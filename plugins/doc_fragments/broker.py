@@ -18,6 +18,8 @@ options:
       - For C(rediss://) and C(amqps://), the query parameters C(ssl_cert_reqs) (C(required), C(optional), C(none)),
         C(ssl_ca_certs), C(ssl_certfile) and C(ssl_keyfile) are understood, as Celery understands them on C(rediss://).
         The options O(tls_ca_file), O(tls_cert_file), O(tls_key_file) and O(tls_verify) take precedence over them.
+        Celery's own workers refuse these parameters on C(amqps://) (they take C(broker_use_ssl) instead), so a URL shared
+        with the workers should leave them out there and the options be used.
       - A TLS URL never falls back to plaintext, and a plaintext URL never tries TLS.
       - If not set, the environment variable E(CELERY_BROKER_URL) is used.
       - The value is never shown in output; messages name the endpoint without credentials.
