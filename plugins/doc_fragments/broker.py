@@ -15,8 +15,12 @@ options:
       - The Celery broker URL, as in C(CELERY_BROKER_URL) or Celery's C(broker_url) setting.
       - C(redis://[:password@]host[:port][/db]), C(rediss://...) for TLS, C(amqp://user:password@host[:port]/vhost)
         or C(amqps://...) for TLS. kombu's C(amqp://host:5672//) form for the default vhost is accepted.
-      - For C(rediss://), the query parameters C(ssl_cert_reqs) (C(required), C(optional), C(none)),
-        C(ssl_ca_certs), C(ssl_certfile) and C(ssl_keyfile) are understood, as Celery understands them.
+      - For C(rediss://) and C(amqps://), the query parameters C(ssl_cert_reqs) (C(required), C(optional), C(none)),
+        C(ssl_ca_certs), C(ssl_certfile) and C(ssl_keyfile) are understood, as Celery understands them on C(rediss://).
+        The options O(tls_ca_file), O(tls_cert_file), O(tls_key_file) and O(tls_verify) take precedence over them.
+        Celery's own workers refuse these parameters on C(amqps://) (they take C(broker_use_ssl) instead), so a URL shared
+        with the workers should leave them out there and the options be used.
+      - A TLS URL never falls back to plaintext, and a plaintext URL never tries TLS.
       - If not set, the environment variable E(CELERY_BROKER_URL) is used.
       - The value is never shown in output; messages name the endpoint without credentials.
     type: str
@@ -33,6 +37,8 @@ options:
   tls_ca_file:
     description:
       - CA certificate bundle to verify the broker's TLS certificate with. Needs a C(rediss://) or C(amqps://) URL.
+      - Without it, the system's trusted CAs are used. A certificate that does not verify fails the task with a message
+        that says so.
     type: path
   tls_cert_file:
     description:
@@ -46,6 +52,7 @@ options:
     description:
       - Whether to verify the broker's TLS certificate and host name.
       - When not set, C(ssl_cert_reqs) in the URL decides, and verification is on if that is absent too.
+      - Set it to V(false) only on purpose. The connection is still encrypted, but anyone in between can pose as the broker.
     type: bool
 requirements:
   - redis (Python library) for a Redis broker

@@ -33,13 +33,12 @@ except ImportError:  # guarded: the module reports missing_required_lib
     PIKA_IMPORT_ERROR = traceback.format_exc()
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
-    BrokerError, scrub, ssl_context, time_limit)
+    BrokerError, scrub, ssl_context, time_limit, tls_failure)
 from ansible_collections.celeryops.fleet.plugins.module_utils._messages import describe_message
 from ansible_collections.celeryops.fleet.plugins.module_utils._redis_queues import is_internal_queue
 
 MANAGEMENT_PORT = 15672
 MANAGEMENT_TLS_PORT = 15671
-_DEFAULT_AMQPS_PORT = 5671
 
 # Receiving a backlog: after this many seconds without a delivery, ask the broker whether
 # anything is still ready (none: other consumers took the rest, we have all we can get).
@@ -171,8 +170,7 @@ class AmqpQueues(object):
                               % (endpoint, '' if self.broker.tls else ' in plaintext; use amqps:// for TLS',
                                  type(exc).__name__), option='broker_url', endpoint=endpoint)
         except pika_exceptions.AMQPConnectionError as exc:
-            raise BrokerError('cannot connect to %s: %s' % (endpoint, self._connect_reason(exc)), option='broker_url',
-                              endpoint=endpoint)
+            raise self._connect_error(exc)
         except pika_exceptions.AMQPError as exc:
             raise BrokerError('%s: %s' % (endpoint, self._reason(exc)), endpoint=endpoint)
         except AMQPConnectorStackTimeout:
@@ -182,20 +180,20 @@ class AmqpQueues(object):
                                  '; does the port speak TLS?' if self.broker.tls else '; is it an AMQP port?'),
                               option='connect_timeout', endpoint=endpoint)
         except AMQPConnectorException as exc:
-            raise BrokerError('cannot connect to %s: %s' % (endpoint, self._connect_reason(exc)), option='broker_url',
-                              endpoint=endpoint)
+            raise self._connect_error(exc)
         except OSError as exc:
-            raise BrokerError('cannot connect to %s: %s' % (endpoint, self._connect_reason(exc)), option='broker_url',
-                              endpoint=endpoint)
+            raise self._connect_error(exc)
 
-    def _connect_reason(self, exc):
-        """Why a connection failed; a failed TLS handshake says so (amqps:// to a plaintext port)."""
+    def _connect_error(self, exc):
+        """Why a connection failed; a failed TLS handshake says what to fix (the CA, amqps:// to a plaintext port)."""
         reason = self._reason(exc)
-        if self.broker.tls and (isinstance(exc, ssl.SSLError) or 'SSL' in reason
-                                or any(isinstance(a, ssl.SSLError) for a in getattr(exc, 'args', ()))):
-            reason = 'the TLS handshake failed (does the port speak TLS? amqps is usually on %d): %s' % (
-                _DEFAULT_AMQPS_PORT, reason)
-        return reason
+        failure = tls_failure(self.broker, reason)
+        if failure is None and self.broker.tls and (
+                isinstance(exc, ssl.SSLError) or any(isinstance(a, ssl.SSLError) for a in getattr(exc, 'args', ()))):
+            failure = tls_failure(self.broker, 'SSL: ' + reason)
+        text, option = failure or (reason, 'broker_url')
+        return BrokerError('cannot connect to %s: %s' % (self.broker.endpoint, text), option=option,
+                           endpoint=self.broker.endpoint)
 
     def _reason(self, exc):
         text = scrub(exc, self.broker.password)

@@ -236,15 +236,45 @@ def ssl_context(broker):
     import ssl
     try:
         context = ssl.create_default_context(cafile=broker.tls_ca_file)
-        if not broker.tls_verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if broker.tls_cert_file:
-            context.load_cert_chain(broker.tls_cert_file, broker.tls_key_file)
     except (ssl.SSLError, OSError) as exc:
-        raise BrokerError('cannot load the TLS files for %s: %s' % (broker.endpoint, exc), option='tls_ca_file',
-                          endpoint=broker.endpoint)
+        raise BrokerError('tls_ca_file: cannot load %s as PEM CA certificates: %s' % (broker.tls_ca_file, exc),
+                          option='tls_ca_file', endpoint=broker.endpoint)
+    if not broker.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if broker.tls_cert_file:
+        try:
+            context.load_cert_chain(broker.tls_cert_file, broker.tls_key_file)
+        except (ssl.SSLError, OSError) as exc:
+            key = ' with the key %s' % broker.tls_key_file if broker.tls_key_file else ''
+            raise BrokerError('tls_cert_file: cannot load the client certificate %s%s (a PEM certificate, with its key in '
+                              'it or in tls_key_file): %s' % (broker.tls_cert_file, key, exc),
+                              option='tls_cert_file', endpoint=broker.endpoint)
     return context
+
+
+# How OpenSSL and Python say that the broker's certificate did not verify, or that the broker
+# wanted a certificate of ours.
+_CERT_UNTRUSTED = re.compile(r'CERTIFICATE_VERIFY_FAILED|certificate verify failed|hostname mismatch|'
+                             r'IP address mismatch', re.IGNORECASE)
+_CERT_WANTED = re.compile(r'certificate required|PEER_DID_NOT_RETURN_A_CERTIFICATE', re.IGNORECASE)
+
+
+def tls_failure(broker, reason):
+    """What a failed connection to a TLS broker means and which option fixes it, as
+    ``(text, option)``; None when ``reason`` (a scrubbed library message) is not about TLS."""
+    if not broker.tls:
+        return None
+    if _CERT_UNTRUSTED.search(reason):
+        return ("certificate verification failed (%s); set tls_ca_file to the CA that signed the broker's certificate "
+                "(ssl_ca_certs in the URL), or tls_verify: false to connect without verifying" % reason, 'tls_ca_file')
+    if _CERT_WANTED.search(reason):
+        return ('the broker wants a client certificate (%s); set tls_cert_file and tls_key_file' % reason,
+                'tls_cert_file')
+    if 'ssl' in reason.lower() or 'tls' in reason.lower():
+        usual = ' (amqps is usually on port 5671)' if broker.transport == 'amqp' else ''
+        return 'the TLS handshake failed (does the port speak TLS?%s): %s' % (usual, reason), 'broker_url'
+    return None
 
 
 def scrub(text, *secrets):

@@ -29,7 +29,8 @@ except ImportError:  # guarded: the module reports missing_required_lib
     HAS_REDIS = False
     REDIS_IMPORT_ERROR = traceback.format_exc()
 
-from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, scrub, ssl_context
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
+    BrokerError, scrub, ssl_context, tls_failure)
 from ansible_collections.celeryops.fleet.plugins.module_utils._messages import (
     NotAnEnvelope, UNKNOWN_TASK, count_task_names, decode_envelope, task_name_of)
 
@@ -141,10 +142,11 @@ class RedisQueues(object):
                               option='connect_timeout')
         except redis.ConnectionError as exc:
             reason = self._reason(exc)
+            failure = tls_failure(self.broker, reason)
+            if failure:
+                raise self._error('cannot connect to %s: %s' % (self.broker.endpoint, failure[0]), option=failure[1])
             hint = ''
-            if 'ssl' in reason.lower() or 'certificate' in reason.lower():
-                hint = ' (TLS: check tls_ca_file, tls_verify and that the port speaks TLS)'
-            elif self.broker.tls is False and ('reset' in reason.lower() or 'closed' in reason.lower()):
+            if self.broker.tls is False and ('reset' in reason.lower() or 'closed' in reason.lower()):
                 hint = ' (does the server want TLS? use rediss://)'
             raise self._error('cannot connect to %s: %s%s' % (self.broker.endpoint, reason, hint), option='broker_url')
         except redis.ResponseError as exc:

@@ -1,9 +1,14 @@
+import collections
 import os
+import urllib.parse
+import uuid
 
 import pytest
 
-from harness import (Ansible, RabbitBroker, RedisBroker, close_publishers, management_up, redis_up, require,
-                     worker_index)
+from harness import (Ansible, RabbitBroker, RedisBroker, close_publishers, management, management_up, redis_up,
+                     require, worker_index)
+
+BrokerUser = collections.namedtuple('BrokerUser', 'name password url')
 
 
 @pytest.fixture(scope='session')
@@ -38,6 +43,33 @@ def rabbit_env(rabbit_broker):
     # kombu declares a queue once per connection and then trusts it exists; the next test
     # deletes every queue, so a reused publisher would publish into the void.
     close_publishers(rabbit_broker.url)
+
+
+@pytest.fixture
+def redis_user(redis_env):
+    """A Redis ACL user of this test's own with a unique password (the default user accepts any password);
+    ``url`` reaches the test's database as that user."""
+    name = 'fleet-test-%s' % uuid.uuid4().hex[:8]
+    password = 'redis-pw-%s' % uuid.uuid4().hex
+    redis_env.client.acl_setuser(name, enabled=True, passwords=['+' + password], keys=['*'], channels=['*'],
+                                 commands=['+@all'])
+    url = redis_env.url.replace('redis://', 'redis://%s:%s@' % (name, password))
+    yield BrokerUser(name, password, url)
+    close_publishers(url)
+    redis_env.client.acl_deluser(name)
+
+
+@pytest.fixture
+def rabbit_user(rabbit_env):
+    """A RabbitMQ user of this test's own with a unique password, allowed on the test's vhost only."""
+    name = 'fleet-test-%s' % uuid.uuid4().hex[:8]
+    password = 'rabbit-pw-%s' % uuid.uuid4().hex
+    management('PUT', '/api/users/%s' % name, {'password': password, 'tags': ''})
+    management('PUT', '/api/permissions/%s/%s' % (rabbit_env.qvhost, name), {'configure': '.*', 'write': '.*', 'read': '.*'})
+    url = rabbit_env.url.replace('guest:guest@', '%s:%s@' % (name, urllib.parse.quote(password)))
+    yield BrokerUser(name, password, url)
+    close_publishers(url)
+    management('DELETE', '/api/users/%s' % name)
 
 
 @pytest.fixture

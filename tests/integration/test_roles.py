@@ -43,30 +43,43 @@ class Deployment(object):
                     supervisor_install_method='pip', supervisor_pip_virtualenv=VENV,
                     supervisor_start_method='direct', supervisor_root=self.root(host))
 
-    def run(self, roles, play_vars=None, hosts=('localhost',), host_vars=None, check=False, timeout=300, limit=None):
+    def run(self, roles, play_vars=None, hosts=('localhost',), host_vars=None, check=False, timeout=300, verbosity=0,
+            limit=None):
         """ansible-playbook with the roles; returns the JSON report (the run's rc is in self.last)."""
-        inventory = {'all': {'hosts': {}}}
-        for host in hosts:
-            inventory['all']['hosts'][host] = dict(self.host_vars(host), **(host_vars or {}).get(host, {}))
         play = dict(hosts='all', gather_facts=False, roles=list(roles),
                     vars=dict({'celery_broker_url': self.broker_url}, **(play_vars or {})))
-        stamp = '%d' % (time.monotonic() * 1e6)
-        inventory_path = os.path.join(self.base, 'inventory-%s.json' % stamp)
-        play_path = os.path.join(self.base, 'play-%s.yml' % stamp)
-        with open(inventory_path, 'w') as handle:
-            json.dump(inventory, handle)
+        play_path = os.path.join(self.base, 'play-%d.yml' % (time.monotonic() * 1e6))
         with open(play_path, 'w') as handle:
             json.dump([play], handle)
-        argv = ['ansible-playbook', '-i', inventory_path, play_path] + (['--check'] if check else []) + \
-            (['--limit', limit] if limit else [])
+        return self.playbook(play_path, hosts=hosts, host_vars=host_vars, check=check, timeout=timeout,
+                             verbosity=verbosity, limit=limit)
+
+    def playbook(self, playbook, extra_vars=None, hosts=('localhost',), host_vars=None, check=False, timeout=300,
+                 verbosity=0, limit=None):
+        """ansible-playbook PLAYBOOK (a file, or a collection playbook such as celeryops.fleet.drain) on an
+        inventory of the hosts (group `workers`); returns the JSON report (the run's rc is in self.last)."""
+        hosts_vars = dict((host, dict(self.host_vars(host), **(host_vars or {}).get(host, {}))) for host in hosts)
+        inventory = {'all': {'vars': {'celery_broker_url': self.broker_url}, 'children': {'workers': {'hosts': hosts_vars}}}}
+        inventory_path = os.path.join(self.base, 'inventory-%d.json' % (time.monotonic() * 1e6))
+        with open(inventory_path, 'w') as handle:
+            json.dump(inventory, handle)
+        argv = ['ansible-playbook', '-i', inventory_path, playbook] + (['--check'] if check else [])
+        if limit:
+            argv += ['--limit', limit]
+        if extra_vars:
+            argv += ['-e', json.dumps(extra_vars)]
+        if verbosity:
+            argv.append('-' + 'v' * verbosity)
         env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK='ansible.posix.json', ANSIBLE_NOCOLOR='1',
                    ANSIBLE_DEPRECATION_WARNINGS='false', ANSIBLE_LOCALHOST_WARNING='false')
         if self.account:
             argv = self.account.wrap(argv, env)
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
         self.last = proc
+        # At -v and more, Ansible's own lines come before the JSON report.
+        text = proc.stdout
         try:
-            return json.loads(proc.stdout)
+            return json.loads(text[0 if text.startswith('{') else text.find('\n{\n') + 1:])
         except ValueError:
             raise AssertionError('no JSON from ansible-playbook (rc %s):\n%s\n%s'
                                  % (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:]))

@@ -422,9 +422,19 @@ def test_ssl_context_refuses_unreadable_files(pem):
     broker = parse('rediss://:%s@h:6379/0' % SECRET, tls_ca_file=pem['ca'])
     with pytest.raises(BrokerError) as info:
         ssl_context(broker)
-    assert info.value.msg.startswith('cannot load the TLS files for rediss h:6379 db 0: ')
+    assert info.value.msg.startswith('tls_ca_file: cannot load %s as PEM CA certificates: ' % pem['ca'])
     assert info.value.option == 'tls_ca_file'
     assert info.value.endpoint == 'rediss h:6379 db 0'
+    assert_no_secret(info.value)
+
+
+def test_ssl_context_names_the_client_certificate_when_that_is_unreadable(pem):
+    broker = parse('amqps://u:%s@h//' % SECRET, tls_cert_file=pem['cert'], tls_key_file=pem['key'])
+    with pytest.raises(BrokerError) as info:
+        ssl_context(broker)
+    assert info.value.msg.startswith('tls_cert_file: cannot load the client certificate %s with the key %s'
+                                     % (pem['cert'], pem['key']))
+    assert info.value.option == 'tls_cert_file'
     assert_no_secret(info.value)
 
 
@@ -682,3 +692,24 @@ def test_inner_time_limit_longer_than_the_outer_one_does_not_extend_it():
     assert info.value.msg == 'timed out after 0.2s outer'
     assert time.monotonic() - start < 2
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize('reason,option,text', [
+    ('[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate in certificate chain',
+     'tls_ca_file', 'certificate verification failed'),
+    ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: IP address mismatch, certificate is not valid for "
+     "'10.0.0.5'", 'tls_ca_file', 'tls_verify: false'),
+    ('[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required', 'tls_cert_file', 'tls_key_file'),
+    ('[SSL: WRONG_VERSION_NUMBER] wrong version number', 'broker_url', 'does the port speak TLS? (amqps is usually'),
+])
+def test_tls_failures_name_the_option_to_fix(reason, option, text):
+    broker = parse_broker_url('amqps://u:pw@10.0.0.5/')
+    message, named = _broker.tls_failure(broker, reason)
+    assert named == option and text in message and reason in message
+
+
+def test_tls_failure_is_none_for_other_reasons_and_plaintext_urls():
+    assert _broker.tls_failure(parse_broker_url('rediss://h/0'), 'Connection refused') is None
+    assert _broker.tls_failure(parse_broker_url('redis://h/0'), 'certificate verify failed') is None
+    message, option = _broker.tls_failure(parse_broker_url('rediss://h/0'), 'SSL: wrong version number')
+    assert option == 'broker_url' and 'amqps' not in message
