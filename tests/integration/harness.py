@@ -98,6 +98,21 @@ class RabbitBroker(object):
                          {'count': count, 'ackmode': 'ack_requeue_true', 'encoding': 'auto'})
         return [m['properties']['headers']['id'] for m in got]
 
+    def messages(self, name):
+        """Every ready message of a queue in delivery order, read and requeued: body (base64), AMQP properties
+        (headers included), exchange and routing key. Not the redelivered flag, which reading sets."""
+        got = management('POST', '/api/queues/%s/%s/get' % (self.qvhost, urllib.parse.quote(name, safe='')),
+                         {'count': 1000000, 'ackmode': 'ack_requeue_true', 'encoding': 'base64'})
+        return [dict((k, m[k]) for k in ('payload', 'payload_encoding', 'properties', 'exchange', 'routing_key'))
+                for m in got]
+
+    def snapshot(self, exclude=()):
+        """queue name -> messages(name) for every queue of the vhost (but exclusive ones, which only their
+        owner may read): exact content to compare before/after."""
+        queues = management('GET', '/api/queues/%s?columns=name,exclusive' % self.qvhost) or []
+        return dict((q['name'], self.messages(q['name'])) for q in queues
+                    if q['name'] not in exclude and not q.get('exclusive'))
+
     def wait_for(self, name, predicate, timeout=60):
         """Poll the management API (its statistics lag) until predicate(record) holds."""
         deadline = time.monotonic() + timeout
