@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -177,6 +178,56 @@ def publish(url, task, queue, args=(), count=1, priority=None, global_keyprefix=
             result = app.send_task(task, args=args, queue=queue, priority=priority, producer=producer, **options)
             ids.append(result.id)
     return ids
+
+
+def recorded(path):
+    """Task ids a fleet_tasks.record file holds, one per run."""
+    try:
+        with open(path) as handle:
+            return [line.strip() for line in handle if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def account(submitted, executed):
+    """(lost, duplicates) of a no-loss test: the submitted task ids that never ran, and id -> runs for those
+    that ran more than once (Celery delivers at least once: tests report duplicates, they fail on loss)."""
+    runs = {}
+    for task_id in executed:
+        runs[task_id] = runs.get(task_id, 0) + 1
+    return (sorted(set(submitted) - set(runs)),
+            dict((task_id, n) for task_id, n in sorted(runs.items()) if n > 1))
+
+
+class TaskStream(object):
+    """A thread submitting fleet_tasks.record to ``queues`` in turn until stop(), one in ten taking a while
+    (so that workers hold prefetched messages at any moment); stop() returns every id submitted."""
+
+    def __init__(self, url, queues, pause=0.01, slow=0.3):
+        self.url, self.queues, self.pause, self.slow = url, queues, pause, slow
+        self.submitted, self.errors = [], []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        index = 0
+        while not self.stopping.is_set():
+            seconds = self.slow if index % 10 == 0 else 0
+            try:
+                self.submitted.extend(publish(self.url, 'fleet_tasks.record', self.queues[index % len(self.queues)],
+                                              args=(seconds,)))
+            except Exception as exc:  # stop() fails with it: a stream that ended early proves little
+                self.errors.append(repr(exc))
+                return
+            index += 1
+            time.sleep(self.pause)
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(30)
+        assert not self.errors, 'publishing failed: %s' % self.errors
+        return self.submitted
 
 
 # -- Celery workers --------------------------------------------------------------------------

@@ -1,11 +1,10 @@
 """celery_worker (consuming, drained, stopped) against real Celery workers on Redis and RabbitMQ."""
 
-import re
 import time
 
 import pytest
 
-from harness import publish
+from harness import TaskStream, account, publish, recorded
 
 SLEEP = 'fleet_tasks.sleep'
 
@@ -19,15 +18,6 @@ def worker_state(ansible, url, node):
     result = ansible.module('celery_worker_info', dict(broker_url=url, expected_nodes=[node],
                                                        include=['active_queues'], timeout=5))
     return result['workers'].get(node, {}).get('queues')
-
-
-def succeeded(*workers):
-    """task id -> how many times a worker logged it as succeeded."""
-    counts = {}
-    for worker in workers:
-        for task_id in re.findall(r'Task fleet_tasks\.\w+\[([0-9a-f-]+)\] succeeded', worker.log()):
-            counts[task_id] = counts.get(task_id, 0) + 1
-    return counts
 
 
 def test_consuming_check_mode_real_and_idempotent(broker, ansible, workers):
@@ -52,39 +42,65 @@ def test_consuming_check_mode_real_and_idempotent(broker, ansible, workers):
     assert more['nodes']['cons@fleet']['after']['queues'] == ['q1', 'q2', 'q3']
 
 
-def test_drain_stop_start_loses_no_task(broker, ansible, workers):
-    url = broker.url
-    first = workers.start(url, 'drain@fleet', ['work'], pool='threads', concurrency=1, prefetch=2)
-    ids = publish(url, SLEEP, 'work', args=(1.5,), count=6)
-    # The worker runs one and holds prefetched ones while the drain starts.
-    drained = ansible.module('celery_worker', dict(broker_url=url, nodes=['drain@fleet'], state='drained',
-                                                   wait_timeout=120, wait_sleep=0.2))
-    assert not drained.get('failed'), drained
-    node = drained['nodes']['drain@fleet']
-    assert node['actions'] == ['cancel_consumer work']
-    assert node['after'] == dict(queues=[], active=0, reserved=0, concurrency=1, autoscale=None)
-    again = ansible.module('celery_worker', dict(broker_url=url, nodes=['drain@fleet'], state='drained'))
-    assert again['changed'] is False
-
-    stopped = ansible.module('celery_worker', dict(broker_url=url, nodes=['drain@fleet'], state='stopped',
-                                                   wait_timeout=60))
-    assert stopped['changed'] is True and stopped['nodes']['drain@fleet']['after'] is None
-    assert first.process.wait(30) == 0
-    gone = ansible.module('celery_worker', dict(broker_url=url, nodes=['drain@fleet'], state='stopped'))
-    assert gone['changed'] is False and gone['missing'] == ['drain@fleet']
-
-    # What the drained worker did not take waits in the queue; a new worker runs it.
-    second = workers.start(url, 'drain@fleet', ['work'], pool='threads', concurrency=2)
-    ansible.module('celery_queue_info', dict(broker_url=url, queues=['work'], max_messages=0, wait=True,
-                                             wait_timeout=60, wait_sleep=0.3))
-    done = {}
-    for _attempt in range(100):
-        done = succeeded(first, second)
-        if set(ids) <= set(done):
-            break
+def eventually(predicate, timeout):
+    """Whether ``predicate()`` became true within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.2)
-    assert set(done) == set(ids), (done, ids)
-    assert all(n == 1 for n in done.values()), done
+    return True
+
+
+def test_drain_stop_start_loses_no_task(broker, ansible, workers, tmp_path, monkeypatch, record_property):
+    """Every worker drained, stopped and started again while tasks keep coming: every submitted task runs."""
+    url = broker.url
+    nodes = ['drain1@fleet', 'drain2@fleet']
+    files = [str(tmp_path / 'ran-by-first.txt'), str(tmp_path / 'ran-by-second.txt')]
+
+    def generation(index):
+        monkeypatch.setenv('FLEET_RECORD_FILE', files[index])  # the workers' environment comes from ours
+        started = [workers.start(url, node, ['work'], ready=False, concurrency=2, prefetch=4) for node in nodes]
+        return [worker.wait_ready() for worker in started]
+
+    first = generation(0)
+    stream = TaskStream(url, ['work'])
+    try:
+        assert eventually(lambda: len(recorded(files[0])) >= 30, 60), 'the first workers ran nothing'
+        drained = ansible.module('celery_worker', dict(broker_url=url, nodes=nodes, state='drained',
+                                                       wait_timeout=120, wait_sleep=0.2))
+        ran_when_drained = len(recorded(files[0]))
+        assert not drained.get('failed'), drained
+        for node in nodes:
+            assert drained['nodes'][node]['actions'] == ['cancel_consumer work']
+            assert drained['nodes'][node]['after'] == dict(queues=[], active=0, reserved=0, concurrency=2,
+                                                           autoscale=None)
+        again = ansible.module('celery_worker', dict(broker_url=url, nodes=nodes, state='drained'))
+        assert again['changed'] is False
+
+        stopped = ansible.module('celery_worker', dict(broker_url=url, nodes=nodes, state='stopped',
+                                                       wait_timeout=60))
+        assert stopped['changed'] is True and [stopped['nodes'][node]['after'] for node in nodes] == [None, None]
+        assert [worker.process.wait(30) for worker in first] == [0, 0]
+        gone = ansible.module('celery_worker', dict(broker_url=url, nodes=nodes, state='stopped'))
+        assert gone['changed'] is False and gone['missing'] == nodes
+        # Drained means drained: once the module said so, those workers ran nothing more.
+        assert len(recorded(files[0])) == ran_when_drained
+
+        # What the drained workers did not take waited in the queue; new workers run it, and what keeps coming.
+        generation(1)
+        assert eventually(lambda: len(recorded(files[1])) >= 30, 60), 'the second workers ran nothing'
+    finally:
+        submitted = stream.stop()
+    eventually(lambda: set(submitted) <= set(recorded(files[0]) + recorded(files[1])), 90)
+    lost, duplicates = account(submitted, recorded(files[0]) + recorded(files[1]))
+    record_property('submitted', len(submitted))
+    record_property('duplicates', duplicates)
+    print('%d tasks submitted; ran more than once: %s' % (len(submitted), duplicates or 'none'))
+    assert not lost, '%d of %d submitted tasks never ran: %s' % (len(lost), len(submitted), lost[:10])
+    # A task run by both generations was held by a worker the module had called drained: it lost track.
+    both = set(recorded(files[0])) & set(recorded(files[1]))
+    assert not both, 'ran before the drain and again after the restart: %s' % sorted(both)
 
 
 def test_drain_timeout_reports_what_is_still_held(redis_env, ansible, workers):
