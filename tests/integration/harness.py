@@ -335,6 +335,18 @@ class Ansible(object):
         results = [task['hosts']['localhost'] for task in report['plays'][0]['tasks']]
         return results
 
+    def task_seconds(self):
+        """How long each task of the last play took, from the json callback's own timestamps."""
+        from datetime import datetime
+        text = self.last['stdout']
+        report = json.loads(text[0 if text.startswith('{') else text.find('\n{\n') + 1:])
+        out = []
+        for task in report['plays'][0]['tasks']:
+            duration = task['task']['duration']
+            start, end = (datetime.fromisoformat(duration[k].replace('Z', '+00:00')) for k in ('start', 'end'))
+            out.append((end - start).total_seconds())
+        return out
+
     def module(self, name, args, check=False, diff=False, **kwargs):
         """One module task; returns its result dict."""
         fqcn = name if '.' in name else 'celeryops.fleet.' + name

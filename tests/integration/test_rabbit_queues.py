@@ -7,7 +7,6 @@ in a queue and in which order.
 """
 
 import http.server
-import json
 import socket
 import threading
 import time
@@ -57,19 +56,6 @@ def closed_port():
     port = probe.getsockname()[1]
     probe.close()
     return port
-
-
-def task_seconds(ansible):
-    """Duration of each task of the last play, from the json callback's own timestamps."""
-    from datetime import datetime
-    text = ansible.last['stdout']
-    report = json.loads(text[0 if text.startswith('{') else text.find('\n{\n') + 1:])
-    out = []
-    for task in report['plays'][0]['tasks']:
-        duration = task['task']['duration']
-        start, end = (datetime.fromisoformat(duration[k].replace('Z', '+00:00')) for k in ('start', 'end'))
-        out.append((end - start).total_seconds())
-    return out
 
 
 def read_ids_eventually(env, name, expected, timeout=15):
@@ -417,7 +403,7 @@ def test_bad_input_fails_clearly(rabbit_env, ansible):
     assert 'HTTP 401 (check management_user and management_password)' in mgmt['management_error']
     # amqps:// to the plain port fails within connect_timeout (2 s) plus a second, not a hang. Ansible's own
     # per-task cost (seconds on a busy machine) is that of the task that fails before any network call.
-    seconds = task_seconds(ansible)
+    seconds = ansible.task_seconds()
     assert seconds[3] - seconds[6] < 2.0 + 1.0, seconds
 
 
