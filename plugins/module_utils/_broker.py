@@ -215,7 +215,7 @@ def parse_broker_url(url, password=None, timeout=DEFAULT_CONNECT_TIMEOUT, tls_ca
     key_file = tls_key_file or query.get('ssl_keyfile')
     if not tls and (ca_file or cert_file or key_file):
         # Also when they came from the URL query (ssl_ca_certs, ssl_certfile, ssl_keyfile): TLS was meant.
-        raise BrokerError('tls_ca_file, tls_cert_file and tls_key_file need a TLS broker URL (rediss:// or amqps://); '
+        raise BrokerError('tls_ca_file, tls_cert_file and tls_key_file need a TLS broker_url (rediss:// or amqps://); '
                           'refusing to connect in plaintext to %s' % scheme, option='broker_url')
     for option, path_value in (('tls_ca_file', ca_file), ('tls_cert_file', cert_file), ('tls_key_file', key_file)):
         if path_value and not os.path.isfile(path_value):
