@@ -356,6 +356,16 @@ def test_broker_refusals_redis(redis_env, redis_user, ansible):
         assert result['option'] in ('broker_url', 'broker_password', 'connect_timeout'), result
 
 
+def test_broker_down_names_the_endpoint_in_every_module(ansible):
+    down = {'redis://127.0.0.1:1/0': 'cannot connect to redis 127.0.0.1:1 db 0',
+            'amqp://guest:%s@127.0.0.1:1//' % SECRET: 'cannot connect to amqp 127.0.0.1:1 vhost /'}
+    cases = [(module, dict(MODULE_BASE[module], broker_url=url, expected_count=1) if module == 'celery_worker_info'
+              else dict(MODULE_BASE[module], broker_url=url), [expected])
+             for module in sorted(MODULE_BASE) for url, expected in sorted(down.items())]
+    for result in run_all(ansible, cases):
+        assert result['option'] == 'broker_url', result
+
+
 def test_silent_server_fails_within_timeout(silent_server, ansible):
     cases = [
         ('celery_queue_info', dict(broker_url='redis://127.0.0.1:%d/0' % silent_server, connect_timeout=1),
