@@ -87,6 +87,7 @@ MODULE_CASES = [
     # celery_queue
     ('celery_queue', 'queues', [], 'must name at least one queue'),
     ('celery_queue', 'queues', ABSENT, 'missing required arguments: queues'),
+    ('celery_queue', 'queues', {'name': 'q'}, TYPE + ' list'),
     ('celery_queue', 'state', 'gone', 'must be one of: purged, trimmed'),
     ('celery_queue', 'keep', 3, 'only goes with state: trimmed'),
     ('celery_queue', 'keep', given(-1, state='trimmed'), 'must be 0 or more'),
@@ -108,6 +109,7 @@ MODULE_CASES = [
     ('celery_worker_info', 'timeout', 0, 'must be a positive number of seconds'),
     ('celery_worker_info', 'timeout', 'nan', 'must be a positive number of seconds, got nan'),
     ('celery_worker_info', 'include', ['ping', 'everything'], 'must be one or more of'),
+    ('celery_worker_info', 'include', 'everything', 'must be one or more of'),
     ('celery_worker_info', 'wait', True, 'wait needs expected_nodes or expected_count'),
     ('celery_worker_info', 'wait_timeout', given('inf', wait=True, expected_count=1),
      'must be a positive number of seconds, got inf'),
@@ -115,6 +117,7 @@ MODULE_CASES = [
     ('celery_worker', 'nodes', ['x'], 'is not a node name like worker1@host'),
     ('celery_worker', 'nodes', [''], 'a node name is empty'),
     ('celery_worker', 'nodes', ['*@web[1'], "'[' without a closing ']'"),
+    ('celery_worker', 'nodes', {'w1@host': True}, TYPE + ' list'),
     ('celery_worker', 'state', 'paused', 'must be one of: consuming, drained, stopped'),
     ('celery_worker', 'state', ABSENT, 'nothing to do'),
     ('celery_worker', 'state', given('stopped', concurrency=2), 'state: stopped goes with neither'),
