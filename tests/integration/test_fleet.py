@@ -214,8 +214,8 @@ def test_rolling_restart_under_load_runs_every_task(fleet, fleet_broker, record_
     # Celery delivers at least once: a task run twice (a redelivery) is reported, a task never run fails.
     record_property('submitted', len(submitted))
     record_property('duplicates', duplicates)
-    print('%d tasks submitted during the rolling restart; ran more than once: %s' % (len(submitted),
-                                                                                    duplicates or 'none'))
+    print('%d tasks submitted during the rolling restart; ran more than once: %s'
+          % (len(submitted), duplicates or 'none'))
     assert len(submitted) > 100
     assert not lost, '%d of %d submitted tasks never ran: %s' % (len(lost), len(submitted), lost[:10])
 
