@@ -10,14 +10,14 @@ from collections.abc import Mapping
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._messages import (
-    NotAnEnvelope, decode_envelope, describe_message)
+    NotAnEnvelope, decode_envelope, describe_message, kind)
 
 
 def _mapping(value, what):
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise AnsibleFilterError('decode_message: %s must be a dict, got %s' % (what, type(value).__name__))
+        raise AnsibleFilterError('decode_message: %s must be a dict, got %s' % (what, kind(value)))
     return dict(value)
 
 
@@ -45,7 +45,7 @@ def decode_message(value, headers=None, properties=None):
 def _split_node(value, filter_name):
     if not isinstance(value, str):
         raise AnsibleFilterError("%s: expected a node name like 'worker1@host', got %s"
-                                 % (filter_name, type(value).__name__))
+                                 % (filter_name, kind(value)))
     name, at, host = value.partition('@')
     # As Celery's nodesplit: without '@' the whole string is the host.
     return (name, host) if at else (None, value)

@@ -79,7 +79,7 @@ from ansible.inventory.group import to_safe_group_name
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
 from ansible.utils.unsafe_proxy import wrap_var
 
-from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, parse_broker_url
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, check_seconds, parse_broker_url
 from ansible_collections.celeryops.fleet.plugins.module_utils._control import (
     INSPECT_COMMANDS, Control, Expectation)
 from ansible_collections.celeryops.fleet.plugins.module_utils._queues import missing_library
@@ -138,8 +138,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             raise AnsibleParserError('%s needs the %s Python library on the controller' % (self.NAME, missing[0]))
         try:
             timeout, count = self.get_option('timeout'), self.get_option('expected_count')
-            if timeout is None or not timeout > 0:
-                raise BrokerError('timeout must be a positive number of seconds, got %s' % timeout)
+            check_seconds(timeout, 'timeout')
             if count is not None and count < 1:
                 raise BrokerError('expected_count must be 1 or more, got %s' % count)
             broker = parse_broker_url(self.get_option('broker_url'), password=self.get_option('broker_password'),

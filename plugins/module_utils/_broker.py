@@ -58,6 +58,14 @@ class BrokerError(Exception):
         return self.msg
 
 
+def check_seconds(value, option):
+    """Refuse a duration option that is not a finite number above 0: NaN slips through ``<= 0`` and
+    would never end a wait, ``inf`` waits forever (or overflows a clock)."""
+    if value is None or not 0 < value < float('inf'):
+        raise BrokerError('%s must be a positive number of seconds, got %s' % (option, value), option=option)
+    return value
+
+
 def broker_argument_spec(keyprefix=False):
     """Options shared by every module that talks to a broker (doc fragment celeryops.fleet.broker),
     with kombu's global_keyprefix (fragment celeryops.fleet.broker.global_keyprefix) if asked."""
@@ -147,9 +155,7 @@ def parse_broker_url(url, password=None, timeout=DEFAULT_CONNECT_TIMEOUT, tls_ca
     if not url:
         raise BrokerError('broker_url is required: set the option or the CELERY_BROKER_URL environment variable',
                           option='broker_url')
-    if timeout is None or not 0 < timeout < float('inf'):  # also refuses NaN
-        raise BrokerError('connect_timeout must be a positive number of seconds, got %s' % timeout,
-                          option='connect_timeout')
+    check_seconds(timeout, 'connect_timeout')
     if '://' not in url:
         raise BrokerError("broker_url must look like redis://host:6379/0 or amqp://user@host:5672/vhost "
                           "(no '://' found)", option='broker_url')
@@ -209,7 +215,7 @@ def parse_broker_url(url, password=None, timeout=DEFAULT_CONNECT_TIMEOUT, tls_ca
     key_file = tls_key_file or query.get('ssl_keyfile')
     if not tls and (ca_file or cert_file or key_file):
         # Also when they came from the URL query (ssl_ca_certs, ssl_certfile, ssl_keyfile): TLS was meant.
-        raise BrokerError('tls_ca_file, tls_cert_file and tls_key_file need a TLS broker URL (rediss:// or amqps://); '
+        raise BrokerError('tls_ca_file, tls_cert_file and tls_key_file need a TLS broker_url (rediss:// or amqps://); '
                           'refusing to connect in plaintext to %s' % scheme, option='broker_url')
     for option, path_value in (('tls_ca_file', ca_file), ('tls_cert_file', cert_file), ('tls_key_file', key_file)):
         if path_value and not os.path.isfile(path_value):

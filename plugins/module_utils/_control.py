@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import time
 import uuid
 
@@ -61,6 +62,13 @@ def check_node_names(nodes, option):
     for node in nodes or []:
         if not node or not node.strip():
             raise BrokerError('%s: a node name is empty' % option, option=option)
+        if node != node.strip():
+            # It would never match the name a worker answers with.
+            raise BrokerError("%s: '%s' starts or ends with whitespace" % (option, node), option=option)
+        if re.search(r'\[[^\]]*$', node):
+            # fnmatch would take the '[' literally and match nothing, silently.
+            raise BrokerError("%s: '%s' is not a valid pattern: '[' without a closing ']'" % (option, node),
+                              option=option)
         if not is_pattern(node) and ('@' not in node or node.startswith('@') or node.endswith('@')):
             raise BrokerError("%s: '%s' is not a node name like worker1@host (or a pattern like *@host)"
                               % (option, node), option=option)

@@ -15,6 +15,7 @@ import json
 import operator
 import re
 import uuid
+from collections.abc import Mapping
 from itertools import repeat
 
 UNKNOWN_TASK = '<unknown>'
@@ -33,6 +34,14 @@ class NotAnEnvelope(ValueError):
     """The data is not a kombu message envelope; the message says what it is instead."""
 
 
+def kind(value):
+    """The plain type name of ``value`` for messages: templating hands plugins subclasses of int, str,
+    dict, list whose own names (_AnsibleTaggedInt) mean nothing to a user."""
+    if isinstance(value, Mapping):
+        return 'dict'
+    return next(k.__name__ for k in type(value).__mro__ if k.__module__ == 'builtins')
+
+
 def _describe(value):
     text = value if isinstance(value, str) else repr(value)
     return (text[:60] + '...') if len(text) > 60 else text
@@ -49,14 +58,14 @@ def load_envelope(raw):
             except UnicodeDecodeError:
                 raise NotAnEnvelope('not a kombu message: %d bytes that are not UTF-8 text' % len(raw))
         if not isinstance(raw, str):
-            raise NotAnEnvelope('not a kombu message: expected a JSON string, got %s' % type(raw).__name__)
+            raise NotAnEnvelope('not a kombu message: expected a JSON string, got %s' % kind(raw))
         try:
             envelope = json.loads(raw)
         except ValueError:
             raise NotAnEnvelope('not a kombu message: not JSON (%s)' % _describe(raw))
     if not isinstance(envelope, dict) or not ('headers' in envelope or 'body' in envelope):
         raise NotAnEnvelope('not a kombu message: a JSON %s without "headers" or "body" (%s)'
-                            % (type(envelope).__name__, _describe(raw)))
+                            % (kind(envelope), _describe(raw)))
     return envelope
 
 

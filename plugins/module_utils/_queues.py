@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, broker_from_params
 from ansible_collections.celeryops.fleet.plugins.module_utils import _redis_queues
 
@@ -47,6 +49,8 @@ def open_queues(params):
                           option='priority_steps')
     if params.get('sep') == '':
         raise BrokerError('sep must not be empty', option='sep')
+    if params.get('management_url'):
+        check_management_url(params['management_url'])
     if broker.transport == 'redis':
         layout = _redis_queues.RedisLayout(params.get('global_keyprefix') or '',
                                            steps or _redis_queues.DEFAULT_PRIORITY_STEPS,
@@ -56,6 +60,22 @@ def open_queues(params):
     management = amqp.Management(broker, params.get('management_url'), params.get('management_user'),
                                  params.get('management_password'), params.get('management_validate_certs', True))
     return amqp.AmqpQueues(broker, management)
+
+
+def check_management_url(url):
+    """An http(s) URL with a host and a valid port, or BrokerError naming management_url. The value
+    is not echoed: it may hold credentials."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise BrokerError('management_url: malformed URL (a port from 1 to 65535; an IPv6 host in brackets)',
+                          option='management_url')
+    if parts.scheme.lower() not in ('http', 'https') or not parts.hostname:
+        raise BrokerError('management_url must be an http:// or https:// URL with a host, such as '
+                          'http://rabbit.internal:15672 (the management API, not the AMQP URL)', option='management_url')
 
 
 def check_queue_names(names, option='queues', what='queue'):

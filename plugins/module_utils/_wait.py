@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, check_seconds
 
 
 def wait_argument_spec():
@@ -21,9 +21,8 @@ def wait_argument_spec():
 
 def check_wait_params(params):
     for option in ('wait_timeout', 'wait_sleep'):
-        if params[option] is not None and params[option] <= 0:
-            raise BrokerError('%s must be a positive number of seconds, got %s' % (option, params[option]),
-                              option=option)
+        if params[option] is not None:
+            check_seconds(params[option], option)
 
 
 def wait_until(probe, timeout, sleep, describe):

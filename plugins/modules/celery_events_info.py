@@ -174,15 +174,13 @@ broker:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
-    BrokerError, broker_argument_spec, broker_from_params, fail_from_error)
+    BrokerError, broker_argument_spec, broker_from_params, check_seconds, fail_from_error)
 from ansible_collections.celeryops.fleet.plugins.module_utils._events import EVENT_TYPES, EventSummary, listen
 from ansible_collections.celeryops.fleet.plugins.module_utils._queues import missing_library
 
 
 def check_params(params):
-    if not params['duration'] > 0 or params['duration'] == float('inf'):  # also refuses NaN
-        raise BrokerError('duration must be a positive number of seconds, got %s' % params['duration'],
-                          option='duration')
+    check_seconds(params['duration'], 'duration')
     if params['max_events'] is not None and params['max_events'] < 1:
         raise BrokerError('max_events must be 1 or more, got %d' % params['max_events'], option='max_events')
     if params['max_failures'] < 0:

@@ -148,7 +148,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
-    BrokerError, broker_argument_spec, broker_from_params, fail_from_error)
+    BrokerError, broker_argument_spec, broker_from_params, check_seconds, fail_from_error)
 from ansible_collections.celeryops.fleet.plugins.module_utils._control import (
     Control, Expectation, check_node_names)
 from ansible_collections.celeryops.fleet.plugins.module_utils._queues import missing_library
@@ -184,9 +184,7 @@ def check_params(params):
     if params['exclusive'] and params['state'] != 'consuming':
         raise BrokerError('exclusive only goes with state: consuming', option='exclusive')
     for option in ('timeout', 'wait_timeout', 'wait_sleep'):
-        if params[option] <= 0:
-            raise BrokerError('%s must be a positive number of seconds, got %s' % (option, params[option]),
-                              option=option)
+        check_seconds(params[option], option)
 
 
 class Fleet(object):

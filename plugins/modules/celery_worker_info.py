@@ -139,7 +139,7 @@ broker:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
-    BrokerError, broker_argument_spec, broker_from_params, fail_from_error, redact_secrets)
+    BrokerError, broker_argument_spec, broker_from_params, check_seconds, fail_from_error, redact_secrets)
 from ansible_collections.celeryops.fleet.plugins.module_utils._control import (
     INSPECT_COMMANDS, Control, Expectation, check_node_names)
 from ansible_collections.celeryops.fleet.plugins.module_utils._queues import missing_library
@@ -152,8 +152,7 @@ def check_params(params):
     check_node_names(params['expected_nodes'], 'expected_nodes')
     if params['expected_count'] is not None and params['expected_count'] < 0:
         raise BrokerError('expected_count must be 0 or more, got %d' % params['expected_count'], option='expected_count')
-    if params['timeout'] <= 0:
-        raise BrokerError('timeout must be a positive number of seconds, got %s' % params['timeout'], option='timeout')
+    check_seconds(params['timeout'], 'timeout')
     if params['wait'] and not (params['expected_nodes'] or params['expected_count']):
         raise BrokerError('wait needs expected_nodes or expected_count: there is nothing to wait for', option='wait')
 

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -98,6 +99,21 @@ class RabbitBroker(object):
                          {'count': count, 'ackmode': 'ack_requeue_true', 'encoding': 'auto'})
         return [m['properties']['headers']['id'] for m in got]
 
+    def messages(self, name):
+        """Every ready message of a queue in delivery order, read and requeued: body (base64), AMQP properties
+        (headers included), exchange and routing key. Not the redelivered flag, which reading sets."""
+        got = management('POST', '/api/queues/%s/%s/get' % (self.qvhost, urllib.parse.quote(name, safe='')),
+                         {'count': 1000000, 'ackmode': 'ack_requeue_true', 'encoding': 'base64'})
+        return [dict((k, m[k]) for k in ('payload', 'payload_encoding', 'properties', 'exchange', 'routing_key'))
+                for m in got]
+
+    def snapshot(self, exclude=()):
+        """queue name -> messages(name) for every queue of the vhost (but exclusive ones, which only their
+        owner may read): exact content to compare before/after."""
+        queues = management('GET', '/api/queues/%s?columns=name,exclusive' % self.qvhost) or []
+        return dict((q['name'], self.messages(q['name'])) for q in queues
+                    if q['name'] not in exclude and not q.get('exclusive'))
+
     def wait_for(self, name, predicate, timeout=60):
         """Poll the management API (its statistics lag) until predicate(record) holds."""
         deadline = time.monotonic() + timeout
@@ -162,6 +178,56 @@ def publish(url, task, queue, args=(), count=1, priority=None, global_keyprefix=
             result = app.send_task(task, args=args, queue=queue, priority=priority, producer=producer, **options)
             ids.append(result.id)
     return ids
+
+
+def recorded(path):
+    """Task ids a fleet_tasks.record file holds, one per run."""
+    try:
+        with open(path) as handle:
+            return [line.strip() for line in handle if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def account(submitted, executed):
+    """(lost, duplicates) of a no-loss test: the submitted task ids that never ran, and id -> runs for those
+    that ran more than once (Celery delivers at least once: tests report duplicates, they fail on loss)."""
+    runs = {}
+    for task_id in executed:
+        runs[task_id] = runs.get(task_id, 0) + 1
+    return (sorted(set(submitted) - set(runs)),
+            dict((task_id, n) for task_id, n in sorted(runs.items()) if n > 1))
+
+
+class TaskStream(object):
+    """A thread submitting fleet_tasks.record to ``queues`` in turn until stop(), one in ten taking a while
+    (so that workers hold prefetched messages at any moment); stop() returns every id submitted."""
+
+    def __init__(self, url, queues, pause=0.01, slow=0.3):
+        self.url, self.queues, self.pause, self.slow = url, queues, pause, slow
+        self.submitted, self.errors = [], []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        index = 0
+        while not self.stopping.is_set():
+            seconds = self.slow if index % 10 == 0 else 0
+            try:
+                self.submitted.extend(publish(self.url, 'fleet_tasks.record', self.queues[index % len(self.queues)],
+                                              args=(seconds,)))
+            except Exception as exc:  # stop() fails with it: a stream that ended early proves little
+                self.errors.append(repr(exc))
+                return
+            index += 1
+            time.sleep(self.pause)
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(30)
+        assert not self.errors, 'publishing failed: %s' % self.errors
+        return self.submitted
 
 
 # -- Celery workers --------------------------------------------------------------------------
@@ -268,6 +334,18 @@ class Ansible(object):
                                  % (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:]))
         results = [task['hosts']['localhost'] for task in report['plays'][0]['tasks']]
         return results
+
+    def task_seconds(self):
+        """How long each task of the last play took, from the json callback's own timestamps."""
+        from datetime import datetime
+        text = self.last['stdout']
+        report = json.loads(text[0 if text.startswith('{') else text.find('\n{\n') + 1:])
+        out = []
+        for task in report['plays'][0]['tasks']:
+            duration = task['task']['duration']
+            start, end = (datetime.fromisoformat(duration[k].replace('Z', '+00:00')) for k in ('start', 'end'))
+            out.append((end - start).total_seconds())
+        return out
 
     def module(self, name, args, check=False, diff=False, **kwargs):
         """One module task; returns its result dict."""

@@ -7,7 +7,6 @@ in a queue and in which order.
 """
 
 import http.server
-import json
 import socket
 import threading
 import time
@@ -57,19 +56,6 @@ def closed_port():
     port = probe.getsockname()[1]
     probe.close()
     return port
-
-
-def task_seconds(ansible):
-    """Duration of each task of the last play, from the json callback's own timestamps."""
-    from datetime import datetime
-    text = ansible.last['stdout']
-    report = json.loads(text[0 if text.startswith('{') else text.find('\n{\n') + 1:])
-    out = []
-    for task in report['plays'][0]['tasks']:
-        duration = task['task']['duration']
-        start, end = (datetime.fromisoformat(duration[k].replace('Z', '+00:00')) for k in ('start', 'end'))
-        out.append((end - start).total_seconds())
-    return out
 
 
 def read_ids_eventually(env, name, expected, timeout=15):
@@ -274,20 +260,32 @@ def test_min_consumers_wait(rabbit_env, ansible, workers):
 
 # -- celery_queue ------------------------------------------------------------------------------
 
+def bystanders(url):
+    """Queues no test targets: priorities, two tasks, names like the targets'. Returns their names."""
+    publish(url, ADD, 'keepme', args=(2, 2), count=3)
+    publish(url, MAIL, 'keepme', args=('k',), count=2, priority=6)
+    publish(url, MAIL, 'junk2', args=('j',), count=2)
+    publish(url, MAIL, 'mixed.other', args=('o',), count=2, priority=3)
+    return ['keepme', 'junk2', 'mixed.other']
+
+
+def task_header(message):
+    return message['properties']['headers']['task']
+
+
 def test_purge_check_real_idempotent_and_nothing_else_touched(rabbit_env, ansible):
     url = rabbit_env.url
     publish(url, ADD, 'junk', args=(1, 1), count=5)
     publish(url, MAIL, 'junk', args=('x',), count=3, priority=6)
-    keep = publish(url, ADD, 'keepme', args=(2, 2), count=4)
-    junk = rabbit_env.read_ids('junk')
-    assert len(junk) == 8
+    others = bystanders(url)
+    before = rabbit_env.snapshot()
+    assert len(before['junk']) == 8 and sorted(before) == sorted(others + ['junk'])
 
     check = ansible.module('celery_queue', dict(broker_url=url, queues=['junk']), check=True, diff=True)
     assert ok(check)['changed'] is True
     assert check['queues'] == [dict(name='junk', exists=True, before=8, removed=8, after=0, unacked=0)]
     assert check['diff'] == dict(before={'junk': 8}, after={'junk': 0})
-    assert rabbit_env.read_ids('junk') == junk
-    assert rabbit_env.read_ids('keepme') == keep
+    assert rabbit_env.snapshot() == before  # every message, body and properties, in order
 
     real, again = ansible.play([
         dict(change(broker_url=url, queues=['junk', 'ghost']), diff=True),
@@ -300,35 +298,35 @@ def test_purge_check_real_idempotent_and_nothing_else_touched(rabbit_env, ansibl
     assert not [w for w in real.get('warnings', []) if 'unacknowledged' in w]
     assert ok(again)['changed'] is False
     assert again['queues'] == [dict(name='junk', exists=True, before=0, removed=0, after=0, unacked=0)]
-    assert rabbit_env.read_ids('junk') == []
-    assert rabbit_env.read_ids('keepme') == keep
+    assert rabbit_env.snapshot() == dict(before, junk=[])  # 'ghost' was not created
 
 
 def test_filtered_purge_keeps_the_rest_in_order(rabbit_env, ansible):
     url = rabbit_env.url
-    task_of = {}
     for i in range(10):
-        task = MAIL if i % 3 == 0 else ADD
-        for task_id in publish(url, task, 'mixed', args=('m%d' % i,) if task == MAIL else (i, i)):
-            task_of[task_id] = task
-    for task_id in publish(url, MAIL, 'mixed', args=('hi',), count=2, priority=3):
-        task_of[task_id] = MAIL
-    other = publish(url, MAIL, 'bystander', args=('o',), count=2)
-    order = rabbit_env.read_ids('mixed')
-    assert len(order) == 12 and [task_of[i] for i in order[:2]] == [MAIL, MAIL]  # priority 3 first
+        if i % 3 == 0:
+            publish(url, MAIL, 'mixed', args=('m%d' % i,))
+        else:
+            publish(url, ADD, 'mixed', args=(i, i))
+    publish(url, MAIL, 'mixed', args=('hi',), count=2, priority=3)
+    publish(url, ADD, 'mixed', args=(7, 7), count=2, priority=5)
+    bystanders(url)
+    before = rabbit_env.snapshot()
+    order = before['mixed']
+    assert len(order) == 14 and [task_header(m) for m in order[:4]] == [ADD, ADD, MAIL, MAIL]  # priority first
 
     args = dict(broker_url=url, queues=['mixed'], task_names=[MAIL])
     check = ansible.module('celery_queue', args, check=True)
     assert ok(check)['changed'] is True
-    assert check['queues'] == [dict(name='mixed', exists=True, before=12, removed=6, after=6, unacked=0)]
-    assert rabbit_env.read_ids('mixed') == order
+    assert check['queues'] == [dict(name='mixed', exists=True, before=14, removed=6, after=8, unacked=0)]
+    assert rabbit_env.snapshot() == before
 
     real, again = ansible.play([change(**args), change(**args)])
     assert ok(real)['changed'] is True
-    assert real['queues'] == [dict(name='mixed', exists=True, before=12, removed=6, after=6, unacked=0)]
+    assert real['queues'] == [dict(name='mixed', exists=True, before=14, removed=6, after=8, unacked=0)]
     assert ok(again)['changed'] is False and again['queues'][0]['removed'] == 0
-    assert rabbit_env.read_ids('mixed') == [i for i in order if task_of[i] == ADD]
-    assert rabbit_env.read_ids('bystander') == other
+    # The kept messages are the same messages (body, headers, properties) in the same order.
+    assert rabbit_env.snapshot() == dict(before, mixed=[m for m in order if task_header(m) != MAIL])
 
 
 def test_trim_oldest_and_newest(rabbit_env, ansible):
@@ -337,12 +335,16 @@ def test_trim_oldest_and_newest(rabbit_env, ansible):
     low = publish(url, ADD, 'pri', args=(1, 1), count=3)
     high = publish(url, MAIL, 'pri', args=('p',), count=3, priority=9)  # runs first on RabbitMQ
     publish(url, ADD, 'pri2', args=(1, 1), count=3)
-    high2 = publish(url, MAIL, 'pri2', args=('p',), count=3, priority=9)
+    publish(url, MAIL, 'pri2', args=('p',), count=3, priority=9)
+    bystanders(url)
+    before = rabbit_env.snapshot()
+    assert [m['properties']['headers']['id'] for m in before['trimq']] == ids
+    assert [m['properties']['headers']['id'] for m in before['pri']] == high + low
 
     check = ansible.module('celery_queue', dict(broker_url=url, queues=['trimq'], state='trimmed', keep=6),
                            check=True)
     assert ok(check)['queues'] == [dict(name='trimq', exists=True, before=10, removed=4, after=6, unacked=0)]
-    assert rabbit_env.read_ids('trimq') == ids
+    assert rabbit_env.snapshot() == before
 
     oldest, newest, again, pri, pri2 = ansible.play([
         change(broker_url=url, queues=['trimq'], state='trimmed', keep=6),
@@ -354,12 +356,11 @@ def test_trim_oldest_and_newest(rabbit_env, ansible):
     assert ok(oldest)['queues'] == [dict(name='trimq', exists=True, before=10, removed=4, after=6, unacked=0)]
     assert ok(newest)['queues'] == [dict(name='trimq', exists=True, before=6, removed=4, after=2, unacked=0)]
     assert ok(again)['changed'] is False and again['queues'][0]['removed'] == 0
-    assert rabbit_env.read_ids('trimq') == ids[4:6]
     # Run order is priority 9 first: "oldest" means "would run next".
     assert ok(pri)['queues'][0]['removed'] == 2
-    assert rabbit_env.read_ids('pri') == high[2:] + low
     assert ok(pri2)['queues'][0]['removed'] == 4
-    assert rabbit_env.read_ids('pri2') == high2[:2]
+    assert rabbit_env.snapshot() == dict(before, trimq=before['trimq'][4:6], pri=before['pri'][2:],
+                                         pri2=before['pri2'][:2])
 
 
 # -- bad input ---------------------------------------------------------------------------------
@@ -402,7 +403,7 @@ def test_bad_input_fails_clearly(rabbit_env, ansible):
     assert 'HTTP 401 (check management_user and management_password)' in mgmt['management_error']
     # amqps:// to the plain port fails within connect_timeout (2 s) plus a second, not a hang. Ansible's own
     # per-task cost (seconds on a busy machine) is that of the task that fails before any network call.
-    seconds = task_seconds(ansible)
+    seconds = ansible.task_seconds()
     assert seconds[3] - seconds[6] < 2.0 + 1.0, seconds
 
 

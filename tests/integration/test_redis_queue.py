@@ -1,4 +1,13 @@
-"""celery_queue (purge, filtered purge, trim) against a real Redis: exact effects, nothing else touched."""
+"""celery_queue (purge, filtered purge, trim) against a real Redis: exact effects, nothing else touched.
+
+The reference is the database itself: DUMP of every key before and after (priority sub-queues, the
+unacked hash and index, kombu's binding sets), and the raw list elements of the target queue.
+"""
+
+import json
+import time
+
+import pytest
 
 from harness import publish
 
@@ -6,107 +15,166 @@ ADD = 'fleet_tasks.add'
 MAIL = 'fleet_tasks.mail'
 SLEEP = 'fleet_tasks.sleep'
 SEP = b'\x06\x16'
+STEPS = (0, 3, 6, 9)
+FOREIGN = b'not a kombu message'  # something else pushed onto the list: a filtered purge keeps it
 
 
-def ids_in_run_order(client, queue, steps=(0, 3, 6, 9)):
+def step_key(queue, step):
+    return queue.encode() + (SEP + str(step).encode() if step else b'')
+
+
+def ids_in_run_order(client, queue, steps=STEPS):
     """Task ids of a queue in the order workers would take them (tail first, low steps first)."""
-    import json
     out = []
     for step in steps:
-        key = queue.encode() + (SEP + str(step).encode() if step else b'')
-        out.extend(json.loads(raw)['headers']['id'] for raw in reversed(client.lrange(key, 0, -1)))
+        out.extend(json.loads(raw)['headers']['id'] for raw in reversed(client.lrange(step_key(queue, step), 0, -1)))
     return out
 
 
 def queue_keys(queue):
-    return [queue.encode()] + [queue.encode() + SEP + s for s in (b'3', b'6', b'9')]
+    return [step_key(queue, step) for step in STEPS]
 
 
-def test_purge_check_real_idempotent_and_nothing_else_touched(redis_env, ansible, workers):
+def elements(client, queue):
+    """step -> the raw elements of that sub-queue, as stored (head first)."""
+    return dict((step, client.lrange(step_key(queue, step), 0, -1)) for step in STEPS)
+
+
+def run_order(lists):
+    """Raw elements in the order workers take them: low steps first, each list from its tail."""
+    return [raw for step in STEPS for raw in reversed(lists[step])]
+
+
+def task_of(raw):
+    try:
+        return json.loads(raw)['headers']['task']
+    except ValueError:
+        return None
+
+
+@pytest.fixture
+def loaded(redis_env, workers):
+    """A database as a busy broker has it: queue 'target' at every priority step with tasks interleaved
+    (and a foreign element); messages of 'target' and 'held' taken by workers that were then killed, so
+    they stay in the unacked hash and index; bystanders at several steps, one named like the target;
+    and keys that are no queue. Returns the snapshot of every key."""
     url, client = redis_env.url, redis_env.client
-    publish(url, ADD, 'junk', args=(1, 1), count=5)
-    publish(url, MAIL, 'junk', args=('x',), count=3, priority=6)
-    publish(url, ADD, 'keepme', args=(2, 2), count=4)
-    client.set('unrelated', 'value')
-    client.hset('unacked', 'fake-tag', '[{"headers": {}}, "junk", "junk"]')  # must survive
-    before = redis_env.snapshot()
-    untouched = redis_env.snapshot(exclude=queue_keys('junk'))
+    holders = [workers.start(url, 'hold-%s@fleet' % queue, [queue], concurrency=1, prefetch=1, ready=False)
+               for queue in ('held', 'target')]
+    for holder in holders:
+        holder.wait_ready()
+    publish(url, SLEEP, 'held', args=(60,), count=3)
+    publish(url, SLEEP, 'target', args=(60,), count=3)
+    deadline, steady = time.monotonic() + 30, 0
+    while time.monotonic() < deadline and steady < 3:
+        queues = sorted(json.loads(raw)[2] for raw in client.hvals('unacked'))
+        steady = steady + 1 if queues == ['held', 'target'] and client.zcard('unacked_index') == 2 else 0
+        time.sleep(0.2)
+    for holder in holders:
+        holder.kill()  # not a clean close: what they held stays unacked
+    assert sorted(json.loads(raw)[2] for raw in client.hvals('unacked')) == ['held', 'target']
 
-    args = dict(broker_url=url, queues=['junk'])
-    check, real, again = ansible.play([
-        {'celeryops.fleet.celery_queue': args, 'check_mode': True, 'diff': True},
+    for i in range(8):
+        publish(url, MAIL if i % 3 == 0 else ADD, 'target', args=('m%d' % i,) if i % 3 == 0 else (i, i))
+    client.lpush('target', FOREIGN)
+    publish(url, MAIL, 'target', args=('three',), count=3, priority=3)  # step 3: only MAIL
+    publish(url, ADD, 'target', args=(6, 6), count=2, priority=6)      # step 6: only ADD
+    publish(url, MAIL, 'target', args=('nine',), priority=9)
+    publish(url, ADD, 'target', args=(9, 9), priority=9)
+    for queue in ('other', 'targetx', 'targe'):
+        publish(url, MAIL, queue, args=('o',), count=2)
+        publish(url, ADD, queue, args=(1, 1), count=2, priority=6)
+    publish(url, MAIL, 'targetx', args=('x',), priority=3)
+    client.set('unrelated', 'value')
+    client.hset('some-hash', 'field', 'target')
+    snapshot = redis_env.snapshot()
+    # The workers bound their queues; a publisher binds a queue once per process (kombu keeps its
+    # bindings in memory), so the bystanders published to may have none in this database.
+    for key in (b'unacked', b'unacked_index', b'_kombu.binding.target', b'_kombu.binding.held',
+                step_key('other', 6), step_key('targetx', 3)):
+        assert key in snapshot, key
+    assert all(elements(client, 'target')[step] for step in STEPS)
+    return snapshot
+
+
+def test_purge_check_real_idempotent_and_nothing_else_touched(redis_env, loaded, ansible):
+    client = redis_env.client
+    total = sum(len(lst) for lst in elements(client, 'target').values())
+    args = dict(broker_url=redis_env.url, queues=['target'])
+
+    check = ansible.module('celery_queue', args, check=True, diff=True)
+    assert check['changed'] is True
+    assert check['queues'] == [dict(name='target', exists=True, before=total, removed=total, after=0, unacked=1)]
+    assert check['diff'] == dict(before={'target': total}, after={'target': 0})
+    assert redis_env.snapshot() == loaded  # check mode changed nothing at all
+
+    real, again = ansible.play([
         {'celeryops.fleet.celery_queue': args, 'diff': True},
         {'celeryops.fleet.celery_queue': args},
     ])
-    assert check['changed'] is True
-    assert check['queues'] == [dict(name='junk', exists=True, before=8, removed=8, after=0, unacked=1)]
-    assert check['diff'] == dict(before={'junk': 8}, after={'junk': 0})
     assert real['changed'] is True
-    assert real['queues'] == [dict(name='junk', exists=True, before=8, removed=8, after=0, unacked=1)]
-    assert any('held unacknowledged' in w for w in real.get('warnings', []))
+    assert real['queues'] == [dict(name='target', exists=True, before=total, removed=total, after=0, unacked=1)]
+    assert any("queue 'target' has 1 messages held unacknowledged" in w for w in real.get('warnings', []))
     assert again['changed'] is False and again['queues'][0]['removed'] == 0
-    # Check mode changed nothing; the real run removed only the queue's own keys.
-    after = redis_env.snapshot()
-    assert after == untouched
-    assert set(before) - set(after) == {b'junk', b'junk' + SEP + b'6'}
+    # Only the target's own lists went; its unacked message, its binding and every other key are as they were.
+    assert redis_env.snapshot() == dict((k, v) for k, v in loaded.items() if k not in queue_keys('target'))
 
 
-def test_filtered_purge_keeps_the_rest_in_order(redis_env, ansible):
-    url, client = redis_env.url, redis_env.client
-    for i in range(10):
-        publish(url, ADD if i % 3 else MAIL, 'mixed', args=(i, i) if i % 3 else ('m%d' % i,))
-    publish(url, MAIL, 'mixed', args=('hi',), count=2, priority=3)
-    publish(url, MAIL, 'other', args=('o',), count=2)
-    order = ids_in_run_order(client, 'mixed')
-    untouched = redis_env.snapshot(exclude=queue_keys('mixed'))
+def test_filtered_purge_keeps_the_rest_byte_for_byte_in_order(redis_env, loaded, ansible):
+    client = redis_env.client
+    before = elements(client, 'target')
+    mails = sum(1 for lst in before.values() for raw in lst if task_of(raw) == MAIL)
+    total = sum(len(lst) for lst in before.values())
+    args = dict(broker_url=redis_env.url, queues=['target'], task_names=[MAIL])
 
-    args = dict(broker_url=url, queues=['mixed'], task_names=[MAIL])
     check = ansible.module('celery_queue', args, check=True)
-    assert check['changed'] is True and check['queues'][0]['removed'] == 6
-    assert ids_in_run_order(client, 'mixed') == order
+    assert check['changed'] is True and check['queues'][0]['removed'] == mails
+    assert redis_env.snapshot() == loaded
 
-    real = ansible.module('celery_queue', args)
-    assert real['queues'][0] == dict(name='mixed', exists=True, before=12, removed=6, after=6, unacked=0)
-    import json
-    kept = ids_in_run_order(client, 'mixed')
-    tasks = dict((json.loads(raw)['headers']['id'], json.loads(raw)['headers']['task'])
-                 for raw in client.lrange('mixed', 0, -1))
-    assert set(tasks.values()) == {ADD}
-    assert kept == [i for i in order if i in tasks]
-    assert redis_env.snapshot(exclude=queue_keys('mixed')) == untouched
-    assert ansible.module('celery_queue', args)['changed'] is False
+    real, again = ansible.play([{'celeryops.fleet.celery_queue': args}, {'celeryops.fleet.celery_queue': args}])
+    assert real['queues'][0] == dict(name='target', exists=True, before=total, removed=mails, after=total - mails,
+                                     unacked=1)
+    assert again['changed'] is False and again['queues'][0]['removed'] == 0
+    # Per sub-queue: exactly the other messages, the same bytes, in the same order; step 3 held only MAIL.
+    after = elements(client, 'target')
+    assert after == dict((step, [raw for raw in before[step] if task_of(raw) != MAIL]) for step in STEPS)
+    assert after[3] == [] and FOREIGN in after[0]
+    assert redis_env.snapshot(exclude=queue_keys('target')) == dict(
+        (k, v) for k, v in loaded.items() if k not in queue_keys('target'))
 
 
-def test_trim_oldest_and_newest(redis_env, ansible):
-    url, client = redis_env.url, redis_env.client
-    ids = publish(url, ADD, 'trimq', args=(1, 1), count=10)
-    check = ansible.module('celery_queue', dict(broker_url=url, queues=['trimq'], state='trimmed', keep=6),
-                           check=True)
-    assert check['queues'][0]['removed'] == 4 and ids_in_run_order(client, 'trimq') == ids
+def test_trim_across_priority_steps_byte_for_byte(redis_env, loaded, ansible):
+    client = redis_env.client
+    order = run_order(elements(client, 'target'))
+    total = len(order)
 
-    oldest = ansible.module('celery_queue', dict(broker_url=url, queues=['trimq'], state='trimmed', keep=6))
-    assert oldest['changed'] and oldest['queues'][0]['removed'] == 4
-    assert ids_in_run_order(client, 'trimq') == ids[4:]
+    def expect_kept(kept):
+        """The sub-queues hold exactly ``kept`` (raw elements), each in its place."""
+        assert run_order(elements(client, 'target')) == kept
+        assert redis_env.snapshot(exclude=queue_keys('target')) == dict(
+            (k, v) for k, v in loaded.items() if k not in queue_keys('target'))
 
-    newest = ansible.module('celery_queue', dict(broker_url=url, queues=['trimq'], state='trimmed', keep=2,
-                                                 drop='newest'))
-    assert newest['queues'][0] == dict(name='trimq', exists=True, before=6, removed=4, after=2, unacked=0)
-    assert ids_in_run_order(client, 'trimq') == ids[4:6]
+    check = ansible.module('celery_queue', dict(broker_url=redis_env.url, queues=['target'], state='trimmed',
+                                                keep=5), check=True)
+    assert check['queues'][0]['removed'] == total - 5
+    assert redis_env.snapshot() == loaded
 
-    again = ansible.module('celery_queue', dict(broker_url=url, queues=['trimq'], state='trimmed', keep=2))
+    oldest = ansible.module('celery_queue', dict(broker_url=redis_env.url, queues=['target'], state='trimmed',
+                                                 keep=total - 3))
+    assert oldest['changed'] and oldest['queues'][0]['removed'] == 3
+    expect_kept(order[3:])
+
+    # Dropping the newest empties steps 9, 6 and 3 and cuts step 0 from its head.
+    newest = ansible.module('celery_queue', dict(broker_url=redis_env.url, queues=['target'], state='trimmed',
+                                                 keep=4, drop='newest'))
+    assert newest['queues'][0] == dict(name='target', exists=True, before=total - 3, removed=total - 7, after=4,
+                                       unacked=1)
+    expect_kept(order[3:7])
+
+    again = ansible.module('celery_queue', dict(broker_url=redis_env.url, queues=['target'], state='trimmed',
+                                                keep=4))
     assert again['changed'] is False
-
-
-def test_trim_across_priority_steps(redis_env, ansible):
-    url, client = redis_env.url, redis_env.client
-    low = publish(url, ADD, 'pri', args=(1, 1), count=3)             # step 0 runs first
-    high = publish(url, ADD, 'pri', args=(1, 1), count=3, priority=9)  # step 9 runs last
-    result = ansible.module('celery_queue', dict(broker_url=url, queues=['pri'], state='trimmed', keep=4))
-    assert result['queues'][0]['removed'] == 2
-    assert ids_in_run_order(client, 'pri') == low[2:] + high
-    result = ansible.module('celery_queue', dict(broker_url=url, queues=['pri'], state='trimmed', keep=1,
-                                                 drop='newest'))
-    assert ids_in_run_order(client, 'pri') == low[2:3]
+    expect_kept(order[3:7])
 
 
 def test_missing_queue_is_not_a_failure(redis_env, ansible):
@@ -119,7 +187,6 @@ def test_unacked_messages_are_reported_not_purged(redis_env, ansible, workers):
     url, client = redis_env.url, redis_env.client
     workers.start(url, 'hold1@fleet', ['held'], concurrency=1, prefetch=2)
     publish(url, SLEEP, 'held', args=(30,), count=5)
-    import time
     deadline = time.monotonic() + 20
     while client.hlen('unacked') < 2 and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -60,8 +60,10 @@ def flaky(self, failures):
 
 
 @app.task(name='fleet_tasks.record', bind=True)
-def record(self):
-    """Append this task's id to FLEET_RECORD_FILE: the fleet tests check that every submitted task ran, once."""
+def record(self, seconds=0):
+    """Append this task's id to FLEET_RECORD_FILE once it has run (for ``seconds``): the no-loss tests check
+    that every submitted task ran."""
+    time.sleep(seconds)
     # One short O_APPEND write per task: lines from concurrent workers do not interleave.
     with open(os.environ['FLEET_RECORD_FILE'], 'a') as handle:
         handle.write(self.request.id + '\n')

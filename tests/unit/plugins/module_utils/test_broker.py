@@ -376,7 +376,7 @@ def test_tls_options(pem):
 def test_tls_files_on_plaintext_url_refused(pem, option, url):
     error = error_of(url, **{option: pem[option.split('_')[1]]})
     scheme = url.split('://')[0]
-    assert error.msg == ('tls_ca_file, tls_cert_file and tls_key_file need a TLS broker URL (rediss:// or amqps://); '
+    assert error.msg == ('tls_ca_file, tls_cert_file and tls_key_file need a TLS broker_url (rediss:// or amqps://); '
                          'refusing to connect in plaintext to %s' % scheme)
     assert error.option == 'broker_url'
     assert_no_secret(error)
