@@ -266,8 +266,20 @@ class Ansible(object):
         except ValueError:
             raise AssertionError('ansible-playbook did not print JSON (rc %s):\n%s\n%s'
                                  % (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:]))
+        self.last['report'] = report
         results = [task['hosts']['localhost'] for task in report['plays'][0]['tasks']]
         return results
+
+    def durations(self):
+        """Seconds each task of the last play took, from the callback's start/end times: the
+        module's own time, without ansible-playbook's start-up."""
+        from datetime import datetime
+        out = []
+        for task in self.last['report']['plays'][0]['tasks']:
+            span = task['task']['duration']
+            start, end = (datetime.fromisoformat(span[k].replace('Z', '+00:00')) for k in ('start', 'end'))
+            out.append((end - start).total_seconds())
+        return out
 
     def module(self, name, args, check=False, diff=False, **kwargs):
         """One module task; returns its result dict."""
