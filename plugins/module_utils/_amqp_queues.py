@@ -130,16 +130,28 @@ class AmqpQueues(object):
                       client_properties={'connection_name': 'celeryops.fleet'})
         if broker.tls:
             kwargs['ssl_options'] = pika.SSLOptions(ssl_context(broker), server_hostname=broker.host)
-        self.connection = self._rpc(pika.BlockingConnection, pika.ConnectionParameters(**kwargs),
-                                    what='connecting')
+        self.parameters = pika.ConnectionParameters(**kwargs)
+        self.connection = None
+        self._connect()
+
+    def _connect(self):
+        self.broken = False
+        self.connection = self._rpc(pika.BlockingConnection, self.parameters, what='connecting')
         self.channel = None
         self.management_records = None   # the last management listing of the vhost: name -> record
         self._locked = set()   # queues exclusive to another connection
 
+    def reconnect(self):
+        """A new connection after the broker went away (the old one is beyond use)."""
+        self.close()
+        self._connect()
+
     def close(self):
         try:
-            if self.connection.is_open:
-                self.connection.close()
+            if self.connection is not None and self.connection.is_open and not self.broken:
+                # pika waits for the broker's close-ok without a timeout of its own.
+                with time_limit(self.broker.timeout, 'closing the connection to %s' % self.broker.endpoint):
+                    self.connection.close()
         except Exception:  # closing is best effort; the broker requeues anything still held
             pass
 
@@ -147,6 +159,13 @@ class AmqpQueues(object):
 
     def _rpc(self, func, *args, **kwargs):
         """One blocking pika call, bounded in time, its failures turned into a BrokerError."""
+        try:
+            return self._bounded(func, *args, **kwargs)
+        except BrokerError as error:
+            self.broken = self.broken or error.lost  # then closing would only wait for a dead broker
+            raise
+
+    def _bounded(self, func, *args, **kwargs):
         what = kwargs.pop('what', 'waiting for a reply')
         endpoint = self.broker.endpoint
         try:
@@ -165,28 +184,42 @@ class AmqpQueues(object):
             if 'vhost' in reason.lower() or exc.reply_code == 530:
                 raise BrokerError("broker_url: vhost '%s' is not usable at %s: %s" % (self.broker.vhost, endpoint, reason),
                                   option='broker_url', endpoint=endpoint)
-            raise BrokerError('%s closed the connection: %s' % (endpoint, reason), endpoint=endpoint)
+            # 320 CONNECTION_FORCED: the node is shutting down (a restart) or an operator closed us.
+            raise BrokerError('%s closed the connection: %s' % (endpoint, reason), endpoint=endpoint, lost=True)
         except pika_exceptions.IncompatibleProtocolError as exc:
             raise BrokerError('cannot connect to %s: the port does not speak AMQP%s (%s)'
                               % (endpoint, '' if self.broker.tls else ' in plaintext; use amqps:// for TLS',
                                  type(exc).__name__), option='broker_url', endpoint=endpoint)
+        except pika_exceptions.ConnectionBlockedTimeout:
+            raise self.blocked_error()
         except pika_exceptions.AMQPConnectionError as exc:
             raise BrokerError('cannot connect to %s: %s' % (endpoint, self._connect_reason(exc)), option='broker_url',
-                              endpoint=endpoint)
+                              endpoint=endpoint, lost=True)
+        except pika_exceptions.ConnectionWrongStateError as exc:
+            raise BrokerError('lost the connection to %s: %s' % (endpoint, self._reason(exc)), endpoint=endpoint,
+                              lost=True)
         except pika_exceptions.AMQPError as exc:
             raise BrokerError('%s: %s' % (endpoint, self._reason(exc)), endpoint=endpoint)
         except AMQPConnectorStackTimeout:
             # The port accepted the connection and then said nothing (or not AMQP) in time.
-            raise BrokerError('timed out after %ss during the AMQP handshake with %s (connect_timeout)%s'
+            raise BrokerError('timed out after %ss during the AMQP handshake with %s (connect_timeout): the port '
+                              'accepted the connection but did not answer%s'
                               % (self.broker.timeout, endpoint,
                                  '; does the port speak TLS?' if self.broker.tls else '; is it an AMQP port?'),
-                              option='connect_timeout', endpoint=endpoint)
+                              option='connect_timeout', endpoint=endpoint, lost=True)
         except AMQPConnectorException as exc:
             raise BrokerError('cannot connect to %s: %s' % (endpoint, self._connect_reason(exc)), option='broker_url',
-                              endpoint=endpoint)
+                              endpoint=endpoint, lost=True)
         except OSError as exc:
             raise BrokerError('cannot connect to %s: %s' % (endpoint, self._connect_reason(exc)), option='broker_url',
-                              endpoint=endpoint)
+                              endpoint=endpoint, lost=True)
+
+    def blocked_error(self):
+        """RabbitMQ stops reading from a publishing connection while a resource alarm is on."""
+        return BrokerError('the broker blocked the connection (memory or disk alarm) at %s and did not unblock it '
+                           'within %ss (connect_timeout); it accepts no message until the alarm clears'
+                           % (self.broker.endpoint, self.broker.timeout), option='connect_timeout',
+                           endpoint=self.broker.endpoint)
 
     def _connect_reason(self, exc):
         """Why a connection failed; a failed TLS handshake says so (amqps:// to a plaintext port)."""

@@ -199,7 +199,7 @@ end
 
     def close(self):
         try:
-            if self.oid is not None:
+            if self.oid is not None and not self.queues.broken:
                 # What kombu does when the last consumer of an auto-delete queue goes.
                 pipe = self.client.pipeline(transaction=False)
                 pipe.srem(self.prefix + '_kombu.binding.' + REPLY_EXCHANGE, self.member)
@@ -287,13 +287,22 @@ class Control(object):
 
     def __init__(self, broker, global_keyprefix=''):
         self.broker = broker
-        if broker.transport == 'redis':
-            self.mailbox = _RedisMailbox(broker, global_keyprefix)
-        else:
-            self.mailbox = _AmqpMailbox(broker)
+        self.global_keyprefix = global_keyprefix
+        self.mailbox = self._open()
+
+    def _open(self):
+        if self.broker.transport == 'redis':
+            return _RedisMailbox(self.broker, self.global_keyprefix)
+        return _AmqpMailbox(self.broker)
 
     def close(self):
         self.mailbox.close()
+
+    def reconnect(self):
+        """A new connection and reply queue after the broker went away (a restarted broker
+        forgot our reply queue and its binding)."""
+        self.mailbox.close()
+        self.mailbox = self._open()
 
     def send(self, command, arguments=None, destination=None):
         """A command that gets no reply by design (``shutdown``)."""

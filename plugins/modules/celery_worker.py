@@ -239,7 +239,8 @@ class Fleet(object):
         def probe():
             state = self.snapshot(nodes)
             return done(state), state
-        return wait_until(probe, self.params['wait_timeout'], self.params['wait_sleep'], describe)[0]
+        return wait_until(probe, self.params['wait_timeout'], self.params['wait_sleep'], describe,
+                          reconnect=self.control.reconnect)[0]
 
 
 def public(state):

@@ -171,7 +171,7 @@ def gather(params, result):
 
             def describe(nodes):
                 return 'workers not answering: %s' % ', '.join(expectation.missing(nodes) or ['(too few answered)'])
-            wait_until(probe, params['wait_timeout'], params['wait_sleep'], describe)
+            wait_until(probe, params['wait_timeout'], params['wait_sleep'], describe, reconnect=control.reconnect)
         sections = ['ping'] + [s for s in params['include'] if s != 'ping']
         replies = control.request(dict((s, INSPECT_COMMANDS[s]) for s in sections), expectation,
                                   timeout=params['timeout'])

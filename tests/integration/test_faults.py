@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from harness import publish
+from harness import close_publishers, publish
 
 SECRET = 'pw-' + uuid.uuid4().hex
 MARGIN = 1.0  # "within its timeout plus a second"
@@ -56,7 +56,6 @@ def assert_bounded(ansible, tasks, timeout, expected, label):
     output = ansible.last['stdout'] + ansible.last['stderr']
     assert SECRET not in output
     for task, result, seconds in zip(tasks, results[1:], durations[1:]):
-        print(label, task["name"], round(seconds, 2), result.get("msg"))
         name = task['name']
         assert result.get('failed'), (label, name, result)
         msg = result['msg']
@@ -86,3 +85,125 @@ def test_stalled_broker_every_module_fails_within_its_timeout(transport, private
     results = assert_bounded(ansible, every_module(url, timeout), timeout, expected, 'stalled ' + transport)
     for result in results[1:]:
         assert 'timed out' in result['msg'], result['msg']
+
+
+# -- 1. the broker restarts while a module waits -------------------------------------------
+
+class Background(object):
+    """A play running in a thread while the test injects a fault."""
+
+    def __init__(self, ansible, tasks):
+        self.ansible = ansible
+        self.results = self.error = None
+        self.thread = threading.Thread(target=self._run, args=(tasks,), daemon=True)
+        self.thread.start()
+
+    def _run(self, tasks):
+        try:
+            self.results = self.ansible.play(tasks, timeout=300)
+        except Exception as exc:  # handed to the test by join()
+            self.error = exc
+
+    def join(self, timeout=300):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), 'the play did not end'
+        if self.error:
+            raise self.error
+        return self.results
+
+
+def until(predicate, timeout=60, what='a condition'):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError('%s did not happen within %ss' % (what, timeout))
+
+
+def module_connected(server):
+    """Whether a module holds a connection to a private broker (ours are all closed)."""
+    if hasattr(server, 'ctl'):
+        return lambda: 'celeryops.fleet' in server.ctl('list_connections', 'client_properties')
+    client = server.client()
+    return lambda: any(c['name'].startswith('celeryops.fleet') for c in client.client_list())
+
+
+def queue_wait_task(url, queue, wait_timeout):
+    return {'name': 'wait', 'celeryops.fleet.celery_queue_info': dict(
+        broker_url=url, queues=[queue], max_messages=0, wait=True, wait_timeout=wait_timeout, wait_sleep=0.5,
+        connect_timeout=2)}
+
+
+def worker_wait_task(url, node, wait_timeout):
+    return {'name': 'wait', 'celeryops.fleet.celery_worker_info': dict(
+        broker_url=url, expected_nodes=[node], wait=True, wait_timeout=wait_timeout, wait_sleep=0.5,
+        timeout=1, connect_timeout=2)}
+
+
+def empty_queue(server, queue):
+    if hasattr(server, 'ctl'):
+        server.ctl('purge_queue', queue)
+    else:
+        server.client().delete(queue)
+
+
+@pytest.mark.parametrize('transport', ['redis', 'amqp'])
+def test_queue_wait_rides_out_a_broker_restart(transport, private, ansible):
+    """The backlog survives the restart (persistence, durable queue), so the wait can only
+    end by reconnecting and seeing the queue emptied afterwards."""
+    server = private.redis(persist=True) if transport == 'redis' else private.rabbit()
+    publish(server.url, 'fleet_tasks.add', 'faults', args=(1, 2), count=5)
+    close_publishers(server.url)
+    play = Background(ansible, [queue_wait_task(server.url, 'faults', 120)])
+    until(module_connected(server), 60, 'the module connecting')
+    # Down for longer than wait_sleep: a poll finds nothing listening.
+    server.restart(down_for=2) if transport == 'redis' else server.restart()
+    empty_queue(server, 'faults')
+    result = play.join()[0]
+    assert not result.get('failed'), result
+    assert result['queues'][0]['messages'] == 0
+    assert result['waited'] < 120
+
+
+@pytest.mark.parametrize('transport', ['redis', 'amqp'])
+def test_worker_wait_rides_out_a_broker_restart(transport, private, ansible, workers):
+    server = private.redis() if transport == 'redis' else private.rabbit()
+    node = 'faults-%s@localhost' % uuid.uuid4().hex[:6]
+    play = Background(ansible, [worker_wait_task(server.url, node, 150)])
+    until(module_connected(server), 60, 'the module connecting')
+    if transport == 'redis':
+        server.restart(down_for=2)
+    else:
+        server.kill()  # no goodbye to the clients: their sockets just die
+        server.start()
+    workers.start(server.url, node, ['faults'])
+    result = play.join()[0]
+    assert not result.get('failed'), result
+    assert result['online'] == [node]
+
+
+@pytest.mark.parametrize('transport', ['redis', 'amqp'])
+@pytest.mark.parametrize('module', ['queue', 'worker'])
+def test_wait_fails_within_its_timeout_when_the_broker_stays_away(transport, module, private, ansible):
+    server = private.redis() if transport == 'redis' else private.rabbit()
+    if module == 'queue':
+        publish(server.url, 'fleet_tasks.add', 'faults', args=(1, 2), count=2)
+        close_publishers(server.url)
+    wait_timeout = 8
+    task = (queue_wait_task if module == 'queue' else worker_wait_task)(server.url, 'faults-w@nowhere'
+                                                                         if module == 'worker' else 'faults',
+                                                                         wait_timeout)
+    play = Background(ansible, [task])
+    until(module_connected(server), 60, 'the module connecting')
+    connected_at = time.monotonic()
+    (server.kill if transport == 'amqp' else server.stop)()
+    result = play.join()[0]
+    ended = time.monotonic()
+    assert result.get('failed'), result
+    assert 'went away while waiting' in result['msg'], result['msg']
+    assert '127.0.0.1:%d' % server.port in result['msg'], result['msg']
+    assert result['option'] == 'wait_timeout'
+    # Bounded by wait_timeout (plus one connect_timeout for the attempt under way), counted
+    # from a moment when the module was already waiting.
+    assert ended - connected_at < wait_timeout + 2 + MARGIN + 5, (ended - connected_at, result['msg'])
