@@ -136,10 +136,19 @@ class AmqpQueues(object):
 
     def _connect(self):
         self.broken = False
+        self.blocked = None   # the broker's reason (or True) while it blocks this connection
         self.connection = self._rpc(pika.BlockingConnection, self.parameters, what='connecting')
+        self.connection.add_on_connection_blocked_callback(self._on_blocked)
+        self.connection.add_on_connection_unblocked_callback(self._on_unblocked)
         self.channel = None
         self.management_records = None   # the last management listing of the vhost: name -> record
         self._locked = set()   # queues exclusive to another connection
+
+    def _on_blocked(self, _connection, frame):
+        self.blocked = getattr(frame.method, 'reason', None) or True
+
+    def _on_unblocked(self, _connection, _frame):
+        self.blocked = None
 
     def reconnect(self):
         """A new connection after the broker went away (the old one is beyond use)."""
@@ -148,7 +157,8 @@ class AmqpQueues(object):
 
     def close(self):
         try:
-            if self.connection is not None and self.connection.is_open and not self.broken:
+            # A blocked connection is not read by the broker: its close-ok would never come.
+            if self.connection is not None and self.connection.is_open and not (self.broken or self.blocked):
                 # pika waits for the broker's close-ok without a timeout of its own.
                 with time_limit(self.broker.timeout, 'closing the connection to %s' % self.broker.endpoint):
                     self.connection.close()
@@ -191,7 +201,7 @@ class AmqpQueues(object):
                               % (endpoint, '' if self.broker.tls else ' in plaintext; use amqps:// for TLS',
                                  type(exc).__name__), option='broker_url', endpoint=endpoint)
         except pika_exceptions.ConnectionBlockedTimeout:
-            raise self.blocked_error()
+            raise self.blocked_error(self.broker.timeout, 'connect_timeout')
         except pika_exceptions.AMQPConnectionError as exc:
             raise BrokerError('cannot connect to %s: %s' % (endpoint, self._connect_reason(exc)), option='broker_url',
                               endpoint=endpoint, lost=True)
@@ -214,12 +224,12 @@ class AmqpQueues(object):
             raise BrokerError('cannot connect to %s: %s' % (endpoint, self._connect_reason(exc)), option='broker_url',
                               endpoint=endpoint, lost=True)
 
-    def blocked_error(self):
+    def blocked_error(self, seconds, option):
         """RabbitMQ stops reading from a publishing connection while a resource alarm is on."""
-        return BrokerError('the broker blocked the connection (memory or disk alarm) at %s and did not unblock it '
-                           'within %ss (connect_timeout); it accepts no message until the alarm clears'
-                           % (self.broker.endpoint, self.broker.timeout), option='connect_timeout',
-                           endpoint=self.broker.endpoint)
+        return BrokerError('the broker blocked the connection (memory or disk alarm%s) at %s: nothing it was sent '
+                           'went through for %ss (%s); it takes no message from publishers until the alarm clears'
+                           % ('; it says: %s' % self.blocked if isinstance(self.blocked, str) else '',
+                              self.broker.endpoint, seconds, option), option=option, endpoint=self.broker.endpoint)
 
     def _connect_reason(self, exc):
         """Why a connection failed; a failed TLS handshake says so (amqps:// to a plaintext port)."""

@@ -210,6 +210,9 @@ end
             pass
         self.queues.close()
 
+    def check_blocked(self, timeout):
+        """Redis has no flow control of publishers."""
+
 
 def _reply_of(raw):
     """(ticket, body) of one reply element on Redis; None if it is not a JSON kombu message."""
@@ -277,6 +280,11 @@ class _AmqpMailbox(object):
         out, self.received = self.received, []
         return out
 
+    def check_blocked(self, timeout):
+        """No reply while RabbitMQ blocks our publishing (a resource alarm) is not 'no worker'."""
+        if self.queues.blocked:
+            raise self.queues.blocked_error(timeout, 'timeout')
+
     def close(self):
         # The reply queue is auto-delete: it goes with the connection.
         self.queues.close()
@@ -340,4 +348,5 @@ class Control(object):
                     for node, value in body.items():
                         replies.add(command, node, value)
         replies.elapsed = time.monotonic() - started
+        self.mailbox.check_blocked(timeout)
         return replies

@@ -45,10 +45,8 @@ def every_module(url, timeout, queue='faults'):
 def assert_bounded(ansible, tasks, timeout, expected, label):
     """Run ``tasks`` after one fast-failing task; each must fail clearly, naming ``expected``
     (the broker), in less than ``timeout`` + MARGIN beyond what the fast failure took."""
-    fast = dict(tasks[0])
-    fast['name'] = 'fast failure'
-    fast_url = closed_port_url('redis' if 'redis' in expected else 'amqp')
-    fast['celeryops.fleet.celery_queue_info'] = dict(fast['celeryops.fleet.celery_queue_info'], broker_url=fast_url)
+    fast = {'name': 'fast failure', 'celeryops.fleet.celery_queue_info': dict(
+        broker_url=closed_port_url('redis' if 'redis' in expected else 'amqp'), queues=['faults'])}
     results = ansible.play([fast] + tasks, timeout=300)
     durations = ansible.durations()
     baseline = durations[0]
@@ -207,3 +205,38 @@ def test_wait_fails_within_its_timeout_when_the_broker_stays_away(transport, mod
     # Bounded by wait_timeout (plus one connect_timeout for the attempt under way), counted
     # from a moment when the module was already waiting.
     assert ended - connected_at < wait_timeout + 2 + MARGIN + 5, (ended - connected_at, result['msg'])
+
+
+# -- 3. RabbitMQ resource alarm: publishers are blocked ----------------------------------------
+
+def test_memory_alarm_blocks_control_but_not_queue_work(private, ansible):
+    server = private.rabbit()
+    publish(server.url, 'fleet_tasks.add', 'faults', args=(1, 2), count=3)
+    close_publishers(server.url)
+    server.memory_alarm(True)
+    try:
+        until(lambda: 'memory' in server.ctl('eval', 'rabbit_alarm:get_alarms().'), 30, 'the memory alarm')
+        timeout = 2
+        broker = dict(broker_url=server.url, connect_timeout=timeout)
+        publishers = [
+            {'name': 'celery_worker_info', 'celeryops.fleet.celery_worker_info': dict(
+                broker, timeout=timeout, expected_count=1)},
+            {'name': 'celery_worker_info wait', 'celeryops.fleet.celery_worker_info': dict(
+                broker, timeout=timeout, expected_count=1, wait=True, wait_timeout=60)},
+            {'name': 'celery_worker', 'celeryops.fleet.celery_worker': dict(
+                broker, state='drained', timeout=timeout, wait_timeout=60)},
+        ]
+        queue_work = [
+            {'name': 'celery_queue_info', 'celeryops.fleet.celery_queue_info': dict(broker, queues=['faults'])},
+            {'name': 'celery_queue', 'celeryops.fleet.celery_queue': dict(broker, queues=['faults'])},
+        ]
+        expected = 'amqp 127.0.0.1:%d vhost /' % server.port
+        results = assert_bounded(ansible, publishers, timeout, expected, 'memory alarm')
+        for result in results[1:]:
+            assert 'blocked the connection (memory or disk alarm' in result['msg'], result['msg']
+        # Reading and purging publish nothing, so they still work: purging is what frees memory.
+        info, purge = ansible.play(queue_work)
+        assert not info.get('failed') and info['queues'][0]['messages'] == 3, info
+        assert not purge.get('failed') and purge['queues'][0]['removed'] == 3, purge
+    finally:
+        server.memory_alarm(False)
