@@ -240,3 +240,43 @@ def test_memory_alarm_blocks_control_but_not_queue_work(private, ansible):
         assert not purge.get('failed') and purge['queues'][0]['removed'] == 3, purge
     finally:
         server.memory_alarm(False)
+
+
+# -- 4. a worker killed during a drain ---------------------------------------------------------
+
+@pytest.mark.parametrize('transport', ['redis', 'amqp'])
+def test_worker_killed_during_drain_is_gone_and_the_rest_drains(transport, request, ansible, workers):
+    broker = request.getfixturevalue('redis_env' if transport == 'redis' else 'rabbit_env')
+    from harness import celery_app
+    tag = uuid.uuid4().hex[:6]
+    doomed, survivor = 'doomed-%s@localhost' % tag, 'survivor-%s@localhost' % tag
+    killed = workers.start(broker.url, doomed, ['faults_a'], concurrency=1, prefetch=1)
+    workers.start(broker.url, survivor, ['faults_b'], concurrency=1, prefetch=1)
+    publish(broker.url, 'fleet_tasks.sleep', 'faults_a', args=(120,))   # would hold the drain for minutes
+    publish(broker.url, 'fleet_tasks.sleep', 'faults_b', args=(6,))     # the drain waits for this one
+    inspect = celery_app(broker.url).control.inspect(destination=[doomed, survivor], timeout=1)
+
+    def busy():
+        active = inspect.active() or {}
+        return all(active.get(node) for node in (doomed, survivor))
+    until(busy, 60, 'both workers running their task')
+    play = Background(ansible, [{'name': 'drain', 'celeryops.fleet.celery_worker': dict(
+        broker_url=broker.url, nodes=[doomed, survivor], state='drained', timeout=2, wait_timeout=100)}])
+
+    def cancelled():
+        queues = inspect.active_queues() or {}
+        return doomed in queues and not queues[doomed]
+    until(cancelled, 90, 'the module cancelling the consumers')
+    killed.kill()
+    result = play.join()[0]
+    seconds = ansible.durations()[0]
+    close_publishers(broker.url)
+    assert not result.get('failed'), result
+    assert result['changed']
+    assert result['gone'] == [doomed]
+    assert any(doomed in w for w in result.get('warnings', [])), result.get('warnings')
+    assert result['nodes'][doomed]['after'] is None
+    after = result['nodes'][survivor]['after']
+    assert after['queues'] == [] and after['active'] == 0 and after['reserved'] == 0, after
+    # Not waited for until wait_timeout (100 s), nor for the killed node's 120 s task.
+    assert seconds < 60, seconds
