@@ -131,12 +131,12 @@ class AmqpQueues(object):
         if broker.tls:
             kwargs['ssl_options'] = pika.SSLOptions(ssl_context(broker), server_hostname=broker.host)
         self.parameters = pika.ConnectionParameters(**kwargs)
-        self.connection = None
         self._connect()
 
     def _connect(self):
         self.broken = False
         self.blocked = None   # the broker's reason (or True) while it blocks this connection
+        self.connection = None
         self.connection = self._rpc(pika.BlockingConnection, self.parameters, what='connecting')
         self.connection.add_on_connection_blocked_callback(self._on_blocked)
         self.connection.add_on_connection_unblocked_callback(self._on_unblocked)
@@ -203,6 +203,9 @@ class AmqpQueues(object):
         except pika_exceptions.ConnectionBlockedTimeout:
             raise self.blocked_error(self.broker.timeout, 'connect_timeout')
         except pika_exceptions.AMQPConnectionError as exc:
+            if self.connection is not None:
+                raise BrokerError('lost the connection to %s: %s (the broker went away: restarted, stopped or cut off)'
+                                  % (endpoint, self._reason(exc)), option='broker_url', endpoint=endpoint, lost=True)
             raise BrokerError('cannot connect to %s: %s' % (endpoint, self._connect_reason(exc)), option='broker_url',
                               endpoint=endpoint, lost=True)
         except pika_exceptions.ConnectionWrongStateError as exc:

@@ -121,7 +121,9 @@ class RedisQueues(object):
                           ssl_cert_reqs='required' if broker.tls_verify else 'none')
             ssl_context(broker)  # fails early and clearly on unreadable TLS files
         self.client = redis.Redis(**kwargs)
+        self.connected = False   # once the broker answered, a connection error means it went away
         self.call(self.client.ping)
+        self.connected = True
         self._llen_all = self.client.register_script(_LLEN_ALL)
         self._smembers_all = self.client.register_script(_SMEMBERS_ALL)
 
@@ -131,8 +133,9 @@ class RedisQueues(object):
     def reconnect(self):
         """Drop the pooled connections and check that the broker answers again."""
         self.client.connection_pool.disconnect()
+        self.connected = False
         self.call(self.client.ping)
-        self.broken = False
+        self.connected, self.broken = True, False
 
     # -- errors -----------------------------------------------------------------------------
 
@@ -150,6 +153,9 @@ class RedisQueues(object):
                               option='connect_timeout', lost=True)
         except redis.ConnectionError as exc:
             reason = self._reason(exc)
+            if self.connected:
+                raise self._error('lost the connection to %s: %s (the broker went away: restarted, stopped or cut off)'
+                                  % (self.broker.endpoint, reason), option='broker_url', lost=True)
             hint = ''
             if 'ssl' in reason.lower() or 'certificate' in reason.lower():
                 hint = ' (TLS: check tls_ca_file, tls_verify and that the port speaks TLS)'

@@ -280,3 +280,74 @@ def test_worker_killed_during_drain_is_gone_and_the_rest_drains(transport, reque
     assert after['queues'] == [] and after['active'] == 0 and after['reserved'] == 0, after
     # Not waited for until wait_timeout (100 s), nor for the killed node's 120 s task.
     assert seconds < 60, seconds
+
+
+# -- 5. Redis restarted during a purge of several queues ---------------------------------------
+
+SEP = '\x06\x16'
+
+
+def dumps(client, exclude=()):
+    """key -> DUMP of every key (as harness RedisBroker.snapshot): byte-exact state."""
+    return dict((key, client.dump(key)) for key in client.scan_iter(count=1000) if key not in exclude)
+
+
+def test_redis_killed_during_a_purge_says_which_queues_were_done(private, ansible):
+    server = private.redis(persist=True)
+    client = server.client()
+    names = ['purge_%02d' % i for i in range(12)]
+    for name in names + ['kept']:
+        publish(server.url, 'fleet_tasks.add', name, args=(1, 2))   # real envelopes and bindings
+    close_publishers(server.url)
+    message = client.lindex('kept', 0)
+    pipe = client.pipeline(transaction=False)
+    for name in names + ['kept']:
+        for key in (name, name + SEP + '3'):
+            pipe.lpush(key, *[message] * 2000)
+    pipe.hset('unacked', 'some-tag', b'["held", "", "kept"]')
+    pipe.set('unrelated', 'value')
+    pipe.execute()
+    queue_keys = set(key for name in names for key in (name.encode(), (name + SEP + '3').encode()))
+    before = dumps(client)
+    untouched = dict((k, v) for k, v in before.items() if k not in queue_keys)
+
+    def kill_once_the_second_queue_went():
+        watcher = server.client()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and watcher.llen(names[1] + SEP + '3'):
+            time.sleep(0.001)
+        os.kill(server.process.pid, signal.SIGKILL)
+    killer = threading.Thread(target=kill_once_the_second_queue_went, daemon=True)
+    killer.start()
+    play = Background(ansible, [{'name': 'purge', 'celeryops.fleet.celery_queue': dict(
+        broker_url=server.url, queues=names, connect_timeout=2)}])
+    killer.join(150)
+    server.process.wait(10)
+    time.sleep(1)
+    server.start()
+    result = play.join()[0]
+    seconds = ansible.durations()[0]
+    client = server.client()
+    after = dumps(client)
+    assert dict((k, v) for k, v in after.items() if k not in queue_keys) == untouched
+    assert seconds < 30, seconds
+    if not result.get('failed'):
+        assert all(not client.exists(key) for key in queue_keys), after.keys()
+        assert [q['name'] for q in result['queues']] == names
+        return
+    msg = result['msg']
+    assert 'redis 127.0.0.1:%d db 0' % server.port in msg, msg
+    done = [q['name'] for q in result['queues']]
+    assert done + result['pending'] == names, result
+    assert 'purged before the failure: %s' % (', '.join(done) or 'none') in msg, msg
+    assert 'not done: %s' % ', '.join(result['pending']) in msg, msg
+    assert names[0] in done, 'the kill came after the second queue went: the first is done'
+    for name in done:
+        assert not client.exists(name, name + SEP + '3'), name
+    in_progress = result['pending'][0]
+    for name in result['pending']:
+        for key in (name, name + SEP + '3'):
+            if name == in_progress:   # each priority key is purged in one transaction: all or nothing
+                assert after.get(key.encode()) in (None, before[key.encode()]), key
+            else:
+                assert after.get(key.encode()) == before[key.encode()], key
