@@ -210,8 +210,9 @@ end
             pass
         self.queues.close()
 
-    def check_blocked(self, timeout):
-        """Redis has no flow control of publishers."""
+    def check(self, timeout, complete):
+        """Nothing to do: Redis has no flow control of publishers, and a silent Redis already
+        failed the BRPOP by its socket timeout."""
 
 
 def _reply_of(raw):
@@ -280,10 +281,15 @@ class _AmqpMailbox(object):
         out, self.received = self.received, []
         return out
 
-    def check_blocked(self, timeout):
-        """No reply while RabbitMQ blocks our publishing (a resource alarm) is not 'no worker'."""
+    def check(self, timeout, complete):
+        """Missing replies must not pass for missing workers when the broker is at fault: it
+        blocks our publishing (a resource alarm), or it stopped answering (pika only notices
+        that on a call that waits for an answer)."""
         if self.queues.blocked:
             raise self.queues.blocked_error(timeout, 'timeout')
+        if not complete and self.oid is not None:
+            self.rpc(self.channel.queue_declare, '%s.%s' % (self.oid, REPLY_EXCHANGE), passive=True,
+                     what='checking the reply queue on')
 
     def close(self):
         # The reply queue is auto-delete: it goes with the connection.
@@ -348,5 +354,5 @@ class Control(object):
                     for node, value in body.items():
                         replies.add(command, node, value)
         replies.elapsed = time.monotonic() - started
-        self.mailbox.check_blocked(timeout)
+        self.mailbox.check(timeout, complete=grace_until is not None)
         return replies

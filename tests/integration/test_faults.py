@@ -65,24 +65,73 @@ def assert_bounded(ansible, tasks, timeout, expected, label):
 
 # -- 2. a broker that accepts the connection and never answers ----------------------------
 
-@pytest.mark.parametrize('transport', ['redis', 'amqp'])
-def test_stalled_broker_every_module_fails_within_its_timeout(transport, private, ansible):
+def behind_proxy(private, transport):
+    """A private broker behind a StallingProxy: (server, proxy, url through the proxy, endpoint)."""
     if transport == 'redis':
         server = private.redis()
         proxy = private.proxy(server.port)
-        url = 'redis://:%s@127.0.0.1:%d/0' % (SECRET, proxy.port)
         server.client().config_set('requirepass', SECRET)
-        expected = 'redis 127.0.0.1:%d db 0' % proxy.port
-    else:
-        server = private.rabbit()
-        proxy = private.proxy(server.port)
-        url = 'amqp://guest:guest@127.0.0.1:%d/%%2F' % proxy.port
-        expected = 'amqp 127.0.0.1:%d vhost /' % proxy.port
+        server.client = lambda client=server.client: _with_password(client())
+        return server, proxy, 'redis://:%s@127.0.0.1:%d/0' % (SECRET, proxy.port), 'redis 127.0.0.1:%d db 0' % proxy.port
+    server = private.rabbit()
+    proxy = private.proxy(server.port)
+    return server, proxy, 'amqp://guest:guest@127.0.0.1:%d/%%2F' % proxy.port, 'amqp 127.0.0.1:%d vhost /' % proxy.port
+
+
+def _with_password(client):
+    client.connection_pool.connection_kwargs['password'] = SECRET
+    return client
+
+
+def task_end(ansible, index=0):
+    """When task ``index`` of the last play ended (epoch seconds, from the callback)."""
+    from datetime import datetime
+    end = ansible.last['report']['plays'][0]['tasks'][index]['task']['duration']['end']
+    return datetime.fromisoformat(end.replace('Z', '+00:00')).timestamp()
+
+
+@pytest.mark.parametrize('transport', ['redis', 'amqp'])
+def test_stalled_broker_every_module_fails_within_its_timeout(transport, private, ansible):
+    server, proxy, url, expected = behind_proxy(private, transport)
     proxy.stall()
     timeout = 2
     results = assert_bounded(ansible, every_module(url, timeout), timeout, expected, 'stalled ' + transport)
     for result in results[1:]:
         assert 'timed out' in result['msg'], result['msg']
+
+
+@pytest.mark.parametrize('transport', ['redis', 'amqp'])
+@pytest.mark.parametrize('module', ['events', 'workers'])
+def test_broker_stalling_mid_way_fails_the_module_soon_after(transport, module, private, ansible):
+    """Silence is normal for an event listener and for a node count: the modules must still
+    tell a broker that stopped answering from an idle fleet."""
+    server, proxy, url, expected = behind_proxy(private, transport)
+    if transport == 'amqp' and module == 'events':
+        import pika
+        connection = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', server.port))
+        connection.channel().exchange_declare('celeryev', 'topic', durable=True)  # as a worker with -E would
+        connection.close()
+    timeout = 2
+    if module == 'events':
+        task = {'celeryops.fleet.celery_events_info': dict(broker_url=url, connect_timeout=timeout, duration=60)}
+        # One round trip a second proves the broker alive (ALIVE_EVERY), bounded by the timeout.
+        bound = 1 + timeout + 0.5 + MARGIN
+    else:
+        replies = 6
+        task = {'celeryops.fleet.celery_worker_info': dict(broker_url=url, connect_timeout=timeout, timeout=replies,
+                                                           expected_count=1)}
+        # The replies are awaited for their whole timeout; a silent RabbitMQ shows when it is asked once more.
+        bound = replies + timeout + 0.5 + MARGIN
+    play = Background(ansible, [task])
+    until(module_connected(server), 60, 'the module connecting')
+    stalled_at = time.time()
+    proxy.stall()
+    result = play.join()[0]
+    assert result.get('failed'), result
+    assert expected in result['msg'] and 'timed out' in result['msg'], result['msg']
+    if module == 'events':
+        assert 'stopped answering while listening for events' in result['msg'], result['msg']
+    assert task_end(ansible) - stalled_at < bound, (task_end(ansible) - stalled_at, result['msg'])
 
 
 # -- 1. the broker restarts while a module waits -------------------------------------------
