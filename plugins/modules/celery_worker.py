@@ -68,6 +68,9 @@ options:
   timeout:
     description:
       - Seconds to collect the workers' replies to each question, in all.
+      - On RabbitMQ, a memory or disk alarm blocks the connection that publishes the question; the module then fails
+        when this time is out, saying that the broker blocked the connection, instead of reporting the workers
+        missing.
     type: float
     default: 2.0
   wait_timeout:

@@ -46,6 +46,9 @@ options:
     description:
       - Seconds to collect replies, in all (not a gap between replies). Workers that have not answered by then are
         RV(missing).
+      - On RabbitMQ, a memory or disk alarm blocks the connection that publishes the question; the module then fails
+        when this time is out, saying that the broker blocked the connection, instead of reporting the workers
+        missing.
     type: float
     default: 1.0
 extends_documentation_fragment:
