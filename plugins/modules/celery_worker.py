@@ -17,7 +17,7 @@ description:
     C(active_queues) that they are gone (the control reply alone proves nothing), then waits until the node has no
     active and no reserved (prefetched) task. Prefetched tasks still run after a cancel; the module waits for them
     and, if O(wait_timeout) runs out, fails listing what each node still holds. A node that stops answering during
-    the drain (killed, crashed) runs nothing any more: it is reported in RV(gone), with a warning, and not waited for;
+    the drain (killed, crashed) runs nothing any more, so it is reported in RV(gone), with a warning, and not waited for;
     the other nodes' drain still completes. With V(consuming), such a node fails the module at once.
   - V(stopped) sends a warm shutdown and waits until the nodes stop answering. Nodes already gone are not a change.
   - Every change is confirmed by asking the workers again; a second run with the same options changes nothing.
