@@ -230,9 +230,10 @@ def test_wait_fails_within_its_timeout_when_the_broker_stays_away(transport, mod
         publish(server.url, 'fleet_tasks.add', 'faults', args=(1, 2), count=2)
         close_publishers(server.url)
     wait_timeout = 8
-    task = (queue_wait_task if module == 'queue' else worker_wait_task)(server.url, 'faults-w@nowhere'
-                                                                         if module == 'worker' else 'faults',
-                                                                         wait_timeout)
+    if module == 'queue':
+        task = queue_wait_task(server.url, 'faults', wait_timeout)
+    else:
+        task = worker_wait_task(server.url, 'faults-w@nowhere', wait_timeout)
     play = Background(ansible, [task])
     until(module_connected(server), 60, 'the module connecting')
     connected_at = time.time()
