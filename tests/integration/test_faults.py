@@ -205,6 +205,25 @@ def test_queue_wait_rides_out_a_broker_restart(transport, private, ansible):
     assert result['waited'] < 120
 
 
+def test_queue_wait_rides_out_a_silent_spell(private, ansible):
+    """A broker that stops answering for longer than connect_timeout (SIGSTOP), then comes back."""
+    server = private.redis()
+    publish(server.url, 'fleet_tasks.add', 'faults', args=(1, 2), count=5)
+    close_publishers(server.url)
+    task = queue_wait_task(server.url, 'faults', 120)
+    task['celeryops.fleet.celery_queue_info']['connect_timeout'] = 1
+    play = Background(ansible, [task])
+    until(module_connected(server), 60, 'the module connecting')
+    server.pause()
+    time.sleep(4)
+    server.resume()
+    server.client().delete('faults')
+    result = play.join()[0]
+    assert not result.get('failed'), result
+    assert result['queues'][0]['messages'] == 0
+    assert result['waited'] > 3
+
+
 @pytest.mark.parametrize('transport', ['redis', 'amqp'])
 def test_worker_wait_rides_out_a_broker_restart(transport, private, ansible, workers):
     server = private.redis() if transport == 'redis' else private.rabbit()
