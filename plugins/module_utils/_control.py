@@ -165,21 +165,21 @@ end
         self.topic = '%s/%d.%s' % (self.prefix, broker.db, REQUEST_EXCHANGE)
         self.oid = self.reply_key = self.member = None
 
-    def _bind_reply_queue(self):
-        self.oid = str(uuid.uuid4())
-        queue = '%s.%s' % (self.oid, REPLY_EXCHANGE)
-        self.reply_key = self.prefix + queue
-        self.member = self.sep.join([self.oid, '', queue])
-        self.queues.call(self.client.eval, self._BIND, 2, self.prefix + '_kombu.binding.' + REPLY_EXCHANGE,
-                         self.prefix + '_kombu.binding_deadlines', self.member, REPLY_EXCHANGE,
-                         self._BINDING_TTL_MS)
-
     def publish(self, bodies, expires, reply):
         """Publish request bodies (a list); with ``reply``, they carry our reply queue."""
         if reply and self.oid is None:
-            self._bind_reply_queue()
+            self.oid = str(uuid.uuid4())
+            queue = '%s.%s' % (self.oid, REPLY_EXCHANGE)
+            self.reply_key = self.prefix + queue
+            self.member = self.sep.join([self.oid, '', queue])
         headers = {'clock': 1, 'expires': expires}
         pipe = self.client.pipeline(transaction=False)
+        if reply:
+            # Bound again with every request, in the same round trip: a Redis restarted between two
+            # requests (redis-py reconnects without a word) has forgotten the binding, and the
+            # workers' replies would go nowhere.
+            pipe.eval(self._BIND, 2, self.prefix + '_kombu.binding.' + REPLY_EXCHANGE,
+                      self.prefix + '_kombu.binding_deadlines', self.member, REPLY_EXCHANGE, self._BINDING_TTL_MS)
         for body in bodies(self.oid):
             pipe.publish(self.topic, make_envelope(body, headers, REQUEST_EXCHANGE))
         self.queues.call(pipe.execute)

@@ -145,7 +145,8 @@ gone:
   description:
     - Nodes that answered at first but stopped answering (two questions in a row) while the module waited for them,
       as a worker killed or crashed during a drain does. With V(drained) they are not waited for and a warning names
-      them; their C(after) is V(null).
+      them; their C(after) is V(null). For 30 seconds after the broker went away and came back, silent nodes are not
+      counted as gone, as workers reconnect on their own schedule.
   returned: always
   type: list
   elements: str
@@ -174,6 +175,9 @@ SNAPSHOT = {'ping': {}, 'active_queues': {}, 'active': {}, 'reserved': {}, 'stat
 # Snapshots in a row a node must miss, while waited for, to count as gone (killed, crashed):
 # one late answer from a busy node is not death.
 GONE_AFTER = 2
+# After the broker went away and came back, seconds during which silent nodes are not counted
+# as gone: workers reconnect on their own schedule (kombu retries up to 30 s apart).
+RECONNECT_GRACE = 30.0
 
 
 def check_params(params):
@@ -258,21 +262,28 @@ class Fleet(object):
         """Ask ``nodes`` again until ``done(snapshot)``; returns the last snapshot.
 
         With ``track_gone``, a node that misses GONE_AFTER snapshots in a row joins ``self.gone``
-        and is asked no more: ``done`` and ``describe`` decide what that means.
+        and is asked no more (``done`` and ``describe`` decide what that means), except for
+        RECONNECT_GRACE seconds after the broker came back.
         """
         misses = dict((node, 0) for node in nodes)
+        back = [None]   # when the broker came back after going away
 
         def probe():
             asked = [node for node in nodes if node not in self.gone]
             state = self.snapshot(asked) if asked else {}
             if track_gone:
+                grace = back[0] is not None and time.monotonic() - back[0] < RECONNECT_GRACE
                 for node in asked:
-                    misses[node] = 0 if node in state else misses[node] + 1
+                    misses[node] = 0 if node in state or grace else misses[node] + 1
                     if misses[node] >= GONE_AFTER:
                         self.gone.add(node)
             return done(state), state
+
+        def reconnect():
+            self.control.reconnect()
+            back[0] = time.monotonic()
         return wait_until(probe, self.params['wait_timeout'], self.params['wait_sleep'], describe,
-                          reconnect=self.control.reconnect)[0]
+                          reconnect=reconnect)[0]
 
 
 def public(state):

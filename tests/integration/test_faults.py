@@ -412,3 +412,30 @@ def test_redis_killed_during_a_purge_says_which_queues_were_done(private, ansibl
                 assert after.get(key.encode()) in (None, before[key.encode()]), key
             else:
                 assert after.get(key.encode()) == before[key.encode()], key
+
+
+@pytest.mark.parametrize('transport', ['redis', 'amqp'])
+def test_drain_across_a_broker_restart_does_not_take_nodes_for_gone(transport, private, ansible, workers):
+    """The workers lose the broker too and reconnect on their own schedule: silence right after
+    the broker came back is not death."""
+    server = private.redis(persist=True) if transport == 'redis' else private.rabbit()
+    node = 'restart-%s@localhost' % uuid.uuid4().hex[:6]
+    workers.start(server.url, node, ['faults'], concurrency=1, prefetch=1)
+    publish(server.url, 'fleet_tasks.sleep', 'faults', args=(15,))
+    close_publishers(server.url)
+    from harness import celery_app
+    inspect = celery_app(server.url).control.inspect(destination=[node], timeout=1)
+    until(lambda: (inspect.active() or {}).get(node), 60, 'the worker running its task')
+    play = Background(ansible, [{'name': 'drain', 'celeryops.fleet.celery_worker': dict(
+        broker_url=server.url, nodes=[node], state='drained', timeout=2, wait_timeout=120, connect_timeout=2)}])
+    until(lambda: (inspect.active_queues() or {}).get(node) == [], 90, 'the module cancelling the consumer')
+    close_publishers(server.url)
+    if transport == 'redis':
+        server.restart(down_for=2)
+    else:
+        server.restart()
+    result = play.join()[0]
+    assert not result.get('failed'), result
+    assert result['gone'] == [], result
+    after = result['nodes'][node]['after']
+    assert after is not None and after['active'] == 0 and after['reserved'] == 0, result
