@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from harness import close_publishers, free_port, publish
+from harness import celery_app, close_publishers, free_port, publish
 
 SECRET = 'pw-' + uuid.uuid4().hex
 MARGIN = 1.0  # "within its timeout plus a second"
@@ -308,7 +308,6 @@ def test_memory_alarm_blocks_control_but_not_queue_work(private, ansible):
 @pytest.mark.parametrize('transport', ['redis', 'amqp'])
 def test_worker_killed_during_drain_is_gone_and_the_rest_drains(transport, request, ansible, workers):
     broker = request.getfixturevalue('redis_env' if transport == 'redis' else 'rabbit_env')
-    from harness import celery_app
     tag = uuid.uuid4().hex[:6]
     doomed, survivor = 'doomed-%s@localhost' % tag, 'survivor-%s@localhost' % tag
     killed = workers.start(broker.url, doomed, ['faults_a'], concurrency=1, prefetch=1)
@@ -423,7 +422,6 @@ def test_drain_across_a_broker_restart_does_not_take_nodes_for_gone(transport, p
     workers.start(server.url, node, ['faults'], concurrency=1, prefetch=1)
     publish(server.url, 'fleet_tasks.sleep', 'faults', args=(15,))
     close_publishers(server.url)
-    from harness import celery_app
     inspect = celery_app(server.url).control.inspect(destination=[node], timeout=1)
     until(lambda: (inspect.active() or {}).get(node), 60, 'the worker running its task')
     play = Background(ansible, [{'name': 'drain', 'celeryops.fleet.celery_worker': dict(
