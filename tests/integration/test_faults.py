@@ -437,3 +437,5 @@ def test_drain_across_a_broker_restart_does_not_take_nodes_for_gone(transport, p
     assert result['gone'] == [], result
     after = result['nodes'][node]['after']
     assert after is not None and after['active'] == 0 and after['reserved'] == 0, result
+    # The worker reconnected without taking the cancelled queue back.
+    assert after['queues'] == [], after
