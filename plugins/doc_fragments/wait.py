@@ -19,6 +19,9 @@ options:
     description:
       - Seconds to wait when O(wait=true). The module fails when the time runs out, naming what did not
         reach the condition and the last value seen.
+      - If the broker goes away while the module waits (a restart, a lost connection, or silence for
+        O(connect_timeout)), the module reconnects every O(wait_sleep) seconds within the same O(wait_timeout),
+        and fails saying that the broker went away if it is not back in time.
     type: float
     default: 120.0
   wait_sleep:

@@ -129,16 +129,38 @@ class AmqpQueues(object):
                       client_properties={'connection_name': 'celeryops.fleet'})
         if broker.tls:
             kwargs['ssl_options'] = pika.SSLOptions(ssl_context(broker), server_hostname=broker.host)
-        self.connection = self._rpc(pika.BlockingConnection, pika.ConnectionParameters(**kwargs),
-                                    what='connecting')
+        self.parameters = pika.ConnectionParameters(**kwargs)
+        self._connect()
+
+    def _connect(self):
+        self.broken = False
+        self.blocked = None   # the broker's reason (or True) while it blocks this connection
+        self.connection = None
+        self.connection = self._rpc(pika.BlockingConnection, self.parameters, what='connecting')
+        self.connection.add_on_connection_blocked_callback(self._on_blocked)
+        self.connection.add_on_connection_unblocked_callback(self._on_unblocked)
         self.channel = None
         self.management_records = None   # the last management listing of the vhost: name -> record
         self._locked = set()   # queues exclusive to another connection
 
+    def _on_blocked(self, _connection, frame):
+        self.blocked = getattr(frame.method, 'reason', None) or True
+
+    def _on_unblocked(self, _connection, _frame):
+        self.blocked = None
+
+    def reconnect(self):
+        """A new connection after the broker went away (the old one is beyond use)."""
+        self.close()
+        self._connect()
+
     def close(self):
         try:
-            if self.connection.is_open:
-                self.connection.close()
+            # A blocked connection is not read by the broker: its close-ok would never come.
+            if self.connection is not None and self.connection.is_open and not (self.broken or self.blocked):
+                # pika waits for the broker's close-ok without a timeout of its own.
+                with time_limit(self.broker.timeout, 'closing the connection to %s' % self.broker.endpoint):
+                    self.connection.close()
         except Exception:  # closing is best effort; the broker requeues anything still held
             pass
 
@@ -146,6 +168,13 @@ class AmqpQueues(object):
 
     def _rpc(self, func, *args, **kwargs):
         """One blocking pika call, bounded in time, its failures turned into a BrokerError."""
+        try:
+            return self._bounded(func, *args, **kwargs)
+        except BrokerError as error:
+            self.broken = self.broken or error.lost  # then closing would only wait for a dead broker
+            raise
+
+    def _bounded(self, func, *args, **kwargs):
         what = kwargs.pop('what', 'waiting for a reply')
         endpoint = self.broker.endpoint
         try:
@@ -164,25 +193,42 @@ class AmqpQueues(object):
             if 'vhost' in reason.lower() or exc.reply_code == 530:
                 raise BrokerError("broker_url: vhost '%s' is not usable at %s: %s" % (self.broker.vhost, endpoint, reason),
                                   option='broker_url', endpoint=endpoint)
-            raise BrokerError('%s closed the connection: %s' % (endpoint, reason), endpoint=endpoint)
+            # 320 CONNECTION_FORCED: the node is shutting down (a restart) or an operator closed us.
+            raise BrokerError('%s closed the connection: %s' % (endpoint, reason), endpoint=endpoint, lost=True)
         except pika_exceptions.IncompatibleProtocolError as exc:
             raise BrokerError('cannot connect to %s: the port does not speak AMQP%s (%s)'
                               % (endpoint, '' if self.broker.tls else ' in plaintext; use amqps:// for TLS',
                                  type(exc).__name__), option='broker_url', endpoint=endpoint)
+        except pika_exceptions.ConnectionBlockedTimeout:
+            raise self.blocked_error(self.broker.timeout, 'connect_timeout')
         except pika_exceptions.AMQPConnectionError as exc:
+            if self.connection is not None:
+                raise BrokerError('lost the connection to %s: %s (the broker went away: restarted, stopped or cut off)'
+                                  % (endpoint, self._reason(exc)), option='broker_url', endpoint=endpoint, lost=True)
             raise self._connect_error(exc)
+        except pika_exceptions.ConnectionWrongStateError as exc:
+            raise BrokerError('lost the connection to %s: %s' % (endpoint, self._reason(exc)), endpoint=endpoint,
+                              lost=True)
         except pika_exceptions.AMQPError as exc:
             raise BrokerError('%s: %s' % (endpoint, self._reason(exc)), endpoint=endpoint)
         except AMQPConnectorStackTimeout:
             # The port accepted the connection and then said nothing (or not AMQP) in time.
-            raise BrokerError('timed out after %ss during the AMQP handshake with %s (connect_timeout)%s'
+            raise BrokerError('timed out after %ss during the AMQP handshake with %s (connect_timeout): the port '
+                              'accepted the connection but did not answer%s'
                               % (self.broker.timeout, endpoint,
                                  '; does the port speak TLS?' if self.broker.tls else '; is it an AMQP port?'),
-                              option='connect_timeout', endpoint=endpoint)
+                              option='connect_timeout', endpoint=endpoint, lost=True)
         except AMQPConnectorException as exc:
             raise self._connect_error(exc)
         except OSError as exc:
             raise self._connect_error(exc)
+
+    def blocked_error(self, seconds, option):
+        """RabbitMQ stops reading from a publishing connection while a resource alarm is on."""
+        return BrokerError('the broker blocked the connection (memory or disk alarm%s) at %s: nothing it was sent '
+                           'went through for %ss (%s); it takes no message from publishers until the alarm clears'
+                           % ('; it says: %s' % self.blocked if isinstance(self.blocked, str) else '',
+                              self.broker.endpoint, seconds, option), option=option, endpoint=self.broker.endpoint)
 
     def _connect_error(self, exc):
         """Why a connection failed; a failed TLS handshake says what to fix (the CA, amqps:// to a plaintext port)."""
@@ -192,8 +238,9 @@ class AmqpQueues(object):
                 isinstance(exc, ssl.SSLError) or any(isinstance(a, ssl.SSLError) for a in getattr(exc, 'args', ()))):
             failure = tls_failure(self.broker, 'SSL: ' + reason)
         text, option = failure or (reason, 'broker_url')
+        # A broker that is down may come back (a wait retries); a certificate problem will not.
         return BrokerError('cannot connect to %s: %s' % (self.broker.endpoint, text), option=option,
-                           endpoint=self.broker.endpoint)
+                           endpoint=self.broker.endpoint, lost=failure is None)
 
     def _reason(self, exc):
         text = scrub(exc, self.broker.password)

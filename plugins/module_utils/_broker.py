@@ -44,15 +44,17 @@ class BrokerError(Exception):
     """The one failure type of the layer: a message fit for an operator, plus context.
 
     ``option`` names the module option at fault, ``endpoint`` the redacted endpoint;
-    modules turn it into a single ``fail_json``.
+    modules turn it into a single ``fail_json``. ``lost`` marks a broker that went away
+    (refused, closed, reset or silent past the timeout): worth reconnecting to while waiting.
     """
 
-    def __init__(self, msg, option=None, endpoint=None, details=None):
+    def __init__(self, msg, option=None, endpoint=None, details=None, lost=False):
         super(BrokerError, self).__init__(msg)
         self.msg = msg
         self.option = option
         self.endpoint = endpoint
         self.details = details or {}
+        self.lost = lost
 
     def __str__(self):
         return self.msg
@@ -315,7 +317,7 @@ def time_limit(seconds, what):
         return
 
     def _expired(signum, frame):
-        raise BrokerError('timed out after %.1fs %s' % (seconds, what), option='connect_timeout')
+        raise BrokerError('timed out after %.1fs %s' % (seconds, what), option='connect_timeout', lost=True)
 
     outer_left = signal.getitimer(signal.ITIMER_REAL)[0]
     if 0 < outer_left <= seconds:

@@ -173,21 +173,21 @@ end
         self.topic = '%s/%d.%s' % (self.prefix, broker.db, REQUEST_EXCHANGE)
         self.oid = self.reply_key = self.member = None
 
-    def _bind_reply_queue(self):
-        self.oid = str(uuid.uuid4())
-        queue = '%s.%s' % (self.oid, REPLY_EXCHANGE)
-        self.reply_key = self.prefix + queue
-        self.member = self.sep.join([self.oid, '', queue])
-        self.queues.call(self.client.eval, self._BIND, 2, self.prefix + '_kombu.binding.' + REPLY_EXCHANGE,
-                         self.prefix + '_kombu.binding_deadlines', self.member, REPLY_EXCHANGE,
-                         self._BINDING_TTL_MS)
-
     def publish(self, bodies, expires, reply):
         """Publish request bodies (a list); with ``reply``, they carry our reply queue."""
         if reply and self.oid is None:
-            self._bind_reply_queue()
+            self.oid = str(uuid.uuid4())
+            queue = '%s.%s' % (self.oid, REPLY_EXCHANGE)
+            self.reply_key = self.prefix + queue
+            self.member = self.sep.join([self.oid, '', queue])
         headers = {'clock': 1, 'expires': expires}
         pipe = self.client.pipeline(transaction=False)
+        if reply:
+            # Bound again with every request, in the same round trip: a Redis restarted between two
+            # requests (redis-py reconnects without a word) has forgotten the binding, and the
+            # workers' replies would go nowhere.
+            pipe.eval(self._BIND, 2, self.prefix + '_kombu.binding.' + REPLY_EXCHANGE,
+                      self.prefix + '_kombu.binding_deadlines', self.member, REPLY_EXCHANGE, self._BINDING_TTL_MS)
         for body in bodies(self.oid):
             pipe.publish(self.topic, make_envelope(body, headers, REQUEST_EXCHANGE))
         self.queues.call(pipe.execute)
@@ -207,7 +207,7 @@ end
 
     def close(self):
         try:
-            if self.oid is not None:
+            if self.oid is not None and not self.queues.broken:
                 # What kombu does when the last consumer of an auto-delete queue goes.
                 pipe = self.client.pipeline(transaction=False)
                 pipe.srem(self.prefix + '_kombu.binding.' + REPLY_EXCHANGE, self.member)
@@ -217,6 +217,10 @@ end
         except Exception:  # best effort: a reply list left behind holds a few small replies
             pass
         self.queues.close()
+
+    def check(self, timeout, complete):
+        """Nothing to do: Redis has no flow control of publishers, and a silent Redis already
+        failed the BRPOP by its socket timeout."""
 
 
 def _reply_of(raw):
@@ -285,6 +289,16 @@ class _AmqpMailbox(object):
         out, self.received = self.received, []
         return out
 
+    def check(self, timeout, complete):
+        """Missing replies must not pass for missing workers when the broker is at fault: it
+        blocks our publishing (a resource alarm), or it stopped answering (pika only notices
+        that on a call that waits for an answer)."""
+        if self.queues.blocked:
+            raise self.queues.blocked_error(timeout, 'timeout')
+        if not complete and self.oid is not None:
+            self.rpc(self.channel.queue_declare, '%s.%s' % (self.oid, REPLY_EXCHANGE), passive=True,
+                     what='checking the reply queue on')
+
     def close(self):
         # The reply queue is auto-delete: it goes with the connection.
         self.queues.close()
@@ -295,13 +309,22 @@ class Control(object):
 
     def __init__(self, broker, global_keyprefix=''):
         self.broker = broker
-        if broker.transport == 'redis':
-            self.mailbox = _RedisMailbox(broker, global_keyprefix)
-        else:
-            self.mailbox = _AmqpMailbox(broker)
+        self.global_keyprefix = global_keyprefix
+        self.mailbox = self._open()
+
+    def _open(self):
+        if self.broker.transport == 'redis':
+            return _RedisMailbox(self.broker, self.global_keyprefix)
+        return _AmqpMailbox(self.broker)
 
     def close(self):
         self.mailbox.close()
+
+    def reconnect(self):
+        """A new connection and reply queue after the broker went away (a restarted broker
+        forgot our reply queue and its binding)."""
+        self.mailbox.close()
+        self.mailbox = self._open()
 
     def send(self, command, arguments=None, destination=None):
         """A command that gets no reply by design (``shutdown``)."""
@@ -341,4 +364,5 @@ class Control(object):
                     for node, value in body.items():
                         replies.add(command, node, value)
         replies.elapsed = time.monotonic() - started
+        self.mailbox.check(timeout, complete=grace_until is not None)
         return replies

@@ -34,6 +34,9 @@ QUEUE_EXPIRES = 60.0
 MESSAGE_TTL = 60.0
 # Shown in Redis CLIENT LIST, so an operator can tell this listener from the workers.
 CLIENT_NAME = 'celeryops.fleet.events'
+# Seconds between two round trips that prove the broker still answers: a silent window is
+# normal, so silence alone cannot tell a hung broker from an idle fleet.
+ALIVE_EVERY = 1.0
 
 TASK_STATES = ('received', 'started', 'succeeded', 'failed', 'retried', 'rejected', 'revoked')
 TASK_TYPES = ('task-sent',) + tuple('task-' + state for state in TASK_STATES)
@@ -244,6 +247,9 @@ class _RedisEvents(object):
     def exists(self):
         return True
 
+    def alive(self):
+        self.queues.call(self.queues.client.ping)
+
     def receive(self, wait):
         """Bodies of the events that came within ``wait`` seconds; None for an undecodable one."""
         message = self.queues.call(self.pubsub.get_message, timeout=max(0.01, min(wait, self.timeout / 2.0)))
@@ -275,6 +281,7 @@ class _AmqpEvents(object):
         self.timeout = broker.timeout
         self.closed_by_broker = pika_exceptions.ChannelClosedByBroker
         self.key = key
+        self.queue = None
         self.received = []
 
     def exists(self):
@@ -292,7 +299,7 @@ class _AmqpEvents(object):
         if not self.rpc(passive, what='looking up the event exchange on'):
             return False
         channel = self.queues._open_channel()
-        queue = QUEUE_PREFIX + str(uuid.uuid4())
+        queue = self.queue = QUEUE_PREFIX + str(uuid.uuid4())
         self.rpc(channel.queue_declare, queue, durable=False, exclusive=True, auto_delete=True,
                  arguments={'x-expires': int(QUEUE_EXPIRES * 1000), 'x-message-ttl': int(MESSAGE_TTL * 1000)},
                  what='declaring the event queue on')
@@ -306,6 +313,9 @@ class _AmqpEvents(object):
             self.received.append(value if isinstance(value, (dict, list)) else None)
         self.rpc(channel.basic_consume, queue, on_message, auto_ack=True, what='consuming on')
         return True
+
+    def alive(self):
+        self.rpc(self.queues._open_channel().queue_declare, self.queue, passive=True, what='checking the event queue on')
 
     def receive(self, wait):
         if not self.received:
@@ -338,10 +348,18 @@ def listen(broker, summary, duration, max_events=None, types=None, global_keypre
         if not events.exists():
             summary.no_exchange = True
             return time.monotonic() - started, 'no_exchange'
+        checked = time.monotonic()
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return time.monotonic() - started, 'duration'
+            if time.monotonic() - checked >= ALIVE_EVERY:
+                try:
+                    events.alive()
+                except BrokerError as error:
+                    error.msg = 'the broker stopped answering while listening for events: ' + error.msg
+                    raise
+                checked = time.monotonic()
             received_at = time.monotonic()
             for body in events.receive(min(left, 0.5)):
                 if body is None:

@@ -44,6 +44,8 @@ INTERNAL_EXCHANGES = ('celery.pidbox', 'reply.celery.pidbox', 'celeryev')
 READ_CHUNK = 2000
 # Elements removed per LTRIM when trimming, for the same reason.
 TRIM_CHUNK = 10000
+# Shown in Redis CLIENT LIST (as the connection name in RabbitMQ), so an operator can tell us apart.
+CLIENT_NAME = 'celeryops.fleet'
 # Attempts at a filtered purge of a queue that producers or consumers keep changing.
 REWRITE_ATTEMPTS = 5
 
@@ -105,11 +107,12 @@ class RedisQueues(object):
 
     transport = 'redis'
 
-    def __init__(self, broker, layout, client_name=None):
+    def __init__(self, broker, layout, client_name=CLIENT_NAME):
         if not HAS_REDIS:
             raise BrokerError('the redis Python library is needed for %s' % broker.endpoint)
         self.broker = broker
         self.layout = layout
+        self.broken = False
         kwargs = dict(host=broker.host, port=broker.port, db=broker.db, username=broker.user,
                       password=broker.password, socket_timeout=broker.timeout,
                       socket_connect_timeout=broker.timeout, retry=Retry(NoBackoff(), 0), client_name=client_name)
@@ -119,12 +122,21 @@ class RedisQueues(object):
                           ssl_cert_reqs='required' if broker.tls_verify else 'none')
             ssl_context(broker)  # fails early and clearly on unreadable TLS files
         self.client = redis.Redis(**kwargs)
+        self.connected = False   # once the broker answered, a connection error means it went away
         self.call(self.client.ping)
+        self.connected = True
         self._llen_all = self.client.register_script(_LLEN_ALL)
         self._smembers_all = self.client.register_script(_SMEMBERS_ALL)
 
     def close(self):
         self.client.close()
+
+    def reconnect(self):
+        """Drop the pooled connections and check that the broker answers again."""
+        self.client.connection_pool.disconnect()
+        self.connected = False
+        self.call(self.client.ping)
+        self.connected, self.broken = True, False
 
     # -- errors -----------------------------------------------------------------------------
 
@@ -139,16 +151,20 @@ class RedisQueues(object):
             raise self._error('timed out after %ss talking to %s (connect_timeout): %s%s'
                               % (self.broker.timeout, self.broker.endpoint, self._reason(exc),
                                  ' (does the port speak TLS?)' if self.broker.tls else ''),
-                              option='connect_timeout')
+                              option='connect_timeout', lost=True)
         except redis.ConnectionError as exc:
             reason = self._reason(exc)
+            if self.connected:
+                raise self._error('lost the connection to %s: %s (the broker went away: restarted, stopped or cut off)'
+                                  % (self.broker.endpoint, reason), option='broker_url', lost=True)
             failure = tls_failure(self.broker, reason)
-            if failure:
+            if failure:  # a certificate problem: not something a retry fixes
                 raise self._error('cannot connect to %s: %s' % (self.broker.endpoint, failure[0]), option=failure[1])
             hint = ''
             if self.broker.tls is False and ('reset' in reason.lower() or 'closed' in reason.lower()):
                 hint = ' (does the server want TLS? use rediss://)'
-            raise self._error('cannot connect to %s: %s%s' % (self.broker.endpoint, reason, hint), option='broker_url')
+            raise self._error('cannot connect to %s: %s%s' % (self.broker.endpoint, reason, hint), option='broker_url',
+                              lost=True)
         except redis.ResponseError as exc:
             reason = self._reason(exc)
             if 'DB index' in reason:
@@ -164,8 +180,9 @@ class RedisQueues(object):
     def _reason(self, exc):
         return scrub(exc, self.broker.password) or type(exc).__name__
 
-    def _error(self, msg, option=None):
-        return BrokerError(msg, option=option, endpoint=self.broker.endpoint)
+    def _error(self, msg, option=None, lost=False):
+        self.broken = self.broken or lost  # nothing more to tidy up on this connection
+        return BrokerError(msg, option=option, endpoint=self.broker.endpoint, lost=lost)
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -25,21 +25,42 @@ def check_wait_params(params):
             check_seconds(params[option], option)
 
 
-def wait_until(probe, timeout, sleep, describe):
+def wait_until(probe, timeout, sleep, describe, reconnect=None):
     """Call ``probe()`` until it returns (True, state) or ``timeout`` seconds pass.
 
     Returns (state, elapsed seconds). On timeout raises BrokerError with ``describe(state)``
     telling what was awaited and the last value seen; the last state rides along in
     ``details`` so modules can still return it.
+
+    With ``reconnect``, a broker that goes away (restart, lost or silent connection) is
+    reconnected to, every ``sleep`` seconds, within the same ``timeout``; if it is not back
+    in time the error says it went away.
     """
     start = time.monotonic()
     deadline = start + timeout
+    state = None
+    lost = None   # why the broker is away, while it is
     while True:
-        done, state = probe()
+        done = False
+        try:
+            if lost is not None:
+                reconnect()
+            done, state = probe()
+            lost = None
+        except BrokerError as error:
+            if reconnect is None or not error.lost:
+                raise
+            lost = error
         now = time.monotonic()
         if done:
             return state, now - start
         if now >= deadline:
+            details = dict(last_state=state) if state is not None else {}
+            if lost is not None:
+                raise BrokerError('the broker%s went away while waiting and was not back within %.1fs (wait_timeout): '
+                                  '%s' % (' ' + lost.endpoint if lost.endpoint else '', timeout, lost.msg),
+                                  option='wait_timeout',
+                                  endpoint=lost.endpoint, details=details)
             raise BrokerError('timed out after %.1fs (wait_timeout) waiting: %s' % (now - start, describe(state)),
-                              option='wait_timeout', details=dict(last_state=state))
+                              option='wait_timeout', details=details)
         time.sleep(max(0.0, min(sleep, deadline - now)))

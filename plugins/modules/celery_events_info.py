@@ -23,7 +23,9 @@ description:
   - On Redis it subscribes to the event channel, which leaves nothing behind. On RabbitMQ the queue it listens on is
     its own, deleted at the end whatever happens; should the module be killed, the queue is exclusive, auto-delete
     and expiring. Nothing else is changed.
-  - The window always ends on time, even when no event comes.
+  - The window always ends on time, even when no event comes. Once a second the module checks that the broker still
+    answers, so a broker that stops answering fails it within O(connect_timeout) instead of passing for a quiet
+    fleet.
 options:
   duration:
     description:

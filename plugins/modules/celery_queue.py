@@ -119,6 +119,15 @@ queues:
     unacked:
       description: Messages held unacknowledged by workers, which no purge removes. V(null) when the broker cannot tell.
       type: int
+pending:
+  description:
+    - When the broker failed part way (connection lost, restarted), the queues not done, in the order of O(queues).
+      RV(queues) lists those that were done; the message names both, and the queue that was in progress, which may
+      be partly or wholly done.
+  returned: on failure after the broker answered
+  type: list
+  elements: str
+  sample: ["reports", "mail"]
 broker:
   description: The broker that answered, without credentials.
   returned: always
@@ -157,26 +166,45 @@ def check_params(params):
 def apply(params, check_mode, result, warn):
     queues = open_queues(params)
     result['broker'] = queues.broker.facts()
+    current = []   # the queue being changed, while it is
     try:
-        for state in queue_states(queues, params['queues']):
-            name = state['name']
-            if not state['exists'] or not state['messages']:
-                removed = 0
-            elif params['state'] == 'trimmed':
-                removed = queues.trim(name, params['keep'], params['drop'], check_mode=check_mode)
-            else:
-                removed = queues.purge(name, params['task_names'], check_mode=check_mode)
-            after = state['messages'] - removed
-            if not check_mode and removed:
-                after = queue_states(queues, [name])[0]['messages']
-            result['queues'].append(dict(name=name, exists=state['exists'], before=state['messages'],
-                                         removed=removed, after=after, unacked=state['unacked']))
-            if state['unacked']:
-                warn("queue '%s' has %d messages held unacknowledged by workers; they were not removed and will run"
-                     % (name, state['unacked']))
+        changes(queues, params, check_mode, result, warn, current)
+    except BrokerError as error:
+        if not check_mode:
+            # The broker failed part way (lost, restarted): say what is done and what is not.
+            done = [q['name'] for q in result['queues']]
+            result['pending'] = [name for name in dict.fromkeys(params['queues']) if name not in done]
+            error.msg += '; %s before the failure: %s' % (params['state'], ', '.join(done) or 'none')
+            if result['pending']:
+                error.msg += '; not done: %s' % ', '.join(result['pending'])
+            if current:
+                error.msg += " ('%s' was in progress: some or all of its messages may be gone)" % current[0]
+        raise
     finally:
         queues.close()
     result['changed'] = any(q['removed'] for q in result['queues'])
+
+
+def changes(queues, params, check_mode, result, warn, current):
+    """Purge or trim each queue in turn, appending each finished one to result['queues']."""
+    for state in queue_states(queues, params['queues']):
+        name = state['name']
+        current[:] = [name]
+        if not state['exists'] or not state['messages']:
+            removed = 0
+        elif params['state'] == 'trimmed':
+            removed = queues.trim(name, params['keep'], params['drop'], check_mode=check_mode)
+        else:
+            removed = queues.purge(name, params['task_names'], check_mode=check_mode)
+        after = state['messages'] - removed
+        if not check_mode and removed:
+            after = queue_states(queues, [name])[0]['messages']
+        result['queues'].append(dict(name=name, exists=state['exists'], before=state['messages'],
+                                     removed=removed, after=after, unacked=state['unacked']))
+        current[:] = []
+        if state['unacked']:
+            warn("queue '%s' has %d messages held unacknowledged by workers; they were not removed and will run"
+                 % (name, state['unacked']))
 
 
 def main():

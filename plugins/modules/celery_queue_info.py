@@ -227,7 +227,7 @@ def describe(params, result):
 
         if params['wait'] and thresholds:
             states, waited = wait_until(probe, params['wait_timeout'], params['wait_sleep'],
-                                        lambda s: '; '.join(unmet_thresholds(s, params)))
+                                        lambda s: '; '.join(unmet_thresholds(s, params)), reconnect=queues.reconnect)
             result['waited'] = round(waited, 3)
         else:
             states = queue_states(queues, names, params['include_internal'])

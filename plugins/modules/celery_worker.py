@@ -16,7 +16,9 @@ description:
   - V(drained) cancels the consumers of O(queues) (default every queue the node consumes), confirms through
     C(active_queues) that they are gone (the control reply alone proves nothing), then waits until the node has no
     active and no reserved (prefetched) task. Prefetched tasks still run after a cancel; the module waits for them
-    and, if O(wait_timeout) runs out, fails listing what each node still holds.
+    and, if O(wait_timeout) runs out, fails listing what each node still holds. A node that stops answering during
+    the drain (killed, crashed) runs nothing any more, so it is reported in RV(gone), with a warning, and not waited for;
+    the other nodes' drain still completes. With V(consuming), such a node fails the module at once.
   - V(stopped) sends a warm shutdown and waits until the nodes stop answering. Nodes already gone are not a change.
   - Every change is confirmed by asking the workers again; a second run with the same options changes nothing.
   - In check mode the module asks the workers for their state and reports what it would do, without sending any
@@ -66,11 +68,17 @@ options:
   timeout:
     description:
       - Seconds to collect the workers' replies to each question, in all.
+      - On RabbitMQ, a memory or disk alarm blocks the connection that publishes the question; the module then fails
+        when this time is out, saying that the broker blocked the connection, instead of reporting the workers
+        missing.
     type: float
     default: 2.0
   wait_timeout:
     description:
       - Seconds to wait for the change to show (consumers gone, tasks finished, nodes silent).
+      - If the broker goes away meanwhile (a restart, a lost connection, or silence for O(connect_timeout)), the
+        module reconnects every O(wait_sleep) seconds within the same O(wait_timeout), and fails saying that the
+        broker went away if it is not back in time.
     type: float
     default: 300.0
   wait_sleep:
@@ -133,6 +141,15 @@ missing:
   returned: always
   type: list
   elements: str
+gone:
+  description:
+    - Nodes that answered at first but stopped answering (two questions in a row) while the module waited for them,
+      as a worker killed or crashed during a drain does. With V(drained) they are not waited for and a warning names
+      them; their C(after) is V(null). For 30 seconds after the broker went away and came back, silent nodes are not
+      counted as gone, as workers reconnect on their own schedule.
+  returned: always
+  type: list
+  elements: str
 broker:
   description: The broker, without credentials.
   returned: always
@@ -155,6 +172,12 @@ from ansible_collections.celeryops.fleet.plugins.module_utils._queues import mis
 from ansible_collections.celeryops.fleet.plugins.module_utils._wait import wait_until
 
 SNAPSHOT = {'ping': {}, 'active_queues': {}, 'active': {}, 'reserved': {}, 'stats': {}}
+# Snapshots in a row a node must miss, while waited for, to count as gone (killed, crashed):
+# one late answer from a busy node is not death.
+GONE_AFTER = 2
+# After the broker went away and came back, seconds during which silent nodes are not counted
+# as gone: workers reconnect on their own schedule (kombu retries up to 30 s apart).
+RECONNECT_GRACE = 30.0
 
 
 def check_params(params):
@@ -194,6 +217,7 @@ class Fleet(object):
         self.control = control
         self.params = params
         self.expectation = Expectation(params['nodes'])
+        self.gone = set()   # nodes that stopped answering while waited for
 
     def snapshot(self, nodes=None):
         """node -> {queues, active, reserved} for the targeted nodes that answer."""
@@ -232,12 +256,32 @@ class Fleet(object):
             raise BrokerError('%s on %s failed: %s' % (command, node, reply['error']), option='state')
         return reply.get('ok', '') if isinstance(reply, dict) else ''
 
-    def wait(self, nodes, done, describe):
-        """Ask ``nodes`` again until ``done(snapshot)``; returns the last snapshot."""
+    def wait(self, nodes, done, describe, track_gone=True):
+        """Ask ``nodes`` again until ``done(snapshot)``; returns the last snapshot.
+
+        With ``track_gone``, a node that misses GONE_AFTER snapshots in a row joins ``self.gone``
+        and is asked no more (``done`` and ``describe`` decide what that means), except for
+        RECONNECT_GRACE seconds after the broker came back.
+        """
+        misses = dict((node, 0) for node in nodes)
+        back = [None]   # when the broker came back after going away
+
         def probe():
-            state = self.snapshot(nodes)
+            asked = [node for node in nodes if node not in self.gone]
+            state = self.snapshot(asked) if asked else {}
+            if track_gone:
+                grace = back[0] is not None and time.monotonic() - back[0] < RECONNECT_GRACE
+                for node in asked:
+                    misses[node] = 0 if node in state or grace else misses[node] + 1
+                    if misses[node] >= GONE_AFTER:
+                        self.gone.add(node)
             return done(state), state
-        return wait_until(probe, self.params['wait_timeout'], self.params['wait_sleep'], describe)[0]
+
+        def reconnect():
+            self.control.reconnect()
+            back[0] = time.monotonic()
+        return wait_until(probe, self.params['wait_timeout'], self.params['wait_sleep'], describe,
+                          reconnect=reconnect)[0]
 
 
 def public(state):
@@ -318,7 +362,10 @@ def converge(params, check_mode, result):
             plans[node] = [a for a in plans[node] if (node, a[0]) not in unchanged]
             result['nodes'][node]['actions'] = [label(*a) for a in plans[node]]
         result['changed'] = any(plans.values())
-        after = confirm(fleet, params, nodes, plans)
+        try:
+            after = confirm(fleet, params, nodes, plans)
+        finally:
+            result['gone'] = sorted(fleet.gone)
         for node in nodes:
             result['nodes'][node]['after'] = public(after[node]) if node in after else None
     finally:
@@ -332,10 +379,15 @@ def confirm(fleet, params, nodes, plans):
         def gone(state):
             return not any(node in state for node in changed)
         return fleet.wait(changed, gone, lambda s: 'nodes still answering after shutdown: %s'
-                          % ', '.join(sorted(n for n in changed if n in s)))
+                          % ', '.join(sorted(n for n in changed if n in s)), track_gone=False)
 
     def applied(state):
         for node in changed:
+            if node in fleet.gone and params['state'] == 'drained':
+                continue  # a dead node consumes nothing
+            if node in fleet.gone:
+                raise BrokerError('%s stopped answering before the change could be confirmed (killed or crashed?)'
+                                  % node, option='nodes')
             if node not in state:
                 return False
             queues = set(state[node]['queues'])
@@ -360,7 +412,9 @@ def confirm(fleet, params, nodes, plans):
         return after
 
     def idle(state):
-        return all(node in state and not state[node]['active'] and not state[node]['reserved'] for node in nodes)
+        # A node gone during the drain runs nothing any more: not waited for (reported as gone).
+        return all(node in fleet.gone or (node in state and not state[node]['active'] and not state[node]['reserved'])
+                   for node in nodes)
 
     def describe_busy(state):
         return 'nodes still holding tasks: ' + '; '.join(
@@ -390,11 +444,14 @@ def main():
     if missing:
         module.fail_json(msg=missing_required_lib(missing[0]), exception=missing[1])
 
-    result = dict(changed=False, nodes={}, missing=[])
+    result = dict(changed=False, nodes={}, missing=[], gone=[])
     started = time.monotonic()
     try:
         check_params(module.params)
         converge(module.params, module.check_mode, result)
+        if result['gone']:
+            module.warn('stopped answering during the drain, so not waited for (killed or crashed?); their '
+                        'unacknowledged tasks go back to the queue: %s' % ', '.join(result['gone']))
     except BrokerError as error:
         if 'last_state' in error.details:
             last = error.details.pop('last_state')

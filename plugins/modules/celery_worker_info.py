@@ -46,6 +46,9 @@ options:
     description:
       - Seconds to collect replies, in all (not a gap between replies). Workers that have not answered by then are
         RV(missing).
+      - On RabbitMQ, a memory or disk alarm blocks the connection that publishes the question; the module then fails
+        when this time is out, saying that the broker blocked the connection, instead of reporting the workers
+        missing.
     type: float
     default: 1.0
 extends_documentation_fragment:
@@ -170,7 +173,7 @@ def gather(params, result):
 
             def describe(nodes):
                 return 'workers not answering: %s' % ', '.join(expectation.missing(nodes) or ['(too few answered)'])
-            wait_until(probe, params['wait_timeout'], params['wait_sleep'], describe)
+            wait_until(probe, params['wait_timeout'], params['wait_sleep'], describe, reconnect=control.reconnect)
         sections = ['ping'] + [s for s in params['include'] if s != 'ping']
         replies = control.request(dict((s, INSPECT_COMMANDS[s]) for s in sections), expectation,
                                   timeout=params['timeout'])

@@ -105,8 +105,8 @@ def private(tmp_path):
         def tls(self):
             return private_brokers.make_tls(str(tmp_path / 'tls'))
 
-        def redis(self, tls=None):
-            made.append(private_brokers.PrivateRedis(str(tmp_path / ('redis-%d' % len(made))), tls=tls))
+        def redis(self, tls=None, **options):
+            made.append(private_brokers.PrivateRedis(str(tmp_path / ('redis-%d' % len(made))), tls=tls, **options))
             return made[-1].start()
 
         def rabbit(self, tls=None):

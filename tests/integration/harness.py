@@ -332,18 +332,18 @@ class Ansible(object):
         except ValueError:
             raise AssertionError('ansible-playbook did not print JSON (rc %s):\n%s\n%s'
                                  % (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:]))
+        self.last['report'] = report
         results = [task['hosts']['localhost'] for task in report['plays'][0]['tasks']]
         return results
 
     def task_seconds(self):
-        """How long each task of the last play took, from the json callback's own timestamps."""
+        """Seconds each task of the last play took, from the json callback's start/end times: the
+        module's own time, without ansible-playbook's start-up."""
         from datetime import datetime
-        text = self.last['stdout']
-        report = json.loads(text[0 if text.startswith('{') else text.find('\n{\n') + 1:])
         out = []
-        for task in report['plays'][0]['tasks']:
-            duration = task['task']['duration']
-            start, end = (datetime.fromisoformat(duration[k].replace('Z', '+00:00')) for k in ('start', 'end'))
+        for task in self.last['report']['plays'][0]['tasks']:
+            span = task['task']['duration']
+            start, end = (datetime.fromisoformat(span[k].replace('Z', '+00:00')) for k in ('start', 'end'))
             out.append((end - start).total_seconds())
         return out
 

@@ -61,11 +61,15 @@ def make_tls(directory):
 
 class PrivateRedis(object):
     """A redis-server of the test's own; with ``tls`` (from make_tls) it listens on a TLS port
-    only, so a plaintext client has nothing to fall back to."""
+    only, so a plaintext client has nothing to fall back to. With ``persist`` every write is in
+    an append-only file fsynced before the reply, so the data survives a SIGKILL and restart;
+    with ``password`` clients must authenticate (url does not carry it)."""
 
-    def __init__(self, directory, tls=None):
+    def __init__(self, directory, tls=None, persist=False, password=None):
         self.directory = directory
         self.tls = tls
+        self.persist = persist
+        self.password = password
         self.port = free_port()
         os.makedirs(directory, exist_ok=True)
         self.process = None
@@ -73,8 +77,11 @@ class PrivateRedis(object):
         self.url = '%s://127.0.0.1:%d/0' % (scheme, self.port)
 
     def argv(self):
-        argv = ['redis-server', '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-                '--dir', self.directory, '--logfile', os.path.join(self.directory, 'redis.log')]
+        argv = ['redis-server', '--bind', '127.0.0.1', '--save', '', '--dir', self.directory,
+                '--logfile', os.path.join(self.directory, 'redis.log')]
+        argv += ['--appendonly', 'yes', '--appendfsync', 'always'] if self.persist else ['--appendonly', 'no']
+        if self.password:
+            argv += ['--requirepass', self.password]
         if self.tls:
             argv += ['--port', '0', '--tls-port', str(self.port), '--tls-cert-file', self.tls['server_cert'],
                      '--tls-key-file', self.tls['server_key'], '--tls-ca-cert-file', self.tls['ca'],
@@ -95,7 +102,7 @@ class PrivateRedis(object):
             self.process.wait(10)
 
     def restart(self, down_for=0.0):
-        """Kill and start again on the same port (Redis keeps nothing: the data is gone)."""
+        """Kill and start again on the same port (the data is gone unless ``persist``)."""
         self.stop()
         time.sleep(down_for)
         return self.start()
@@ -109,7 +116,7 @@ class PrivateRedis(object):
 
     def client(self):
         import redis
-        kwargs = dict(host='127.0.0.1', port=self.port, socket_timeout=10)
+        kwargs = dict(host='127.0.0.1', port=self.port, socket_timeout=10, password=self.password)
         if self.tls:
             kwargs.update(ssl=True, ssl_ca_certs=self.tls['ca'])
         return redis.Redis(**kwargs)

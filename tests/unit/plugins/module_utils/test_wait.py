@@ -198,3 +198,80 @@ def test_check_wait_params_errors(params, option, msg):
         check_wait_params(params)
     assert info.value.msg == msg
     assert info.value.option == option
+
+
+# -- a broker that goes away while waiting ------------------------------------------------------
+
+class Broker(object):
+    """A probe and a reconnect against a broker that is away for some calls."""
+
+    def __init__(self, clock, away_for, answers):
+        self.clock = clock
+        self.away_for = away_for   # how many probe/reconnect calls fail
+        self.answers = list(answers)
+        self.reconnects = 0
+
+    def _maybe_lost(self):
+        if self.away_for:
+            self.away_for -= 1
+            raise BrokerError('cannot connect to redis h:6379 db 0: Connection refused', option='broker_url',
+                              endpoint='redis h:6379 db 0', lost=True)
+
+    def probe(self):
+        self._maybe_lost()
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+    def reconnect(self):
+        self.reconnects += 1
+        self._maybe_lost()
+
+
+def test_reconnects_and_finishes_within_the_budget(clock):
+    broker = Broker(clock, away_for=3, answers=[(True, 'empty')])
+    state, waited = wait_until(broker.probe, 10, 1, describe, reconnect=broker.reconnect)
+    assert state == 'empty'
+    # Lost at 0 s; reconnects at 1 s and 2 s fail, the one at 3 s works and the probe says done.
+    assert (waited, broker.reconnects, clock.sleeps) == (3.0, 3, [1, 1, 1])
+
+
+def test_broker_that_stays_away_fails_saying_so(clock):
+    broker = Broker(clock, away_for=1000, answers=[(False, 4)])
+    with pytest.raises(BrokerError) as info:
+        wait_until(broker.probe, 5, 2, describe, reconnect=broker.reconnect)
+    error = info.value
+    assert error.msg == ('the broker redis h:6379 db 0 went away while waiting and was not back within 5.0s '
+                         '(wait_timeout): cannot connect to redis h:6379 db 0: Connection refused')
+    assert (error.option, error.endpoint, error.details) == ('wait_timeout', 'redis h:6379 db 0', {})
+
+
+def test_last_state_seen_before_the_broker_went_away_is_kept(clock):
+    answers = iter([(False, 7)])
+
+    def probe():
+        for answer in answers:
+            return answer
+        raise BrokerError('lost the connection to redis h:6379 db 0', endpoint='redis h:6379 db 0', lost=True)
+    with pytest.raises(BrokerError) as info:
+        wait_until(probe, 3, 1, describe, reconnect=lambda: None)
+    assert 'went away while waiting' in info.value.msg
+    assert info.value.details == dict(last_state=7)
+
+
+def test_errors_other_than_a_lost_broker_are_not_retried(clock):
+    calls = []
+
+    def probe():
+        calls.append(1)
+        raise BrokerError('authentication failed at redis h:6379 db 0', option='broker_password')
+    with pytest.raises(BrokerError) as info:
+        wait_until(probe, 10, 1, describe, reconnect=lambda: calls.append('reconnect'))
+    assert info.value.msg == 'authentication failed at redis h:6379 db 0'
+    assert calls == [1]
+
+
+def test_without_reconnect_a_lost_broker_fails_at_once(clock):
+    broker = Broker(clock, away_for=1, answers=[(True, 0)])
+    with pytest.raises(BrokerError) as info:
+        wait_until(broker.probe, 10, 1, describe)
+    assert info.value.lost and info.value.msg.startswith('cannot connect')
+    assert clock.sleeps == []
