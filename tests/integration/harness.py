@@ -126,7 +126,8 @@ class RabbitBroker(object):
             if record is not None and predicate(record):
                 return record
             time.sleep(0.5)
-        raise AssertionError('queue %s never matched: last %r' % (name, record))
+        queues = management('GET', '/api/queues/%s?columns=name,messages' % self.qvhost)
+        raise AssertionError('queue %s never matched: last %r; the vhost %s has %r' % (name, record, self.vhost, queues))
 
 
 class RedisBroker(object):
