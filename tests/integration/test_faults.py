@@ -18,6 +18,10 @@ from harness import celery_app, close_publishers, free_port, publish
 
 SECRET = 'pw-' + uuid.uuid4().hex
 MARGIN = 1.0  # "within its timeout plus a second"
+# A task's time also holds Ansible's own work for it (forking, building and starting the module), which a
+# loaded CI machine stretches by a second or more; timeouts here are 3 s, so a module that waits out its
+# timeout twice still fails these bounds.
+LOAD_SLACK = 1.5
 
 
 def closed_port_url(transport):
@@ -43,7 +47,7 @@ def every_module(url, timeout, queue='faults'):
 
 def assert_bounded(ansible, tasks, timeout, expected, label):
     """Run ``tasks`` after one fast-failing task; each must fail clearly, naming ``expected``
-    (the broker), in less than ``timeout`` + MARGIN beyond what the fast failure took."""
+    (the broker), in less than ``timeout`` + MARGIN (+ LOAD_SLACK) beyond what the fast failure took."""
     fast = {'name': 'fast failure', 'celeryops.fleet.celery_queue_info': dict(
         broker_url=closed_port_url('redis' if 'redis' in expected else 'amqp'), queues=['faults'])}
     results = ansible.play([fast] + tasks, timeout=300)
@@ -58,7 +62,7 @@ def assert_bounded(ansible, tasks, timeout, expected, label):
         msg = result['msg']
         assert 'Traceback' not in msg, (label, name, msg)
         assert expected in msg, (label, name, msg)
-        assert seconds < baseline + timeout + MARGIN, (label, name, seconds, baseline, msg)
+        assert seconds < baseline + timeout + MARGIN + LOAD_SLACK, (label, name, seconds, baseline, msg)
     return results
 
 
@@ -86,7 +90,7 @@ def task_end(ansible, index=0):
 def test_stalled_broker_every_module_fails_within_its_timeout(transport, private, ansible):
     server, proxy, url, expected = behind_proxy(private, transport)
     proxy.stall()
-    timeout = 2
+    timeout = 3
     results = assert_bounded(ansible, every_module(url, timeout), timeout, expected, 'stalled ' + transport)
     for result in results[1:]:
         assert 'timed out' in result['msg'], result['msg']
@@ -103,17 +107,17 @@ def test_broker_stalling_mid_way_fails_the_module_soon_after(transport, module, 
         connection = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', server.port))
         connection.channel().exchange_declare('celeryev', 'topic', durable=True)  # as a worker with -E would
         connection.close()
-    timeout = 2
+    timeout = 3
     if module == 'events':
         task = {'celeryops.fleet.celery_events_info': dict(broker_url=url, connect_timeout=timeout, duration=60)}
         # One round trip a second proves the broker alive (ALIVE_EVERY), bounded by the timeout.
-        bound = 1 + timeout + 0.5 + MARGIN
+        bound = 1 + timeout + 0.5 + MARGIN + LOAD_SLACK
     else:
         replies = 6
         task = {'celeryops.fleet.celery_worker_info': dict(broker_url=url, connect_timeout=timeout, timeout=replies,
                                                            expected_count=1)}
         # The replies are awaited for their whole timeout; a silent RabbitMQ shows when it is asked once more.
-        bound = replies + timeout + 0.5 + MARGIN
+        bound = replies + timeout + 0.5 + MARGIN + LOAD_SLACK
     play = Background(ansible, [task])
     until(module_connected(server), 60, 'the module connecting')
     stalled_at = time.time()
@@ -265,7 +269,7 @@ def test_wait_fails_within_its_timeout_when_the_broker_stays_away(transport, mod
     # It kept trying for its wait_timeout, and no longer (plus one connect_timeout for an attempt
     # under way), counted from a moment when the module was already waiting.
     waited = task_end(ansible) - connected_at
-    assert wait_timeout - 1 < waited < wait_timeout + 2 + 0.5 + MARGIN, (waited, result['msg'])
+    assert wait_timeout - 1 < waited < wait_timeout + 2 + 0.5 + MARGIN + LOAD_SLACK, (waited, result['msg'])
 
 
 # -- 3. RabbitMQ resource alarm: publishers are blocked ----------------------------------------
@@ -277,7 +281,7 @@ def test_memory_alarm_blocks_control_but_not_queue_work(private, ansible):
     server.memory_alarm(True)
     try:
         until(lambda: 'memory' in server.ctl('eval', 'rabbit_alarm:get_alarms().'), 30, 'the memory alarm')
-        timeout = 2
+        timeout = 3
         broker = dict(broker_url=server.url, connect_timeout=timeout)
         publishers = [
             {'name': 'celery_worker_info', 'celeryops.fleet.celery_worker_info': dict(
@@ -433,7 +437,7 @@ def test_drain_across_a_broker_restart_does_not_take_nodes_for_gone(transport, p
     else:
         server.restart()
     result = play.join()[0]
-    assert not result.get('failed'), result
+    assert not result.get('failed'), (result.get('msg'), result)
     assert result['gone'] == [], result
     after = result['nodes'][node]['after']
     assert after is not None and after['active'] == 0 and after['reserved'] == 0, result
