@@ -40,9 +40,9 @@ def rabbit_env(rabbit_broker):
     """A RabbitMQ vhost of this session's own, with no queues at the start."""
     rabbit_broker.reset()
     yield rabbit_broker
-    # kombu declares a queue once per connection and then trusts it exists; the next test
-    # deletes every queue, so a reused publisher would publish into the void.
-    close_publishers(rabbit_broker.url)
+    # kombu's pooled connections remember the queues they declared and the next test deletes
+    # every queue: a reused connection would publish into the void.
+    close_publishers()
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def redis_user(redis_env):
                                  commands=['+@all'])
     url = redis_env.url.replace('redis://', 'redis://%s:%s@' % (name, password))
     yield BrokerUser(name, password, url)
-    close_publishers(url)
+    close_publishers()
     redis_env.client.acl_deluser(name)
 
 
@@ -68,7 +68,7 @@ def rabbit_user(rabbit_env):
     management('PUT', '/api/permissions/%s/%s' % (rabbit_env.qvhost, name), {'configure': '.*', 'write': '.*', 'read': '.*'})
     url = rabbit_env.url.replace('guest:guest@', '%s:%s@' % (name, urllib.parse.quote(password)))
     yield BrokerUser(name, password, url)
-    close_publishers(url)
+    close_publishers()
     management('DELETE', '/api/users/%s' % name)
 
 

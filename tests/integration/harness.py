@@ -164,10 +164,18 @@ def celery_app(url, global_keyprefix=None):
     return _apps[key]
 
 
-def close_publishers(url):
-    """Forget the cached Celery app of ``url`` (and its connections)."""
-    for key in [k for k in _apps if k[0] == url]:
+def close_publishers():
+    """Close every cached Celery app, and kombu's pools of the process with them.
+
+    kombu keeps its connection and producer pools in a registry of the process, keyed by the
+    broker URL, and a pooled connection remembers which queues it declared: closing an app
+    alone leaves that connection behind, and a queue deleted since (by a test's reset) would
+    never be declared again, its messages dropped.
+    """
+    from kombu import pools
+    for key in list(_apps):
         _apps.pop(key).close()
+    pools.reset()
 
 
 def publish(url, task, queue, args=(), count=1, priority=None, global_keyprefix=None, **options):

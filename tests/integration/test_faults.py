@@ -197,7 +197,7 @@ def test_queue_wait_rides_out_a_broker_restart(transport, private, ansible):
     end by reconnecting and seeing the queue emptied afterwards."""
     server = private.redis(persist=True) if transport == 'redis' else private.rabbit()
     publish(server.url, 'fleet_tasks.add', 'faults', args=(1, 2), count=5)
-    close_publishers(server.url)
+    close_publishers()
     play = Background(ansible, [queue_wait_task(server.url, 'faults', 120)])
     until(module_connected(server), 60, 'the module connecting')
     # Down for longer than wait_sleep: a poll finds nothing listening.
@@ -213,7 +213,7 @@ def test_queue_wait_rides_out_a_silent_spell(private, ansible):
     """A broker that stops answering for longer than connect_timeout (SIGSTOP), then comes back."""
     server = private.redis()
     publish(server.url, 'fleet_tasks.add', 'faults', args=(1, 2), count=5)
-    close_publishers(server.url)
+    close_publishers()
     task = queue_wait_task(server.url, 'faults', 120)
     task['celeryops.fleet.celery_queue_info']['connect_timeout'] = 1
     play = Background(ansible, [task])
@@ -251,7 +251,7 @@ def test_wait_fails_within_its_timeout_when_the_broker_stays_away(transport, mod
     server = private.redis() if transport == 'redis' else private.rabbit()
     if module == 'queue':
         publish(server.url, 'fleet_tasks.add', 'faults', args=(1, 2), count=2)
-        close_publishers(server.url)
+        close_publishers()
     wait_timeout = 8
     if module == 'queue':
         task = queue_wait_task(server.url, 'faults', wait_timeout)
@@ -277,7 +277,7 @@ def test_wait_fails_within_its_timeout_when_the_broker_stays_away(transport, mod
 def test_memory_alarm_blocks_control_but_not_queue_work(private, ansible):
     server = private.rabbit()
     publish(server.url, 'fleet_tasks.add', 'faults', args=(1, 2), count=3)
-    close_publishers(server.url)
+    close_publishers()
     server.memory_alarm(True)
     try:
         until(lambda: 'memory' in server.ctl('eval', 'rabbit_alarm:get_alarms().'), 30, 'the memory alarm')
@@ -334,7 +334,7 @@ def test_worker_killed_during_drain_is_gone_and_the_rest_drains(transport, reque
     killed.kill()
     result = play.join()[0]
     seconds = ansible.task_seconds()[0]
-    close_publishers(broker.url)
+    close_publishers()
     assert not result.get('failed'), result
     assert result['changed']
     assert result['gone'] == [doomed]
@@ -362,7 +362,7 @@ def test_redis_killed_during_a_purge_says_which_queues_were_done(private, ansibl
     names = ['purge_%02d' % i for i in range(12)]
     for name in names + ['kept']:
         publish(server.url, 'fleet_tasks.add', name, args=(1, 2))   # real envelopes and bindings
-    close_publishers(server.url)
+    close_publishers()
     message = client.lindex('kept', 0)
     pipe = client.pipeline(transaction=False)
     for name in names + ['kept']:
@@ -425,13 +425,13 @@ def test_drain_across_a_broker_restart_does_not_take_nodes_for_gone(transport, p
     node = 'restart-%s@localhost' % uuid.uuid4().hex[:6]
     workers.start(server.url, node, ['faults'], concurrency=1, prefetch=1)
     publish(server.url, 'fleet_tasks.sleep', 'faults', args=(15,))
-    close_publishers(server.url)
+    close_publishers()
     inspect = celery_app(server.url).control.inspect(destination=[node], timeout=1)
     until(lambda: (inspect.active() or {}).get(node), 60, 'the worker running its task')
     play = Background(ansible, [{'name': 'drain', 'celeryops.fleet.celery_worker': dict(
         broker_url=server.url, nodes=[node], state='drained', timeout=2, wait_timeout=120, connect_timeout=2)}])
     until(lambda: (inspect.active_queues() or {}).get(node) == [], 90, 'the module cancelling the consumer')
-    close_publishers(server.url)
+    close_publishers()
     if transport == 'redis':
         server.restart(down_for=2)
     else:

@@ -29,7 +29,7 @@ def fleet_broker():
     broker = RabbitBroker('celeryops-fleet-%d' % os.getpid())
     broker.create()
     yield broker
-    close_publishers(broker.url)
+    close_publishers()
     broker.delete()
 
 
