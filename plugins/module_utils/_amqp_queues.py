@@ -233,10 +233,8 @@ class AmqpQueues(object):
     def _connect_error(self, exc):
         """Why a connection failed; a failed TLS handshake says what to fix (the CA, amqps:// to a plaintext port)."""
         reason = self._reason(exc)
-        failure = tls_failure(self.broker, reason)
-        if failure is None and self.broker.tls and (
-                isinstance(exc, ssl.SSLError) or any(isinstance(a, ssl.SSLError) for a in getattr(exc, 'args', ()))):
-            failure = tls_failure(self.broker, 'SSL: ' + reason)
+        tls_error = isinstance(exc, ssl.SSLError) or any(isinstance(a, ssl.SSLError) for a in getattr(exc, 'args', ()))
+        failure = tls_failure(self.broker, reason, tls_error)
         text, option = failure or (reason, 'broker_url')
         # A broker that is down may come back (a wait retries); a certificate problem will not.
         return BrokerError('cannot connect to %s: %s' % (self.broker.endpoint, text), option=option,

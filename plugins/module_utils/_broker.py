@@ -268,9 +268,10 @@ _CERT_UNTRUSTED = re.compile(r'CERTIFICATE_VERIFY_FAILED|certificate verify fail
 _CERT_WANTED = re.compile(r'certificate required|PEER_DID_NOT_RETURN_A_CERTIFICATE', re.IGNORECASE)
 
 
-def tls_failure(broker, reason):
+def tls_failure(broker, reason, tls_error=False):
     """What a failed connection to a TLS broker means and which option fixes it, as
-    ``(text, option)``; None when ``reason`` (a scrubbed library message) is not about TLS."""
+    ``(text, option)``; None when ``reason`` (a scrubbed library message) is not about TLS.
+    ``tls_error``: the library raised an SSL error, whatever its message says."""
     if not broker.tls:
         return None
     if _CERT_UNTRUSTED.search(reason):
@@ -279,7 +280,7 @@ def tls_failure(broker, reason):
     if _CERT_WANTED.search(reason):
         return ('the broker wants a client certificate (%s); set tls_cert_file and tls_key_file' % reason,
                 'tls_cert_file')
-    if 'ssl' in reason.lower() or 'tls' in reason.lower():
+    if tls_error or 'ssl' in reason.lower() or 'tls' in reason.lower():
         usual = ' (amqps is usually on port 5671)' if broker.transport == 'amqp' else ''
         return 'the TLS handshake failed (does the port speak TLS?%s): %s' % (usual, reason), 'broker_url'
     return None
