@@ -345,16 +345,19 @@ class Ansible(object):
         results = [task['hosts']['localhost'] for task in report['plays'][0]['tasks']]
         return results
 
-    def task_seconds(self):
-        """Seconds each task of the last play took, from the json callback's start/end times: the
-        module's own time, without ansible-playbook's start-up."""
+    def task_spans(self):
+        """(start, end) of each task of the last play, in epoch seconds, from the json callback's own
+        times: the module's own time, without ansible-playbook's start-up."""
         from datetime import datetime
-        out = []
-        for task in self.last['report']['plays'][0]['tasks']:
-            span = task['task']['duration']
-            start, end = (datetime.fromisoformat(span[k].replace('Z', '+00:00')) for k in ('start', 'end'))
-            out.append((end - start).total_seconds())
-        return out
+
+        def epoch(stamp):
+            return datetime.fromisoformat(stamp.replace('Z', '+00:00')).timestamp()
+        return [(epoch(task['task']['duration']['start']), epoch(task['task']['duration']['end']))
+                for task in self.last['report']['plays'][0]['tasks']]
+
+    def task_seconds(self):
+        """Seconds each task of the last play took (see task_spans)."""
+        return [end - start for start, end in self.task_spans()]
 
     def module(self, name, args, check=False, diff=False, **kwargs):
         """One module task; returns its result dict."""

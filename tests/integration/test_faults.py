@@ -79,13 +79,6 @@ def behind_proxy(private, transport):
     return server, proxy, 'amqp://guest:guest@127.0.0.1:%d/%%2F' % proxy.port, 'amqp 127.0.0.1:%d vhost /' % proxy.port
 
 
-def task_end(ansible, index=0):
-    """When task ``index`` of the last play ended (epoch seconds, from the callback)."""
-    from datetime import datetime
-    end = ansible.last['report']['plays'][0]['tasks'][index]['task']['duration']['end']
-    return datetime.fromisoformat(end.replace('Z', '+00:00')).timestamp()
-
-
 @pytest.mark.parametrize('transport', ['redis', 'amqp'])
 def test_stalled_broker_every_module_fails_within_its_timeout(transport, private, ansible):
     server, proxy, url, expected = behind_proxy(private, transport)
@@ -119,7 +112,7 @@ def test_broker_stalling_mid_way_fails_the_module_soon_after(transport, module, 
         # The replies are awaited for their whole timeout; a silent RabbitMQ shows when it is asked once more.
         bound = replies + timeout + 0.5 + MARGIN + LOAD_SLACK
     play = Background(ansible, [task])
-    until(module_connected(server), 60, 'the module connecting')
+    play.wait_connected(server)
     stalled_at = time.time()
     proxy.stall()
     result = play.join()[0]
@@ -127,7 +120,8 @@ def test_broker_stalling_mid_way_fails_the_module_soon_after(transport, module, 
     assert expected in result['msg'] and 'timed out' in result['msg'], result['msg']
     if module == 'events':
         assert 'stopped answering while listening for events' in result['msg'], result['msg']
-    assert task_end(ansible) - stalled_at < bound, (task_end(ansible) - stalled_at, result['msg'])
+    took = ansible.task_spans()[0][1] - stalled_at
+    assert took < bound, (took, result['msg'])
 
 
 # -- 1. the broker restarts while a module waits -------------------------------------------
@@ -146,6 +140,13 @@ class Background(object):
             self.results = self.ansible.play(tasks, timeout=300)
         except Exception as exc:  # handed to the test by join()
             self.error = exc
+
+    def wait_connected(self, server, timeout=60):
+        """Until the module holds its connection to ``server``; a play that ended first fails the
+        test with its results (they say why it never waited)."""
+        connected = module_connected(server)
+        until(lambda: not self.thread.is_alive() or connected(), timeout, 'the module connecting')
+        assert self.thread.is_alive(), ('the play ended before the fault', self.error, self.results)
 
     def join(self, timeout=300):
         self.thread.join(timeout)
@@ -199,7 +200,7 @@ def test_queue_wait_rides_out_a_broker_restart(transport, private, ansible):
     publish(server.url, 'fleet_tasks.add', 'faults', args=(1, 2), count=5)
     close_publishers()
     play = Background(ansible, [queue_wait_task(server.url, 'faults', 120)])
-    until(module_connected(server), 60, 'the module connecting')
+    play.wait_connected(server)
     # Down for longer than wait_sleep: a poll finds nothing listening.
     server.restart(down_for=2) if transport == 'redis' else server.restart()
     empty_queue(server, 'faults')
@@ -217,7 +218,7 @@ def test_queue_wait_rides_out_a_silent_spell(private, ansible):
     task = queue_wait_task(server.url, 'faults', 120)
     task['celeryops.fleet.celery_queue_info']['connect_timeout'] = 1
     play = Background(ansible, [task])
-    until(module_connected(server), 60, 'the module connecting')
+    play.wait_connected(server)
     server.pause()
     time.sleep(4)
     server.resume()
@@ -233,7 +234,7 @@ def test_worker_wait_rides_out_a_broker_restart(transport, private, ansible, wor
     server = private.redis() if transport == 'redis' else private.rabbit()
     node = 'faults-%s@localhost' % uuid.uuid4().hex[:6]
     play = Background(ansible, [worker_wait_task(server.url, node, 150)])
-    until(module_connected(server), 60, 'the module connecting')
+    play.wait_connected(server)
     if transport == 'redis':
         server.restart(down_for=2)
     else:
@@ -258,7 +259,7 @@ def test_wait_fails_within_its_timeout_when_the_broker_stays_away(transport, mod
     else:
         task = worker_wait_task(server.url, 'faults-w@nowhere', wait_timeout)
     play = Background(ansible, [task])
-    until(module_connected(server), 60, 'the module connecting')
+    play.wait_connected(server)
     connected_at = time.time()
     (server.kill if transport == 'amqp' else server.stop)()
     result = play.join()[0]
@@ -268,7 +269,7 @@ def test_wait_fails_within_its_timeout_when_the_broker_stays_away(transport, mod
     assert result['option'] == 'wait_timeout'
     # It kept trying for its wait_timeout, and no longer (plus one connect_timeout for an attempt
     # under way), counted from a moment when the module was already waiting.
-    waited = task_end(ansible) - connected_at
+    waited = ansible.task_spans()[0][1] - connected_at
     assert wait_timeout - 1 < waited < wait_timeout + 2 + 0.5 + MARGIN + LOAD_SLACK, (waited, result['msg'])
 
 
