@@ -7,7 +7,7 @@ Ready messages and consumers come from a passive ``queue.declare``: real time an
 there. Unacknowledged counts exist only in the management API (statistics that lag a few
 seconds); when it cannot be reached they are ``None`` and the reason is kept.
 Reading messages (peek, breakdown, filtered purge, trim) consumes them without acking
-and lets the channel close requeue them, which puts them back in their places.
+and then requeues them (nack), which puts them back in their places.
 """
 
 from __future__ import annotations
@@ -381,11 +381,20 @@ class AmqpQueues(object):
                 return None
         return self._rpc(declare, what='declaring (passive) on')
 
-    def _release(self):
-        """Close the channel: every message still unacked goes back to its place."""
-        if self.channel is not None and self.channel.is_open:
-            self._rpc(self.channel.close, what='closing a channel on')
-        self.channel = None
+    def _release(self, name):
+        """Put every message still unacked back in its place, and close the channel.
+
+        Closing alone would requeue them too, but after the close-ok: RabbitMQ requeues when the
+        queue sees the channel process end, so a count read at once could miss them. A nack,
+        then a declare on the same channel (which the queue answers after the requeue), does not.
+        """
+        channel, self.channel = self.channel, None
+        if channel is None or not channel.is_open or self.broken:
+            return  # a lost connection: the broker requeues them itself
+        self._rpc(channel.basic_nack, delivery_tag=0, multiple=True, requeue=True, what='requeueing on')
+        self._ready_now(channel, name)
+        if channel.is_open:  # a passive declare of a queue deleted meanwhile closes it
+            self._rpc(channel.close, what='closing a channel on')
 
     def peek(self, name, count):
         if count <= 0:
@@ -393,7 +402,7 @@ class AmqpQueues(object):
         try:
             return [decoded for _tag, decoded in self._consume_ready(name, limit=count)]
         finally:
-            self._release()
+            self._release(name)
 
     def breakdown(self, name):
         counts = {}
@@ -401,7 +410,7 @@ class AmqpQueues(object):
             for _tag, decoded in self._consume_ready(name):
                 counts[decoded['task']] = counts.get(decoded['task'], 0) + 1
         finally:
-            self._release()
+            self._release(name)
         return counts
 
     # -- changing ---------------------------------------------------------------------------
@@ -441,7 +450,7 @@ class AmqpQueues(object):
                 self._ack(tags, [tag for tag, _d in received])
             return len(tags)
         finally:
-            self._release()
+            self._release(name)
 
     def _ack(self, tags, received_tags):
         """Ack ``tags``: the selected run from the first delivery in one ``multiple`` ack, the rest
