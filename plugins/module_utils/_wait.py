@@ -25,7 +25,7 @@ def check_wait_params(params):
             check_seconds(params[option], option)
 
 
-def wait_until(probe, timeout, sleep, describe, reconnect=None):
+def wait_until(probe, timeout, sleep, describe, reconnect=None, lost=None):
     """Call ``probe()`` until it returns (True, state) or ``timeout`` seconds pass.
 
     Returns (state, elapsed seconds). On timeout raises BrokerError with ``describe(state)``
@@ -34,12 +34,13 @@ def wait_until(probe, timeout, sleep, describe, reconnect=None):
 
     With ``reconnect``, a broker that goes away (restart, lost or silent connection) is
     reconnected to, every ``sleep`` seconds, within the same ``timeout``; if it is not back
-    in time the error says it went away.
+    in time the error says it went away. ``lost`` is the error that lost it before the wait
+    began: then the wait starts by reconnecting.
     """
     start = time.monotonic()
     deadline = start + timeout
     state = None
-    lost = None   # why the broker is away, while it is
+    # lost: why the broker is away, while it is
     while True:
         done = False
         try:

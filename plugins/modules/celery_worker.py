@@ -256,6 +256,17 @@ class Fleet(object):
             raise BrokerError('%s on %s failed: %s' % (command, node, reply['error']), option='state')
         return reply.get('ok', '') if isinstance(reply, dict) else ''
 
+    def rejoin(self, nodes, lost):
+        """After the broker went away (``lost``): reconnect, within wait_timeout, and return the
+        state of ``nodes`` once they all answer again (workers reconnect on their own schedule)."""
+        def probe():
+            state = self.snapshot(nodes) if nodes else {}
+            return all(node in state for node in nodes), state
+        return wait_until(probe, self.params['wait_timeout'], self.params['wait_sleep'],
+                          lambda state: 'nodes not answering after the broker came back: %s'
+                          % ', '.join(node for node in nodes if node not in (state or {})),
+                          reconnect=self.control.reconnect, lost=lost)[0]
+
     def wait(self, nodes, done, describe, track_gone=True):
         """Ask ``nodes`` again until ``done(snapshot)``; returns the last snapshot.
 
@@ -351,13 +362,7 @@ def converge(params, check_mode, result):
             for node in nodes:
                 result['nodes'][node]['after'] = public(before[node])
             return
-        unchanged = set()
-        for node in nodes:
-            for command, arguments in plans[node]:
-                if command == 'shutdown':
-                    control.send('shutdown', destination=[node])
-                elif fleet.tell(node, command, arguments).startswith('task events already'):
-                    unchanged.add((node, command))
+        unchanged = apply(fleet, params, nodes, plans)
         for node in nodes:
             plans[node] = [a for a in plans[node] if (node, a[0]) not in unchanged]
             result['nodes'][node]['actions'] = [label(*a) for a in plans[node]]
@@ -370,6 +375,37 @@ def converge(params, check_mode, result):
             result['nodes'][node]['after'] = public(after[node]) if node in after else None
     finally:
         control.close()
+
+
+def apply(fleet, params, nodes, plans):
+    """Send each node its commands; returns the (node, command) pairs whose reply says nothing changed.
+
+    If the broker goes away meanwhile, whether the command in flight arrived is unknown: once the
+    broker and the nodes are back (within wait_timeout), what is left is planned again from their
+    state then, so nothing is applied twice (a second pool_grow would grow the pool again).
+    """
+    unchanged = set()
+    todo = list(nodes)
+    actions = dict(plans)
+    while todo:
+        node = todo[0]
+        try:
+            for command, arguments in actions[node]:
+                if command == 'shutdown':
+                    fleet.control.send('shutdown', destination=[node])
+                elif fleet.tell(node, command, arguments).startswith('task events already'):
+                    unchanged.add((node, command))
+        except BrokerError as error:
+            if not error.lost:
+                raise
+            if params['state'] == 'stopped':
+                fleet.rejoin([], error)   # a node that got its shutdown may be gone: sent again, it does no harm
+                continue
+            state = fleet.rejoin(todo, error)
+            actions.update((n, plan(params, state[n])) for n in todo)
+            continue
+        todo.pop(0)
+    return unchanged
 
 
 def confirm(fleet, params, nodes, plans):

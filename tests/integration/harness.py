@@ -160,7 +160,11 @@ _apps = {}
 def celery_app(url, global_keyprefix=None):
     key = (url, global_keyprefix)
     if key not in _apps:
-        _apps[key] = make_app(url, global_keyprefix)
+        app = _apps[key] = make_app(url, global_keyprefix)
+        if not url.startswith('redis'):
+            # Closing an app drops its connections without AMQP's close handshake, and RabbitMQ then
+            # discards the publishes its channel had not yet routed: each publish waits for its confirm.
+            app.conf.broker_transport_options = dict(app.conf.broker_transport_options, confirm_publish=True)
     return _apps[key]
 
 

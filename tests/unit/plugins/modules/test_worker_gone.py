@@ -82,3 +82,58 @@ def test_stopped_nodes_are_not_gone_but_done():
     plans = {'a@h': [('shutdown', {})], 'b@h': [('shutdown', {})]}
     fleet, _control, after = confirm([{}], state='stopped', plans=plans)
     assert fleet.gone == set() and after == {}
+
+
+class FlakyControl(object):
+    """A broker that goes away once, on the ``fail_on``-th command; the node's pool then holds
+    ``pool_after`` processes (did the command in flight arrive or not)."""
+
+    def __init__(self, fail_on, pool_after):
+        self.fail_on, self.pool_after = fail_on, pool_after
+        self.pool, self.commands, self.reconnects = 2, [], 0
+
+    def _maybe_fail(self, command):
+        self.commands.append(command)
+        if len(self.commands) == self.fail_on:
+            self.pool = self.pool_after
+            raise BrokerError('lost the connection to redis', lost=True)
+
+    def request(self, commands, expectation=None, destination=None, timeout=1.0):
+        replies = Replies(commands)
+        if 'ping' in commands:
+            for command, value in (('ping', {'ok': 'pong'}), ('active_queues', []), ('active', []), ('reserved', []),
+                                   ('stats', {'pool': {'max-concurrency': self.pool}})):
+                replies.add(command, 'a@h', value)
+            return replies
+        command = list(commands)[0]
+        self._maybe_fail(command)
+        if command == 'pool_grow':
+            self.pool += commands[command]['n']
+        replies.add(command, 'a@h', {'ok': 'done'})
+        return replies
+
+    def send(self, command, arguments=None, destination=None):
+        self._maybe_fail(command)
+
+    def reconnect(self):
+        self.reconnects += 1
+
+
+@pytest.mark.parametrize('arrived, resent', [(True, []), (False, ['pool_grow'])])
+def test_broker_lost_during_a_command_plans_again_from_the_state_after(arrived, resent):
+    # pool_grow is not idempotent: sent again after it arrived, it would grow the pool twice.
+    control = FlakyControl(fail_on=1, pool_after=4 if arrived else 2)
+    options = params(None, nodes=['a@h'], concurrency=4)
+    fleet = celery_worker.Fleet(control, options)
+    unchanged = celery_worker.apply(fleet, options, ['a@h'], {'a@h': [('pool_grow', {'n': 2})]})
+    assert control.reconnects == 1 and unchanged == set()
+    assert control.commands == ['pool_grow'] + resent
+    assert control.pool == 4
+
+
+def test_broker_lost_during_shutdown_sends_it_again():
+    control = FlakyControl(fail_on=1, pool_after=2)
+    options = params('stopped', nodes=['a@h'])
+    fleet = celery_worker.Fleet(control, options)
+    celery_worker.apply(fleet, options, ['a@h'], {'a@h': [('shutdown', {})]})
+    assert control.reconnects == 1 and control.commands == ['shutdown', 'shutdown']
