@@ -43,7 +43,7 @@ MANAGEMENT_TLS_PORT = 15671
 # Receiving a backlog: after this many seconds without a delivery, ask the broker whether
 # anything is still ready (none: other consumers took the rest, we have all we can get).
 QUIET_SECONDS = 1.0
-# Acks sent per bounded call when removing messages one by one.
+# Acks and nacks sent per bounded call when removing messages.
 ACK_BATCH = 5000
 
 
@@ -330,8 +330,8 @@ class AmqpQueues(object):
         nothing arrives any more and the broker has nothing ready left (other consumers took
         the rest). Never on a clock alone: a large backlog arrives at the client's pace, and
         a partial read would make a breakdown wrong and a trim drop the wrong messages.
-        The caller acks what should go and closes the channel, which requeues the rest in
-        their original places. A queue exclusive to another connection cannot be read: [].
+        The caller acks what should go and requeues the rest (``_release``), which puts them
+        back in their original places. A queue exclusive to another connection cannot be read: [].
         """
         exists, ready, _consumers = self.declare_passive(name)
         wanted = ready if limit is None else min(ready, limit)
@@ -381,20 +381,41 @@ class AmqpQueues(object):
                 return None
         return self._rpc(declare, what='declaring (passive) on')
 
-    def _release(self, name):
+    def _release(self):
         """Put every message still unacked back in its place, and close the channel.
 
-        Closing alone would requeue them too, but after the close-ok: RabbitMQ requeues when the
-        queue sees the channel process end, so a count read at once could miss them. A nack,
-        then a declare on the same channel (which the queue answers after the requeue), does not.
+        Closing alone would requeue them too, but only once the queue sees the channel process
+        end, which can be after our next request; a nack is queued at the queue before it.
         """
         channel, self.channel = self.channel, None
         if channel is None or not channel.is_open or self.broken:
             return  # a lost connection: the broker requeues them itself
         self._rpc(channel.basic_nack, delivery_tag=0, multiple=True, requeue=True, what='requeueing on')
-        self._ready_now(channel, name)
-        if channel.is_open:  # a passive declare of a queue deleted meanwhile closes it
-            self._rpc(channel.close, what='closing a channel on')
+        self._rpc(channel.close, what='closing a channel on')
+
+    def ready(self, name):
+        """Ready messages of a queue, counting every ack and requeue this connection sent.
+
+        RabbitMQ answers queue.declare ahead of the acks and requeues still waiting at the queue (it
+        gives that call priority), so right after a trim it may not count the kept messages yet.
+        basic.get waits its turn behind them and says how many remain; the message it took goes back.
+        """
+        channel = self._open_channel()
+
+        def get():
+            try:
+                return channel.basic_get(name, auto_ack=False)[0]
+            except pika_exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code == 404:  # deleted meanwhile
+                    return None
+                raise
+        got = self._rpc(get, what='reading (basic.get) on')
+        if got is None:
+            if not channel.is_open:
+                self.channel = None
+            return 0
+        self._rpc(channel.basic_nack, delivery_tag=got.delivery_tag, requeue=True, what='requeueing on')
+        return got.message_count + 1
 
     def peek(self, name, count):
         if count <= 0:
@@ -402,7 +423,7 @@ class AmqpQueues(object):
         try:
             return [decoded for _tag, decoded in self._consume_ready(name, limit=count)]
         finally:
-            self._release(name)
+            self._release()
 
     def breakdown(self, name):
         counts = {}
@@ -410,7 +431,7 @@ class AmqpQueues(object):
             for _tag, decoded in self._consume_ready(name):
                 counts[decoded['task']] = counts.get(decoded['task'], 0) + 1
         finally:
-            self._release(name)
+            self._release()
         return counts
 
     # -- changing ---------------------------------------------------------------------------
@@ -447,27 +468,28 @@ class AmqpQueues(object):
             received = self._consume_ready(name)
             tags = select(received)
             if not check_mode:
-                self._ack(tags, [tag for tag, _d in received])
+                self._settle([tag for tag, _d in received], set(tags))
             return len(tags)
         finally:
-            self._release(name)
+            self._release()
 
-    def _ack(self, tags, received_tags):
-        """Ack ``tags``: the selected run from the first delivery in one ``multiple`` ack, the rest
-        one by one, in batches that each get the time limit."""
-        selected = set(tags)
-        head = 0
+    def _settle(self, received_tags, going):
+        """Ack the ``going`` tags and requeue the other received ones, in delivery order: one
+        ``multiple`` ack or nack per run of neighbours that go the same way (a trim is two frames),
+        in batches that each get the time limit."""
+        runs = []   # [last tag of the run, whether it goes]
         for tag in received_tags:
-            if tag not in selected:
-                break
-            head = tag
+            if runs and runs[-1][1] == (tag in going):
+                runs[-1][0] = tag
+            else:
+                runs.append([tag, tag in going])
         channel = self.channel
-        rest = [tag for tag in tags if tag > head]
 
-        def ack(batch, multiple=False):
-            for tag in batch:
-                channel.basic_ack(delivery_tag=tag, multiple=multiple)
-        if head:
-            self._rpc(ack, [head], multiple=True, what='acking on')
-        for start in range(0, len(rest), ACK_BATCH):
-            self._rpc(ack, rest[start:start + ACK_BATCH], what='acking on')
+        def settle(batch):
+            for tag, goes in batch:
+                if goes:
+                    channel.basic_ack(delivery_tag=tag, multiple=True)
+                else:
+                    channel.basic_nack(delivery_tag=tag, multiple=True, requeue=True)
+        for start in range(0, len(runs), ACK_BATCH):
+            self._rpc(settle, runs[start:start + ACK_BATCH], what='acking on')

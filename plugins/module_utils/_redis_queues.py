@@ -209,6 +209,10 @@ class RedisQueues(object):
                     names.add(queue)
         return sorted(names)
 
+    def ready(self, name):
+        """Ready messages of one queue, every priority step."""
+        return sum(self.depths([name])[name].values())
+
     def depths(self, names):
         """name -> (exists, {step: length}) in one round trip."""
         keys = [key for name in names for _step, key in self.layout.keys(name)]

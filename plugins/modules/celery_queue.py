@@ -198,7 +198,7 @@ def changes(queues, params, check_mode, result, warn, current):
             removed = queues.purge(name, params['task_names'], check_mode=check_mode)
         after = state['messages'] - removed
         if not check_mode and removed:
-            after = queue_states(queues, [name])[0]['messages']
+            after = queues.ready(name)
         result['queues'].append(dict(name=name, exists=state['exists'], before=state['messages'],
                                      removed=removed, after=after, unacked=state['unacked']))
         current[:] = []

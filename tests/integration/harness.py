@@ -330,6 +330,20 @@ class Ansible(object):
             argv.append('--diff')
         if verbosity:
             argv.append('-' + 'v' * verbosity)
+        report = self._run(argv, env, timeout)
+        return [task['hosts']['localhost'] for task in report['plays'][0]['tasks']]
+
+    def playbook(self, name, extra_vars=None, timeout=300):
+        """A playbook of the collection (celeryops.fleet.NAME) run on localhost, as an operator runs it;
+        returns the results of its tasks by task name (a task's last result, for a loop or a retry)."""
+        argv = ['ansible-playbook', '-i', 'localhost,', '-c', 'local', 'celeryops.fleet.' + name]
+        if extra_vars:
+            argv += ['-e', json.dumps(extra_vars)]
+        report = self._run(argv, None, timeout)
+        return dict((task['task']['name'], task['hosts'].get('localhost', {}))
+                    for play in report['plays'] for task in play['tasks'])
+
+    def _run(self, argv, env, timeout):
         run_env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK='ansible.posix.json', ANSIBLE_PYTHON_INTERPRETER=sys.executable,
                        ANSIBLE_LOCALHOST_WARNING='false', ANSIBLE_NOCOLOR='1', ANSIBLE_DEPRECATION_WARNINGS='false')
         run_env.update(env or {})
@@ -346,8 +360,7 @@ class Ansible(object):
             raise AssertionError('ansible-playbook did not print JSON (rc %s):\n%s\n%s'
                                  % (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:]))
         self.last['report'] = report
-        results = [task['hosts']['localhost'] for task in report['plays'][0]['tasks']]
-        return results
+        return report
 
     def task_spans(self):
         """(start, end) of each task of the last play, in epoch seconds, from the json callback's own

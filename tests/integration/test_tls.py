@@ -54,6 +54,20 @@ def check_failures(ansible, results, expected):
         assert seconds[index] < TIMEOUT + 10, (index, seconds[index], result['msg'])
 
 
+def check_playbook_tls(ansible, url, tls):
+    """The fleet playbooks take the same settings (celery_broker_tls_*, celery_broker_password) as
+    the modules' defaults: queue_report verifies with the CA, fails with the wrong one."""
+    settings = {'celery_broker_url': url, 'celery_broker_password': PASSWORD, 'celery_broker_tls_ca_file': tls['ca'],
+                'queue_report_queues': ['tls_q']}
+    described = ansible.playbook('queue_report', settings)['Describe the queues']
+    assert ansible.last['rc'] == 0 and described['queues'][0]['messages'] == 3, described
+    assert described['broker']['tls'] is True, described
+    failed = ansible.playbook('queue_report', dict(settings, celery_broker_tls_ca_file=tls['wrong_ca']))
+    assert ansible.last['rc'] != 0
+    assert 'certificate verification failed' in failed['Describe the queues']['msg'], failed
+    assert_clean(ansible.last['stdout'] + ansible.last['stderr'], secrets_of(PASSWORD), 'the playbook output')
+
+
 def test_redis_over_tls_verified_and_every_failure_clear(private, tls, workers, ansible, redis_env):
     redis = private.redis(tls=tls)
     client = redis.client()
@@ -117,6 +131,7 @@ def test_redis_over_tls_verified_and_every_failure_clear(private, tls, workers, 
     })
     assert results[17]['msg'] == [3], results[17]
     assert worker.process.poll() is None
+    check_playbook_tls(ansible, 'rediss://127.0.0.1:%d/0' % redis.port, tls)
 
 
 def test_rabbitmq_over_amqps_verified_and_every_failure_clear(private, tls, workers, ansible):
@@ -161,3 +176,4 @@ def test_rabbitmq_over_amqps_verified_and_every_failure_clear(private, tls, work
         8: ['amqps 127.0.0.1:%d' % rabbit.port, 'does the port speak TLS?'],
         9: ['amqp 127.0.0.1:%d' % rabbit.tls_port, 'amqps://'],
     })
+    check_playbook_tls(ansible, 'amqps://%s@127.0.0.1:%d/%%2F' % (user, rabbit.tls_port), tls)
