@@ -431,6 +431,11 @@ def main():
             b('| %d | celery_worker_info, one task (replies in: %s; result %.1f kB) | %s | %s | `%s` |' % (
                 z['n'], s(vv['worker_info']['elapsed']), (vv['worker_info'].get('result_bytes') or 0) / 1000.0,
                 s(vv['worker_info']['wall']), s(vv['worker_info']['task']), z['command']))
+            if z.get('beside'):
+                b('| %d | the same playbook: a warm-up ping (%s), then ping (%s) and celery_worker_info (%s), in each '
+                  'order once a round | – | see left | `%s` (and `ping_first=false`) |' % (
+                      z['n'], s(z['beside']['warm_up']), s(z['beside']['ping']), s(z['beside']['worker_info']),
+                      z['beside_command']))
             b('| %d | celery CLI: status + inspect stats, active, reserved, active_queues | %s | – | the sequence '
               'above (%s) |' % (z['n'], s(vv['celery_cli']['wall']), ', '.join(
                   '`%s` %s' % (step['command'].replace('celery -A fleet_tasks ', ''), s(step['wall']))
@@ -441,18 +446,24 @@ def main():
         for z in sizes:
             vv = z['variants']
             wall_ratio = ratio(vv['worker_info']['wall'], vv['celery_cli']['wall'])
-            diff = vv['worker_info']['task']['median'] - vv['ping']['task']['median']
+            apart = vv['worker_info']['task']['median'] - vv['ping']['task']['median']
+            # The target's wording: both tasks in the same playbook.
+            diff = z['beside']['worker_info']['median'] - z['beside']['ping']['median'] if z.get('beside') else apart
             # 3 decimals where 2 would print the limit itself for a figure on the other side of it
             shown_ratio = ('%.3f×' if round(wall_ratio, 2) == 0.25 else '%.2f×') % wall_ratio
             shown_diff = ('%+.3f s' if round(diff, 2) == 0.3 else '%+.2f s') % diff
             b('| %d | celery_worker_info wall / celery CLI sequence wall | **%s** (the CLI takes %.1f× as long) | '
               '≤ 0.25×: %s |' % (z['n'], shown_ratio, 1 / wall_ratio, mark(wall_ratio <= 0.25)))
-            b('| %d | celery_worker_info task − ping task | **%s** (%.2f×) | ≤ 0.3 s: %s |' % (
-                z['n'], shown_diff, ratio(vv['worker_info']['task'], vv['ping']['task']), mark(diff <= 0.3)))
+            if z.get('beside'):
+                b('| %d | celery_worker_info task − ping task, in the same playbook | **%s** | ≤ 0.3 s: %s |' % (
+                    z['n'], shown_diff, mark(diff <= 0.3)))
+            b('| %d | celery_worker_info task − ping task, each alone in its playbook | %+.2f s (%.2f×) | %s |' % (
+                z['n'], apart, ratio(vv['worker_info']['task'], vv['ping']['task']),
+                '(no target)' if z.get('beside') else '≤ 0.3 s: %s' % mark(apart <= 0.3)))
             targets.append(('6', 'celery_worker_info playbook wall / celery status + 4 × inspect, %d workers' % z['n'],
                             shown_ratio, '≤ 0.25×', mark(wall_ratio <= 0.25)))
-            targets.append(('6', 'celery_worker_info task − ping task, %d workers' % z['n'], shown_diff,
-                            '≤ 0.3 s', mark(diff <= 0.3)))
+            targets.append(('6', 'celery_worker_info task − ping task in the same playbook, %d workers' % z['n'],
+                            shown_diff, '≤ 0.3 s', mark(diff <= 0.3)))
         b('')
         b('**Where the module\'s time goes.** The module\'s `gather()` run in the bench\'s process with the same '
           'parameters (no Ansible), `Control`\'s parts timed; and the module\'s import in a fresh interpreter, against '
@@ -566,7 +577,13 @@ def main():
                  'estimates, per-task times spread).' % (
                      diff, x['n'], a['close']['median'], imports, a['connect']['median'], a['request']['median'],
                      wi.get('duplicate_grace', 0.1), rest))
-        if diff > 0.3:
+        beside = x.get('beside')
+        if beside:
+            text += (' In the same playbook, after a warm-up task, ping takes %.2f s and celery_worker_info %.2f s: '
+                     '%+.2f s (ping gains more from the warm controller than the larger module does).' % (
+                         beside['ping']['median'], beside['worker_info']['median'],
+                         beside['worker_info']['median'] - beside['ping']['median']))
+        if (beside['worker_info']['median'] - beside['ping']['median'] if beside else diff) > 0.3:
             text += ' The 0.3 s target needs the imports, the collecting and the controller\'s share cut.'
         text += (' For the wall target: an ansible-playbook run of ping alone takes %s, so 0.25× of the CLI '
                  'sequence leaves %s for celery_worker_info beyond a ping playbook; it takes %s (%s).' % (

@@ -8,6 +8,7 @@ at the end (also on failure). Each round takes turns:
 - ansible.builtin.ping in one playbook (the per-task baseline);
 - celery_worker_info in one playbook: expected_nodes = the node names, include ping, stats,
   active, reserved, active_queues, timeout 5 (it returns as soon as every node answered);
+- both in the same playbook (the target's wording), after a warm-up ping, in each order;
 - the same information from the celery CLI: status, then inspect stats, active, reserved and
   active_queues, one process after the other, timed as the whole sequence;
 - diagnostics: the module's gather() in this process with Control's parts timed, and the
@@ -205,6 +206,7 @@ def bench_size(n, logdir):
     parts = ('connect', 'request', 'close', 'gather', 'elapsed')
     inprocess = dict(as_is=dict((part, []) for part in parts))
     imports = dict(basic=[], module=[])
+    beside = dict(warm_up=[], ping=[], worker_info=[])
     try:
         for round_ in range(ROUNDS):
             wall, task = lib.run_playbook('ping.yml')
@@ -219,6 +221,17 @@ def bench_size(n, logdir):
             results['worker_info']['task'].append(task['seconds'])
             results['worker_info']['elapsed'].append(task['summary']['elapsed'])
             results['worker_info']['result_bytes'].append(task['summary'].get('result_bytes'))
+
+            # Issue 3's comparison as it is worded: both tasks in the same playbook, after a warm-up
+            # task, each order once a round.
+            for ping_first in (True, False):
+                _wall, tasks = lib.run_playbook_tasks('worker_info_beside_ping.yml',
+                                                      dict(module_vars(names), ping_first=ping_first))
+                by_name = dict((task['name'], task) for task in tasks)
+                check_module(by_name['Ask the workers']['summary'], names)
+                beside['warm_up'].append(by_name['Warm up']['seconds'])
+                beside['ping'].append(by_name['Ping' if ping_first else 'Ping after']['seconds'])
+                beside['worker_info'].append(by_name['Ask the workers']['seconds'])
 
             wall, steps = cli_sequence(names)
             results['celery_cli']['wall'].append(wall)
@@ -253,6 +266,8 @@ def bench_size(n, logdir):
     out['inprocess'] = dict((key, dict((part, lib.summary(values)) for part, values in parts.items()))
                             for key, parts in inprocess.items())
     out['imports'] = dict((key, lib.summary(values)) for key, values in imports.items())
+    out['beside'] = dict((key, lib.summary(values)) for key, values in beside.items())
+    out['beside_command'] = lib.playbook_command('worker_info_beside_ping.yml', dict(module_vars(names), ping_first=True))
     return out
 
 
