@@ -8,7 +8,7 @@ at the end (also on failure). Each round takes turns:
 - ansible.builtin.ping in one playbook (the per-task baseline);
 - celery_worker_info in one playbook: expected_nodes = the node names, include ping, stats,
   active, reserved, active_queues, timeout 5 (it returns as soon as every node answered);
-- both in the same playbook (the target's wording), after a warm-up ping, in each order;
+- both in the same playbook (the target's wording), in each order;
 - the same information from the celery CLI: status, then inspect stats, active, reserved and
   active_queues, one process after the other, timed as the whole sequence;
 - diagnostics: the module's gather() in this process with Control's parts timed, and the
@@ -193,6 +193,28 @@ def import_seconds(module):
     return seconds
 
 
+# The controller's build of a module's payload (AnsiballZ), which the first task of each module in
+# a playbook run pays; timed in a fresh interpreter, so nothing is cached.
+PAYLOAD = """
+import sys, time
+from ansible.executor import module_common
+from ansible.parsing.dataloader import DataLoader
+from ansible.plugins.loader import init_plugin_loader, module_loader
+from ansible.template import Templar
+init_plugin_loader()
+found = module_loader.find_plugin_with_context(sys.argv[1])
+started = time.perf_counter()
+module_common.modify_module(module_name=sys.argv[1], module_path=found.plugin_resolved_path, module_args={},
+                            templar=Templar(loader=DataLoader()), task_vars={})
+print(time.perf_counter() - started)
+"""
+
+
+def payload_seconds(module):
+    _seconds, out = lib.timed([sys.executable, '-c', PAYLOAD, module])
+    return float(out.strip().splitlines()[-1])
+
+
 # -- one size ----------------------------------------------------------------------------------
 
 def bench_size(n, logdir):
@@ -206,7 +228,8 @@ def bench_size(n, logdir):
     parts = ('connect', 'request', 'close', 'gather', 'elapsed')
     inprocess = dict(as_is=dict((part, []) for part in parts))
     imports = dict(basic=[], module=[])
-    beside = dict(warm_up=[], ping=[], worker_info=[])
+    beside = dict(ping=[], worker_info=[])
+    payloads = dict(ping=[], worker_info=[])
     try:
         for round_ in range(ROUNDS):
             wall, task = lib.run_playbook('ping.yml')
@@ -222,14 +245,12 @@ def bench_size(n, logdir):
             results['worker_info']['elapsed'].append(task['summary']['elapsed'])
             results['worker_info']['result_bytes'].append(task['summary'].get('result_bytes'))
 
-            # Issue 3's comparison as it is worded: both tasks in the same playbook, after a warm-up
-            # task, each order once a round.
+            # Issue 3's comparison as it is worded: both tasks in the same playbook, each order once a round.
             for ping_first in (True, False):
                 _wall, tasks = lib.run_playbook_tasks('worker_info_beside_ping.yml',
                                                       dict(module_vars(names), ping_first=ping_first))
                 by_name = dict((task['name'], task) for task in tasks)
                 check_module(by_name['Ask the workers']['summary'], names)
-                beside['warm_up'].append(by_name['Warm up']['seconds'])
                 beside['ping'].append(by_name['Ping' if ping_first else 'Ping after']['seconds'])
                 beside['worker_info'].append(by_name['Ask the workers']['seconds'])
 
@@ -242,6 +263,8 @@ def bench_size(n, logdir):
                 inprocess['as_is'][part].append(seconds)
             imports['basic'].append(import_seconds('ansible.module_utils.basic'))
             imports['module'].append(import_seconds(MODULE))
+            payloads['ping'].append(payload_seconds('ansible.builtin.ping'))
+            payloads['worker_info'].append(payload_seconds('celeryops.fleet.celery_worker_info'))
             lib.log('%d workers, round %d/%d: ping %.2fs (task %.2fs), worker_info %.2fs (task %.2fs), '
                     'celery CLI %.2fs, close() in process %.2fs' % (
                         n, round_ + 1, ROUNDS, results['ping']['wall'][-1], results['ping']['task'][-1],
@@ -267,6 +290,7 @@ def bench_size(n, logdir):
                             for key, parts in inprocess.items())
     out['imports'] = dict((key, lib.summary(values)) for key, values in imports.items())
     out['beside'] = dict((key, lib.summary(values)) for key, values in beside.items())
+    out['payloads'] = dict((key, lib.summary(values)) for key, values in payloads.items())
     out['beside_command'] = lib.playbook_command('worker_info_beside_ping.yml', dict(module_vars(names), ping_first=True))
     return out
 
