@@ -122,7 +122,7 @@ def cli_sequence(names):
 # -- the module --------------------------------------------------------------------------------
 
 def module_vars(names):
-    return dict(broker_url=lib.REDIS_URL, expected_nodes=names, include=INCLUDE, timeout=TIMEOUT)
+    return dict(broker_url=lib.REDIS_URL, expected_nodes=names, include=INCLUDE, reply_timeout=TIMEOUT)
 
 
 def check_module(summary, names):
