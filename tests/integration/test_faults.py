@@ -169,8 +169,10 @@ def until(predicate, timeout=60, what='a condition'):
 def module_connected(server):
     """Whether a module holds a connection to a private broker (ours are all closed)."""
     if hasattr(server, 'ctl'):
-        # From the kernel's table: rabbitmqctl starts an Erlang VM per call, seconds on a loaded machine.
-        return lambda: established_to(server.port)
+        # The handshake done, as the broker lists it; rabbitmqctl starts an Erlang VM per call (seconds
+        # on a loaded machine), so it is asked only once the kernel shows a connection.
+        return lambda: established_to(server.port) and 'celeryops.fleet' in server.ctl('list_connections',
+                                                                                       'client_properties')
     client = server.client()
     return lambda: any(c['name'].startswith('celeryops.fleet') for c in client.client_list())
 
