@@ -113,7 +113,7 @@ def test_broker_stalling_mid_way_fails_the_module_soon_after(transport, module, 
         # The replies are awaited for their whole timeout; a silent RabbitMQ shows when it is asked once more.
         bound = replies + timeout + 0.5 + MARGIN + LOAD_SLACK
     play = Background(ansible, [task])
-    play.wait_connected(server)
+    play.wait_connected(server, listening=module == 'events')
     stalled_at = time.time()
     proxy.stall()
     result = play.join()[0]
@@ -142,10 +142,10 @@ class Background(object):
         except Exception as exc:  # handed to the test by join()
             self.error = exc
 
-    def wait_connected(self, server, timeout=60):
-        """Until the module holds its connection to ``server``; a play that ended first fails the
-        test with its results (they say why it never waited)."""
-        connected = module_connected(server)
+    def wait_connected(self, server, timeout=60, listening=False):
+        """Until the module holds its connection to ``server`` (see module_connected); a play that
+        ended first fails the test with its results (they say why it never waited)."""
+        connected = module_connected(server, listening)
         until(lambda: not self.thread.is_alive() or connected(), timeout, 'the module connecting')
         assert self.thread.is_alive(), ('the play ended before the fault', self.error, self.results)
 
@@ -166,15 +166,21 @@ def until(predicate, timeout=60, what='a condition'):
     raise AssertionError('%s did not happen within %ss' % (what, timeout))
 
 
-def module_connected(server):
-    """Whether a module holds a connection to a private broker (ours are all closed)."""
+def module_connected(server, listening=False):
+    """Whether a module holds a connection to a private broker (ours are all closed); with
+    ``listening``, whether celery_events_info listens for events on it."""
     if hasattr(server, 'ctl'):
-        # The handshake done, as the broker lists it; rabbitmqctl starts an Erlang VM per call (seconds
+        # As the broker lists it (the handshake done); rabbitmqctl starts an Erlang VM per call (seconds
         # on a loaded machine), so it is asked only once the kernel shows a connection.
+        if listening:
+            return lambda: established_to(server.port) and any(
+                line.startswith('celeryev.celeryops-fleet.') and line.split()[-1] != '0'
+                for line in server.ctl('list_queues', 'name', 'consumers').splitlines())
         return lambda: established_to(server.port) and 'celeryops.fleet' in server.ctl('list_connections',
                                                                                        'client_properties')
     client = server.client()
-    return lambda: any(c['name'].startswith('celeryops.fleet') for c in client.client_list())
+    return lambda: any(c['name'].startswith('celeryops.fleet') and (not listening or int(c.get('psub') or 0) > 0)
+                       for c in client.client_list())
 
 
 def established_to(port):
