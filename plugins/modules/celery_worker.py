@@ -79,6 +79,9 @@ options:
       - If the broker goes away meanwhile (a restart, a lost connection, or silence for O(connect_timeout)), the
         module reconnects every O(wait_sleep) seconds within the same O(wait_timeout), and fails saying that the
         broker went away if it is not back in time.
+      - If the broker goes away while the commands are being sent, the module waits, within O(wait_timeout), for
+        the broker and the nodes to answer again, and plans what is left from their state then, so that no
+        command is applied twice.
     type: float
     default: 300.0
   wait_sleep:
