@@ -7,8 +7,6 @@ connect timeout, and never fall back to plaintext. The brokers have passwords of
 never show in the output.
 """
 
-import datetime
-import json
 import uuid
 
 import pytest
@@ -26,22 +24,10 @@ def tls(private):
     return private.tls()
 
 
-def task_seconds(ansible):
-    """Each task's own run time in the last play (from the JSON report), without Ansible's start-up."""
-    text = ansible.last['stdout']
-    report = json.loads(text[0 if text.startswith('{') else text.find('\n{\n') + 1:])
-    out = []
-    for task in report['plays'][0]['tasks']:
-        times = [datetime.datetime.fromisoformat(task['task']['duration'][k].replace('Z', '+00:00'))
-                 for k in ('start', 'end')]
-        out.append((times[1] - times[0]).total_seconds())
-    return out
-
-
 def check_failures(ansible, results, expected):
     """Every failing case failed with its expected texts, fast, without a traceback or the password."""
     assert_clean(ansible.last['stdout'] + ansible.last['stderr'], secrets_of(PASSWORD), 'the output')
-    seconds = task_seconds(ansible)
+    seconds = ansible.task_seconds()
     for index, texts in expected.items():
         result = results[index]
         assert result.get('failed'), (index, result)
