@@ -45,13 +45,15 @@ def populate():
     return names, ready, unacked
 
 
-def module_main_inprocess():
+def module_main_inprocess(result_file):
     """celery_queue_info's main() run in this process as AnsiballZ would run it (ansible-core 2.19's
     parameter hand-over), with the RedisQueues calls and exit_json timed: where the module's own
-    time goes for this many queues. Returns {what: [calls, seconds]} or None if it cannot run."""
+    time goes for this many queues. Writes its result (without `invocation`) to ``result_file`` for
+    the floor variants. Returns {what: [calls, seconds]} or None if it cannot run."""
     import contextlib
     import io
     from ansible.module_utils import basic
+    lib.module_utils()  # the collection on sys.path
     from ansible_collections.celeryops.fleet.plugins.module_utils import _redis_queues
     from ansible_collections.celeryops.fleet.plugins.modules import celery_queue_info
     spent = {}
@@ -88,6 +90,9 @@ def module_main_inprocess():
         if len(result.get('queues') or []) != N_QUEUES:
             raise RuntimeError('main() returned %r' % out.getvalue()[:300])
         spent['result bytes'] = [1, len(out.getvalue())]
+        result.pop('invocation', None)
+        with open(result_file, 'w') as f:
+            json.dump(result, f)
         return spent
     except Exception as exc:  # noqa: BLE001 - a diagnostic: report why and go on
         lib.log('module main() in process: %s' % exc)
@@ -113,6 +118,11 @@ def main():
     with open(stdin_file, 'rb') as f:
         stdin_data = f.read()
 
+    # Run first: it records the result the floor variants return.
+    result_file = os.path.join(lib.OUT, 'queue-info-result.json')
+    module_main = module_main_inprocess(result_file)
+    floor = dict(broker_url=lib.REDIS_URL, result_file=result_file)
+
     loop_which = os.environ.get('BENCH_LOOP_KEYS', 'base')
     loop_cmd = '%s %d %s %s' % (os.path.join(lib.BENCH, 'llen_loop.sh'), lib.REDIS_DB, queue_file, loop_which)
     variants = [
@@ -121,6 +131,10 @@ def main():
         ('queue_info_one', 'queue_info.yml', {'broker_url': lib.REDIS_URL, 'queues': [one]}),
         ('llen_loop', 'shell.yml', {'cmd': loop_cmd}),
     ]
+    if module_main:
+        # The floor: what Ansible charges for this result alone, then with redis-py imported.
+        variants += [('floor', 'result_floor.yml', dict(floor, import_redis=False)),
+                     ('floor_redis', 'result_floor.yml', dict(floor, import_redis=True))]
     results = dict((name, dict(wall=[], task=[], checks=[])) for name, _p, _v in variants)
     results['redis_cli_stdin'] = dict(wall=[], checks=[])
     results['module_utils'] = dict(wall=[], checks=[])
@@ -136,11 +150,11 @@ def main():
                 got = task['summary']
                 if (got['queues'], got['messages'], got['unacked']) != (1, PER_QUEUE + 1, 1):
                     raise AssertionError('celery_queue_info on %s saw %r' % (one, got))
-            elif name == 'queue_info':
+            elif name == 'queue_info' or name.startswith('floor'):
                 got = task['summary']
                 if (got['queues'], got['messages'], got['unacked']) != (N_QUEUES, ready, unacked):
-                    raise AssertionError('celery_queue_info saw %r, expected %d queues, %d ready, %d unacked'
-                                         % (got, N_QUEUES, ready, unacked))
+                    raise AssertionError('%s saw %r, expected %d queues, %d ready, %d unacked'
+                                         % (name, got, N_QUEUES, ready, unacked))
             if name == 'llen_loop' and task['summary'].get('stdout_lines') != N_QUEUES * (4 if loop_which == 'all' else 1):
                 raise AssertionError('the loop printed %r lines' % task['summary'])
         seconds, out = lib.timed(['redis-cli', '-n', str(lib.REDIS_DB)], stdin=stdin_data)
@@ -157,7 +171,7 @@ def main():
             '%s %.2fs' % (k, v['wall'][-1]) for k, v in results.items())))
 
     out = dict(n_queues=N_QUEUES, ready=ready, unacked=unacked, loop_keys=loop_which, variants={},
-               module_main=module_main_inprocess())
+               module_main=module_main)
     for name, data in results.items():
         entry = dict(wall=lib.summary(data['wall']))
         if data.get('task'):
@@ -171,6 +185,9 @@ def main():
         'queue_info.yml', {'broker_url': lib.REDIS_URL, 'queues': [one]})
     out['variants']['llen_loop']['command'] = lib.playbook_command('shell.yml', {'cmd': loop_cmd})
     out['variants']['llen_loop']['inner_command'] = loop_cmd
+    for name, _playbook, extra in variants:
+        if name.startswith('floor'):
+            out['variants'][name]['command'] = lib.playbook_command('result_floor.yml', extra)
     out['variants']['redis_cli_stdin']['command'] = 'redis-cli -n %d < %s   # %d lines like: LLEN "bench.q0000\\x06\\x163"' % (
         lib.REDIS_DB, stdin_file, 4 * N_QUEUES)
     out['variants']['module_utils']['command'] = ('in process (bench/redis_info.py): open_queues(); '
