@@ -143,6 +143,24 @@ def test_filtered_purge_keeps_the_rest_byte_for_byte_in_order(redis_env, loaded,
         (k, v) for k, v in loaded.items() if k not in queue_keys('target'))
 
 
+def test_filtered_purge_of_lists_longer_than_one_read(redis_env, ansible):
+    """The list is read in chunks (READ_CHUNK, 2000 elements in _redis_queues): a purge of one task
+    over 4001 and 2000 elements keeps every other element, in order, byte for byte."""
+    client = redis_env.client
+    lists = {}
+    for step, size in ((0, 4001), (3, 2000)):
+        lists[step] = [json.dumps({'body': '', 'headers': {'task': (ADD, MAIL, MAIL)[i % 3], 'id': '%d-%d' % (step, i)}})
+                       .encode() for i in range(size)]
+        lists[step][1000] = FOREIGN
+        client.rpush(step_key('long', step), *lists[step])
+    kept = dict((step, [raw for raw in lists.get(step, []) if task_of(raw) != MAIL]) for step in STEPS)
+    removed = 6001 - sum(len(k) for k in kept.values())
+    result = ansible.module('celery_queue', dict(broker_url=redis_env.url, queues=['long'], task_names=[MAIL]))
+    assert result['queues'][0] == dict(name='long', exists=True, before=6001, removed=removed, after=6001 - removed,
+                                       unacked=0)
+    assert elements(client, 'long') == kept
+
+
 def test_trim_across_priority_steps_byte_for_byte(redis_env, loaded, ansible):
     client = redis_env.client
     order = run_order(elements(client, 'target'))

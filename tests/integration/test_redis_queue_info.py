@@ -202,3 +202,32 @@ def test_breakdown_names_awkward_elements_like_the_decoder(redis_env, ansible):
     result = ansible.module('celery_queue_info', dict(broker_url=redis_env.url, queues=['odd'], breakdown=True))
     expected = {ADD: 3, 'legacy.task': 1, 't"q': 1, '<unknown>': 2, 'compact.t': 1, 'caf\u00e9': 2}
     assert result['queues'][0]['tasks'] == expected
+
+
+def test_breakdown_and_peek_read_long_lists_whole(redis_env, ansible):
+    """Lists longer than one read (READ_CHUNK, 2000 elements in _redis_queues): an exact multiple of
+    it, one more than a multiple, and the shortest list that needs a second read."""
+    import json
+    client = redis_env.client
+    sizes = {'long': (4000, 0), 'long\x06\x163': (4001, 3), 'long\x06\x166': (2001, 6)}
+    expected = {}
+    for key, (size, step) in sizes.items():
+        names = ['t.%d.%d' % (step, i % 3) for i in range(size)]
+        for name in names:
+            expected[name] = expected.get(name, 0) + 1
+        client.rpush(key, *[json.dumps({'body': '', 'headers': {'task': name, 'id': '%s-%d' % (key, i)}})
+                            for i, name in enumerate(names)])
+    # A kombu worker takes from the tail, so the first to run is the last element of step 0.
+    first = json.loads(client.lindex('long', -1))['headers']['id']
+    before = dict((key, client.lrange(key, 0, -1)) for key in sizes)
+    result = ansible.module('celery_queue_info', dict(broker_url=redis_env.url, queues=['long'], peek=2,
+                                                     breakdown=True))
+    queue = result['queues'][0]
+    assert queue['messages'] == 10002
+    assert queue['priorities'] == {'0': 4000, '3': 4001, '6': 2001, '9': 0}
+    assert queue['tasks'] == expected and sum(expected.values()) == 10002
+    assert [m['id'] for m in queue['peek']] == [first, json.loads(client.lindex('long', -2))['headers']['id']]
+    assert dict((key, client.lrange(key, 0, -1)) for key in sizes) == before
+    # The reads left the connection pool sound: a second run reads the same.
+    again = ansible.module('celery_queue_info', dict(broker_url=redis_env.url, queues=['long'], breakdown=True))
+    assert again['queues'][0]['tasks'] == expected
