@@ -4,7 +4,8 @@ The backlog (BENCH_QUICK: 200,000; BENCH_BACKLOG) is 5 task names in fixed share
 the messages on priority step 3, copies of envelopes Celery wrote. Measured:
   - RedisQueues.breakdown() in this process (the module's code without Ansible), with the
     client-side round trip of every LRANGE it sends;
-  - the loop breakdown() had before (task_name_of() per element), on the same data, and
+  - the loop breakdown() had before (task_name_of() per element), on the same data,
+    breakdown() reading one LRANGE at a time (as before it read one chunk ahead), and
     reading alone (_chunks, elements dropped): what any parser has to add to;
   - the module task (ansible-playbook, one task), its per-task time and wall time;
   - the longest single Redis command during each run, from the slowlog: SLOWLOG RESET and
@@ -81,7 +82,7 @@ def main():
     _queues = lib.module_utils()
     from ansible_collections.celeryops.fleet.plugins.module_utils import _redis_queues, _messages
     params = lib.module_params(lib.REDIS_URL)
-    runs = dict(inprocess=[], reference=[], fetch=[], module_task=[], module_wall=[])
+    runs = dict(inprocess=[], reference=[], one_at_a_time=[], fetch=[], module_task=[], module_wall=[])
     lrange_ms, slow_ours, slow_all, slow_entries = [], [], [], []
 
     def reference_breakdown(queues):
@@ -94,6 +95,20 @@ def main():
                     counts[task] = counts.get(task, 0) + 1
         return counts
 
+    def one_at_a_time_breakdown(queues):
+        """breakdown() as it was before it read one chunk ahead: one LRANGE, then its counting."""
+        counts = {}
+        for _step, key in queues.layout.keys(QUEUE):
+            start = 0
+            while True:
+                chunk = queues.client.lrange(key, start, start + _redis_queues.READ_CHUNK - 1)
+                for task, n in _messages.count_task_names(chunk).items():
+                    counts[task] = counts.get(task, 0) + n
+                if len(chunk) < _redis_queues.READ_CHUNK:
+                    break
+                start += _redis_queues.READ_CHUNK
+        return counts
+
     def watch(slowlog):
         ours, everyone, entries = slowlog.read()
         slow_ours.append(ours)
@@ -102,17 +117,18 @@ def main():
 
     with Slowlog(client) as slowlog:
         for round_ in range(lib.REPEAT):
-            # The module's breakdown, in process, each LRANGE timed from the client.
+            # The module's breakdown, in process, the wait for each LRANGE reply timed from the client
+            # (each LRANGE is sent one chunk ahead, before the previous chunk is counted).
             queues = _queues.open_queues(params)
-            real_lrange = queues.client.lrange
+            real_reply = queues.client.parse_response
 
-            def timed_lrange(*args, **kwargs):
+            def timed_reply(*args, **kwargs):
                 t = time.perf_counter()
                 try:
-                    return real_lrange(*args, **kwargs)
+                    return real_reply(*args, **kwargs)
                 finally:
                     lrange_ms.append((time.perf_counter() - t) * 1000)
-            queues.client.lrange = timed_lrange
+            queues.client.parse_response = timed_reply
             slowlog.reset()
             t = time.perf_counter()
             counts = queues.breakdown(QUEUE)
@@ -120,7 +136,7 @@ def main():
             watch(slowlog)
             if counts != expected:
                 raise AssertionError('breakdown counted %r, expected %r' % (counts, expected))
-            queues.client.lrange = real_lrange
+            queues.client.parse_response = real_reply
 
             # The same with task_name_of() per element, as before; then reading alone (the floor).
             t = time.perf_counter()
@@ -128,6 +144,11 @@ def main():
             runs['reference'].append(time.perf_counter() - t)
             if counts != expected:
                 raise AssertionError('the reference counted %r, expected %r' % (counts, expected))
+            t = time.perf_counter()
+            counts = one_at_a_time_breakdown(queues)
+            runs['one_at_a_time'].append(time.perf_counter() - t)
+            if counts != expected:
+                raise AssertionError('one LRANGE at a time counted %r, expected %r' % (counts, expected))
             t = time.perf_counter()
             n = 0
             for _step, key in queues.layout.keys(QUEUE):
@@ -145,9 +166,10 @@ def main():
                 raise AssertionError('the module counted %r, expected %r' % (task['summary'], expected))
             runs['module_task'].append(task['seconds'])
             runs['module_wall'].append(wall)
-            lib.log('round %d/%d: in process %.2fs (before the change %.2fs, reading alone %.2fs), module task '
-                    '%.2fs, wall %.2fs; slowlog max %s ms' % (
-                        round_ + 1, lib.REPEAT, runs['inprocess'][-1], runs['reference'][-1], runs['fetch'][-1],
+            lib.log('round %d/%d: in process %.2fs (before the change %.2fs, one LRANGE at a time %.2fs, reading '
+                    'alone %.2fs), module task %.2fs, wall %.2fs; slowlog max %s ms' % (
+                        round_ + 1, lib.REPEAT, runs['inprocess'][-1], runs['reference'][-1],
+                        runs['one_at_a_time'][-1], runs['fetch'][-1],
                         runs['module_task'][-1], wall, max([x for x in slow_ours if x is not None] or [None])))
 
     out = dict(n=N, queue=QUEUE, mean_size=mean_size, fill_seconds=fill_seconds, depth=depth, expected=expected,
