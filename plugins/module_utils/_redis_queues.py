@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import os
 import traceback
 
 try:
@@ -40,6 +41,9 @@ BINDING_PREFIXES = ('_kombu.binding.', '_kombu.binding_permanent.')
 # Exchanges Celery uses for remote control, replies and events: their queues are internals.
 INTERNAL_EXCHANGES = ('celery.pidbox', 'reply.celery.pidbox', 'celeryev')
 
+# Keys a SCAN step looks at: a keyspace of millions (result backend keys) in few round trips,
+# each step still short for the server.
+SCAN_COUNT = 5000
 # Elements read per LRANGE: small enough that no single command holds the server for long.
 READ_CHUNK = 2000
 # Elements removed per LTRIM when trimming, for the same reason.
@@ -83,8 +87,10 @@ class RedisLayout(object):
     def unacked(self):
         return self.prefix + 'unacked'
 
-    def binding_patterns(self):
-        return [_glob_escape(self.prefix + p) + '*' for p in BINDING_PREFIXES]
+    def binding_pattern(self):
+        """One SCAN pattern for both kinds of binding sets: they share their start. It also matches
+        kombu's _kombu.binding_deadlines zset, which exchange_of() leaves out."""
+        return _glob_escape(self.prefix + os.path.commonprefix(BINDING_PREFIXES)) + '*'
 
     def exchange_of(self, binding_key):
         for p in BINDING_PREFIXES:
@@ -188,9 +194,8 @@ class RedisQueues(object):
 
     def bindings(self):
         """exchange -> list of (routing_key, queue), from both kinds of binding sets."""
-        keys = []
-        for pattern in self.layout.binding_patterns():
-            keys.extend(self.call(lambda: list(self.client.scan_iter(match=pattern, count=1000))))
+        found = self.call(lambda: list(self.client.scan_iter(match=self.layout.binding_pattern(), count=SCAN_COUNT)))
+        keys = [key for key in found if self.layout.exchange_of(_text(key)) is not None]
         table = {}
         for key, members in zip(keys, self.call(self._smembers_all, keys=keys) if keys else []):
             entries = table.setdefault(self.layout.exchange_of(_text(key)), [])
@@ -266,7 +271,7 @@ class RedisQueues(object):
         """Every element of one list, head to tail, in chunks of at most READ_CHUNK.
 
         The next LRANGE is sent before a chunk is handed out, so Redis builds and sends it while
-        the caller works on this one: a backlog is read about 1.5 times faster than with one
+        the caller works on this one: a backlog is read about 1.4 times faster than with one
         command at a time.
         """
         pool = self.client.connection_pool

@@ -3,6 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """kombu's Redis key layout, checked against kombu's own naming where it can be called offline."""
 
+import fnmatch
 from types import SimpleNamespace
 
 import pytest
@@ -107,13 +108,15 @@ def test_exchange_of(prefix, key, exchange):
     assert RedisLayout(prefix).exchange_of(key) == exchange
 
 
-def test_binding_patterns():
-    assert RedisLayout().binding_patterns() == ['_kombu.binding.*', '_kombu.binding_permanent.*']
-    assert RedisLayout('p:').binding_patterns() == ['p:_kombu.binding.*', 'p:_kombu.binding_permanent.*']
+def test_binding_pattern_covers_both_kinds_of_binding_sets():
+    assert RedisLayout().binding_pattern() == '_kombu.binding*'
+    assert RedisLayout('p:').binding_pattern() == 'p:_kombu.binding*'
+    for prefix in BINDING_PREFIXES:
+        assert fnmatch.fnmatchcase(prefix + 'celery', RedisLayout().binding_pattern())
 
 
-def test_binding_patterns_escape_glob_characters_of_the_prefix():
-    assert RedisLayout('a*b?[c]\\:').binding_patterns()[0] == 'a\\*b\\?\\[c\\]\\\\:_kombu.binding.*'
+def test_binding_pattern_escapes_glob_characters_of_the_prefix():
+    assert RedisLayout('a*b?[c]\\:').binding_pattern() == 'a\\*b\\?\\[c\\]\\\\:_kombu.binding*'
 
 
 def test_binding_member_splits_like_kombu():
