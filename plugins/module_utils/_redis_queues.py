@@ -196,14 +196,14 @@ class RedisQueues(object):
         """exchange -> list of (routing_key, queue), from both kinds of binding sets."""
         found = self.call(lambda: list(self.client.scan_iter(match=self.layout.binding_pattern(), count=SCAN_COUNT)))
         keys = [key for key in found if self.layout.exchange_of(_text(key)) is not None]
-        table = {}
+        table = {}  # exchange -> {(routing_key, queue): None}: a set that keeps the order read
         for key, members in zip(keys, self.call(self._smembers_all, keys=keys) if keys else []):
-            entries = table.setdefault(self.layout.exchange_of(_text(key)), [])
+            entries = table.setdefault(self.layout.exchange_of(_text(key)), {})
             for member in members:
                 parts = _text(member).split(self.layout.sep)
-                if len(parts) == 3 and (parts[0], parts[2]) not in entries:
-                    entries.append((parts[0], parts[2]))
-        return table
+                if len(parts) == 3:
+                    entries[(parts[0], parts[2])] = None
+        return dict((exchange, list(entries)) for exchange, entries in table.items())
 
     def discover(self, include_internal=False, bindings=None):
         """Names of the queues kombu has bound on this broker (in ``bindings``, if read already)."""
