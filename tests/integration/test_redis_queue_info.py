@@ -220,8 +220,8 @@ def test_breakdown_and_peek_read_long_lists_whole(redis_env, ansible):
     # A kombu worker takes from the tail, so the first to run is the last element of step 0.
     first = json.loads(client.lindex('long', -1))['headers']['id']
     before = dict((key, client.lrange(key, 0, -1)) for key in sizes)
-    result = ansible.module('celery_queue_info', dict(broker_url=redis_env.url, queues=['long'], peek=2,
-                                                     breakdown=True))
+    result = ansible.module('celery_queue_info',
+                            dict(broker_url=redis_env.url, queues=['long'], peek=2, breakdown=True))
     queue = result['queues'][0]
     assert queue['messages'] == 10002
     assert queue['priorities'] == {'0': 4000, '3': 4001, '6': 2001, '9': 0}
