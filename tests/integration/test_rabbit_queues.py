@@ -36,7 +36,7 @@ def by_name(result):
 
 
 def ok(result):
-    assert not result.get('failed'), result
+    assert not result.get('failed'), (result.get('msg'), result)
     return result
 
 
