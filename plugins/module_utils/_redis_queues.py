@@ -195,10 +195,11 @@ class RedisQueues(object):
     def bindings(self):
         """exchange -> list of (routing_key, queue), from both kinds of binding sets."""
         found = self.call(lambda: list(self.client.scan_iter(match=self.layout.binding_pattern(), count=SCAN_COUNT)))
-        keys = [key for key in found if self.layout.exchange_of(_text(key)) is not None]
+        exchange_of = dict((key, self.layout.exchange_of(_text(key))) for key in found)
+        keys = [key for key in found if exchange_of[key] is not None]
         table = {}  # exchange -> {(routing_key, queue): None}: a set that keeps the order read
         for key, members in zip(keys, self.call(self._smembers_all, keys=keys) if keys else []):
-            entries = table.setdefault(self.layout.exchange_of(_text(key)), {})
+            entries = table.setdefault(exchange_of[key], {})
             for member in members:
                 parts = _text(member).split(self.layout.sep)
                 if len(parts) == 3:
