@@ -3,7 +3,7 @@
 The backlog (BENCH_QUICK: 200,000; BENCH_BACKLOG) is 5 task names in fixed shares, 10 % of
 the messages on priority step 3, copies of envelopes Celery wrote. Measured:
   - RedisQueues.breakdown() in this process (the module's code without Ansible), with the
-    client-side round trip of every LRANGE it sends;
+    client-side wait for the reply to every LRANGE it sends (one chunk ahead);
   - the loop breakdown() had before (task_name_of() per element), on the same data,
     breakdown() reading one LRANGE at a time (as before it read one chunk ahead), and
     reading alone (_chunks, elements dropped): what any parser has to add to;
