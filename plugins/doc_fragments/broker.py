@@ -31,6 +31,8 @@ options:
   connect_timeout:
     description:
       - Seconds to wait for the broker to accept a connection and to answer each call.
+      - On RabbitMQ, an answer that comes behind a stream of messages (a large queue being read) is waited
+        for as long as data keeps arriving; the time counts from the last byte received.
       - Must be greater than zero.
     type: float
     default: 5.0

@@ -178,7 +178,7 @@ class AmqpQueues(object):
         what = kwargs.pop('what', 'waiting for a reply')
         endpoint = self.broker.endpoint
         try:
-            with time_limit(self.broker.timeout + 0.5, '%s %s' % (what, endpoint)):
+            with time_limit(self.broker.timeout + 0.5, '%s %s' % (what, endpoint), progress=self._bytes_received):
                 return func(*args, **kwargs)
         except pika_exceptions.ProbableAuthenticationError as exc:
             raise BrokerError('authentication failed at %s: %s (check the user and password in broker_url or '
@@ -222,6 +222,12 @@ class AmqpQueues(object):
             raise self._connect_error(exc)
         except OSError as exc:
             raise self._connect_error(exc)
+
+    def _bytes_received(self):
+        """Bytes read from the broker so far (None before the connection is up): a reply that waits
+        behind deliveries still streaming in is not a silent broker. pika keeps the count on the
+        connection that BlockingConnection wraps, where its own heartbeat checker reads it."""
+        return getattr(getattr(self.connection, '_impl', None), 'bytes_received', None)
 
     def blocked_error(self, seconds, option):
         """RabbitMQ stops reading from a publishing connection while a resource alarm is on."""
@@ -327,9 +333,10 @@ class AmqpQueues(object):
         """Receive the ready messages of a queue without acking them: [(delivery_tag, decoded)].
 
         Stops when the count from the passive declare has arrived (or ``limit``), or when
-        nothing arrives any more and the broker has nothing ready left (other consumers took
-        the rest). Never on a clock alone: a large backlog arrives at the client's pace, and
-        a partial read would make a breakdown wrong and a trim drop the wrong messages.
+        nothing arrives any more, the broker has nothing ready left (other consumers took the
+        rest) and everything it handed to us is here. Never on a clock alone: a large backlog
+        arrives at the client's pace, and a partial read would make a breakdown wrong and a
+        trim drop the wrong messages.
         The caller acks what should go and requeues the rest (``_release``), which puts them
         back in their original places. A queue exclusive to another connection cannot be read: [].
         """
@@ -346,13 +353,34 @@ class AmqpQueues(object):
             decoded['redelivered'] = method.redelivered
             received.append((method.delivery_tag, decoded))
 
-        self._rpc(channel.basic_qos, prefetch_count=0 if limit is None else wanted, what='setting qos on')
+        prefetch = 0 if limit is None else wanted
+        self._rpc(channel.basic_qos, prefetch_count=prefetch, what='setting qos on')
         tag = self._rpc(channel.basic_consume, name, on_message, auto_ack=False, exclusive=False,
                         what='consuming from')
-        stall = max(self.broker.timeout, QUIET_SECONDS)
+        read = False
+        try:
+            self._receive_all(channel, name, received, wanted, prefetch)
+            read = True
+        finally:
+            # Also when the read failed, before anything is settled: pika rejects, one by one, the
+            # deliveries it holds for a consumer still active when the channel closes, and after our
+            # requeue of everything the broker knows none of those tags (406), which hid what had
+            # ended the read.
+            if channel.is_open and not self.broken:
+                try:
+                    self._rpc(channel.basic_cancel, tag, what='cancelling the consumer on')
+                except BrokerError:
+                    if read:
+                        raise  # else the error that ended the read is the one to tell
+        return received[:wanted] if limit is not None else received
+
+    def _receive_all(self, channel, name, received, wanted, prefetch):
+        # Deliveries stopped although messages are ready (another consumer is the queue's single active
+        # one, or the broker is stuck): the quiet second that shows it, then the timeout.
+        stall = QUIET_SECONDS + self.broker.timeout
         last_count, quiet_since, checked_at = 0, time.monotonic(), None
         while len(received) < wanted:
-            self._rpc(self.connection.process_data_events, time_limit=0.05, what='receiving from')
+            self._receive(0.05)
             now = time.monotonic()
             if len(received) != last_count:
                 last_count, quiet_since, checked_at = len(received), now, None
@@ -361,16 +389,26 @@ class AmqpQueues(object):
                 continue
             checked_at = now
             still_ready = self._ready_now(channel, name)
-            if still_ready is None or still_ready == 0:
-                break  # everything was delivered, to us or to other consumers (or the queue is gone)
+            if still_ready is None:
+                return  # the queue is gone
+            if still_ready == 0:
+                # The queue has handed out all it had: to other consumers, or to us. Ours may still be on
+                # their way: RabbitMQ's channel answers a declare ahead of deliveries it has yet to forward.
+                # It handles basic.qos itself, in turn, so that answer comes back behind all of them.
+                self._rpc(channel.basic_qos, prefetch_count=prefetch, what='setting qos on')
+                self._receive(0)
+                return
             if now - quiet_since >= stall:
                 raise BrokerError("queue '%s': received %d of %d messages, then none for %.1fs although %d are still "
                                   "ready (is another consumer the single active consumer of the queue?)"
                                   % (name, len(received), wanted, now - quiet_since, still_ready),
                                   option='connect_timeout', endpoint=self.broker.endpoint)
-        if channel.is_open:
-            self._rpc(channel.basic_cancel, tag, what='cancelling the consumer on')
-        return received[:wanted] if limit is not None else received
+
+    def _receive(self, seconds):
+        """Hand the deliveries that arrived (within ``seconds``) to the consumer's callback. Those that
+        came in while a blocking call waited for its answer are held by pika until this runs; cancelling
+        the consumer first would send them back unseen."""
+        self._rpc(self.connection.process_data_events, time_limit=seconds, what='receiving from')
 
     def _ready_now(self, channel, name):
         """Ready messages of a queue we consume from (ours excluded), None if the queue went away."""

@@ -306,18 +306,26 @@ def fail_from_error(module, error, **result):
 
 
 @contextlib.contextmanager
-def time_limit(seconds, what):
+def time_limit(seconds, what, progress=None):
     """Raise BrokerError if the block runs longer than ``seconds``.
 
     Some client calls (pika's blocking RPCs) wait for a reply without any timeout of
     their own; a broker that accepts the connection and then goes silent must not hang
-    a pipeline. Uses SIGALRM, so it only guards the main thread (where modules run).
+    a pipeline. With ``progress`` (a function whose value changes while data arrives, such
+    as a byte count), the limit is on silence instead: a reply queued behind a long stream
+    of deliveries is late, not lost. Uses SIGALRM, so it only guards the main thread (where
+    modules run).
     """
     if seconds is None or threading.current_thread() is not threading.main_thread():
         yield
         return
+    seen = [progress() if progress else None]
 
     def _expired(signum, frame):
+        if progress is not None and progress() != seen[0]:
+            seen[0] = progress()
+            signal.setitimer(signal.ITIMER_REAL, seconds)
+            return
         raise BrokerError('timed out after %.1fs %s' % (seconds, what), option='connect_timeout', lost=True)
 
     outer_left = signal.getitimer(signal.ITIMER_REAL)[0]

@@ -213,7 +213,8 @@ class PrivateRabbit(object):
 
 class StallingProxy(object):
     """Forwards 127.0.0.1:port to a target port until ``stall()``: then connections (old and
-    new) stay open and accepted, but no byte goes either way: a broker that hangs."""
+    new) stay open and accepted, but no byte goes either way: a broker that hangs (or, with
+    ``pause_after``, one that holds up each connection for a while; with ``throttle``, a slow link)."""
 
     def __init__(self, target_port):
         self.target_port = target_port
@@ -226,11 +227,22 @@ class StallingProxy(object):
         self.listener.settimeout(0.2)
         self.port = self.listener.getsockname()[1]
         self.sockets = []
+        self.pause = None
+        self.rate = None
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
     def stall(self):
         self.stalled.set()
+
+    def pause_after(self, downstream_bytes, seconds):
+        """From now on, each connection stalls once for ``seconds`` after this many bytes came back
+        from the target: a network (or broker) that holds up a stream of deliveries mid-way."""
+        self.pause = (downstream_bytes, seconds)
+
+    def throttle(self, bytes_per_second):
+        """From now on, what comes back from the target flows at about this rate: a slow link."""
+        self.rate = bytes_per_second
 
     def resume(self):
         self.stalled.clear()
@@ -251,11 +263,19 @@ class StallingProxy(object):
                 continue
             self.sockets.append(upstream)
             for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+                threading.Thread(target=self._pump, args=(source, sink, source is upstream), daemon=True).start()
 
-    def _pump(self, source, sink):
+    def _pump(self, source, sink, downstream=False):
         source.settimeout(0.2)
+        forwarded = 0
+        pause = self.pause if downstream else None
         while not self.closing.is_set():
+            if pause and forwarded >= pause[0]:
+                self.stall()
+                timer = threading.Timer(pause[1], self.resume)
+                timer.daemon = True
+                timer.start()
+                pause = None
             if self.stalled.is_set():
                 time.sleep(0.05)
                 continue
@@ -271,6 +291,9 @@ class StallingProxy(object):
                 sink.sendall(data)
             except OSError:
                 break
+            forwarded += len(data)
+            if downstream and self.rate:
+                time.sleep(len(data) / self.rate)
         try:
             sink.shutdown(socket.SHUT_WR)
         except OSError:

@@ -23,7 +23,7 @@ class RecordingChannel(object):
 def settle(received, going):
     queues = object.__new__(AmqpQueues)   # no connection: only the settling logic
     queues.broker = parse_broker_url('amqp://127.0.0.1/')
-    queues.broken, queues.channel = False, RecordingChannel()
+    queues.broken, queues.connection, queues.channel = False, None, RecordingChannel()
     queues._settle(received, set(going))
     return queues.channel.frames
 

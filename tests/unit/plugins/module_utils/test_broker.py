@@ -694,6 +694,27 @@ def test_inner_time_limit_longer_than_the_outer_one_does_not_extend_it():
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
+def test_time_limit_with_progress_waits_while_data_arrives_and_then_only_for_silence():
+    received = [0]
+
+    def trickle(seconds):  # a reply behind a stream of deliveries: bytes every 0.05 s
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(0.05)
+            received[0] += 1
+    start = time.monotonic()
+    with time_limit(0.2, 'x', progress=lambda: received[0]):
+        trickle(0.6)
+    assert time.monotonic() - start >= 0.6  # three times the limit, never interrupted
+    with pytest.raises(BrokerError) as info:
+        with time_limit(0.2, 'waiting on amqp h:5672 vhost /', progress=lambda: received[0]):
+            trickle(0.3)
+            time.sleep(5)  # then silence: interrupted one limit after the last byte
+    assert info.value.msg == 'timed out after 0.2s waiting on amqp h:5672 vhost /'
+    assert time.monotonic() - start < 0.6 + 0.3 + 0.2 + 1.5
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
 @pytest.mark.parametrize('reason,option,text', [
     ('[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate in certificate chain',
      'tls_ca_file', 'certificate verification failed'),
