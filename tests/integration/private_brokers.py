@@ -262,21 +262,22 @@ class StallingProxy(object):
                 client.close()
                 continue
             self.sockets.append(upstream)
+            held = threading.Event()   # this connection's pause (pause_after), both ways
             for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink, source is upstream), daemon=True).start()
+                threading.Thread(target=self._pump, args=(source, sink, held, source is upstream), daemon=True).start()
 
-    def _pump(self, source, sink, downstream=False):
+    def _pump(self, source, sink, held, downstream):
         source.settimeout(0.2)
         forwarded = 0
         pause = self.pause if downstream else None
         while not self.closing.is_set():
             if pause and forwarded >= pause[0]:
-                self.stall()
-                timer = threading.Timer(pause[1], self.resume)
+                held.set()
+                timer = threading.Timer(pause[1], held.clear)
                 timer.daemon = True
                 timer.start()
                 pause = None
-            if self.stalled.is_set():
+            if self.stalled.is_set() or held.is_set():
                 time.sleep(0.05)
                 continue
             try:

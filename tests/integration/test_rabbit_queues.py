@@ -492,3 +492,21 @@ def test_a_queue_another_consumer_holds_alone_fails_the_read_clearly(rabbit_env,
     # A quiet second shows the silence, then connect_timeout (2 s); the rest is Ansible's own time.
     assert all(seconds < 1 + 2 + 4 for seconds in ansible.task_seconds()), ansible.task_seconds()
     assert read_ids_eventually(rabbit_env, 'sac', ['sac-%d' % i for i in range(10)]) == ['sac-%d' % i for i in range(10)]
+
+
+def test_a_read_whose_broker_goes_silent_mid_way_fails_soon_after(rabbit_env, ansible, private):
+    """Waiting on silence, not on a clock, must still end: a broker that stops sending in the middle of a
+    read fails the task about a quiet second plus connect_timeout later, and nothing is removed."""
+    total = 3000
+    publish_backlog(rabbit_env.url, 'big', total)
+    everything = ['big-%d' % i for i in range(total)]
+    for task in (info(queues=['big'], breakdown=True), change(queues=['big'], state='trimmed', keep=5)):
+        proxy, url = through_proxy(rabbit_env, private)
+        proxy.pause_after(30000, 120)   # a few hundred messages, then nothing for longer than the test
+        module, args = next(iter(task.items()))
+        result, = ansible.play([{module: dict(args, broker_url=url, connect_timeout=2)}])
+        failed(result, 'timed out after 2.5s', 'amqp 127.0.0.1:%d' % proxy.port)
+        # A quiet second, then 2.5 s without a byte; the rest is Ansible's own time on a busy machine.
+        assert ansible.task_seconds()[0] < 1 + 2.5 + 4, (module, ansible.task_seconds())
+        proxy.close()   # the broker sees the connection go and puts back what it held
+        assert read_ids_eventually(rabbit_env, 'big', everything) == everything
