@@ -322,8 +322,9 @@ def time_limit(seconds, what, progress=None):
     seen = [progress() if progress else None]
 
     def _expired(signum, frame):
-        if progress is not None and progress() != seen[0]:
-            seen[0] = progress()
+        now = progress() if progress else None
+        if now != seen[0]:
+            seen[0] = now
             signal.setitimer(signal.ITIMER_REAL, seconds)
             return
         raise BrokerError('timed out after %.1fs %s' % (seconds, what), option='connect_timeout', lost=True)

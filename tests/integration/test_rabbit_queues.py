@@ -500,13 +500,12 @@ def test_a_read_whose_broker_goes_silent_mid_way_fails_soon_after(rabbit_env, an
     total = 3000
     publish_backlog(rabbit_env.url, 'big', total)
     everything = ['big-%d' % i for i in range(total)]
-    for task in (info(queues=['big'], breakdown=True), change(queues=['big'], state='trimmed', keep=5)):
+    for task, args in ((info, dict(breakdown=True)), (change, dict(state='trimmed', keep=5))):
         proxy, url = through_proxy(rabbit_env, private)
         proxy.pause_after(30000, 120)   # a few hundred messages, then nothing for longer than the test
-        module, args = next(iter(task.items()))
-        result, = ansible.play([{module: dict(args, broker_url=url, connect_timeout=2)}])
+        result, = ansible.play([task(broker_url=url, queues=['big'], connect_timeout=2, **args)])
         failed(result, 'timed out after 2.5s', 'amqp 127.0.0.1:%d' % proxy.port)
         # A quiet second, then 2.5 s without a byte; the rest is Ansible's own time on a busy machine.
-        assert ansible.task_seconds()[0] < 1 + 2.5 + 4, (module, ansible.task_seconds())
+        assert ansible.task_seconds()[0] < 1 + 2.5 + 4, (task.__name__, ansible.task_seconds())
         proxy.close()   # the broker sees the connection go and puts back what it held
         assert read_ids_eventually(rabbit_env, 'big', everything) == everything
