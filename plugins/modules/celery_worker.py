@@ -27,11 +27,14 @@ options:
   nodes:
     description:
       - Node names (like V(worker1@web1)) or glob patterns of the workers to act on.
-      - When omitted, every node that answers.
+      - When omitted (or V([*])), every node that answers, and RV(all_nodes) says so.
+      - An empty list (as an empty variable gives) or V(null) is an error, not every node; the module fails naming
+        O(nodes) before anything is sent.
       - A named node that does not answer is an error for V(consuming) and V(drained); for V(stopped) it is already
         where it should be.
     type: list
     elements: str
+    default: ['*']
   state:
     description:
       - The state the nodes should be in. Optional when only O(concurrency), O(autoscale) or O(events) change.
@@ -139,6 +142,12 @@ nodes:
       before: {queues: [default, mail], active: 2, reserved: 3, concurrency: 2, autoscale: null}
       after: {queues: [], active: 0, reserved: 0, concurrency: 2, autoscale: null}
       actions: ["cancel_consumer default", "cancel_consumer mail"]
+all_nodes:
+  description:
+    - Whether O(nodes) was omitted (or V([*])), so that every node that answered was acted on (each is in
+      RV(nodes), in check mode too, with what would be sent to it).
+  returned: always
+  type: bool
 missing:
   description: Named nodes that did not answer.
   returned: always
@@ -181,9 +190,16 @@ GONE_AFTER = 2
 # After the broker went away and came back, seconds during which silent nodes are not counted
 # as gone: workers reconnect on their own schedule (kombu retries up to 30 s apart).
 RECONNECT_GRACE = 30.0
+# What an omitted nodes means: every node that answers.
+ALL_NODES = ['*']
 
 
 def check_params(params):
+    # An empty list (from an empty variable) must never widen to every node. (A null is refused
+    # by Ansible itself: with a default, nodes must be a list.)
+    if not params['nodes']:
+        raise BrokerError('nodes: the list is empty, so there is no node to act on (omit nodes to act on every node '
+                          'that answers)', option='nodes')
     check_node_names(params['nodes'], 'nodes')
     for queue in params['queues'] or []:
         if not queue or not queue.strip():
@@ -219,7 +235,8 @@ class Fleet(object):
     def __init__(self, control, params):
         self.control = control
         self.params = params
-        self.expectation = Expectation(params['nodes'])
+        self.all_nodes = params['nodes'] == ALL_NODES
+        self.expectation = Expectation(None if self.all_nodes else params['nodes'])
         self.gone = set()   # nodes that stopped answering while waited for
 
     def snapshot(self, nodes=None):
@@ -229,7 +246,7 @@ class Fleet(object):
                                        timeout=self.params['timeout'])
         state = {}
         for node in replies.nodes('ping'):
-            if self.params['nodes'] and not self.expectation.expects(node):
+            if not self.all_nodes and not self.expectation.expects(node):
                 continue
             queues = replies.first('active_queues').get(node) or []
             stats = replies.first('stats').get(node) or {}
@@ -467,7 +484,7 @@ def confirm(fleet, params, nodes, plans):
 def main():
     argument_spec = broker_argument_spec(keyprefix=True)
     argument_spec.update(
-        nodes=dict(type='list', elements='str'),
+        nodes=dict(type='list', elements='str', default=list(ALL_NODES)),
         state=dict(type='str', choices=['consuming', 'drained', 'stopped']),
         concurrency=dict(type='int'),
         autoscale=dict(type='list', elements='int'),
@@ -483,7 +500,7 @@ def main():
     if missing:
         module.fail_json(msg=missing_required_lib(missing[0]), exception=missing[1])
 
-    result = dict(changed=False, nodes={}, missing=[], gone=[])
+    result = dict(changed=False, all_nodes=module.params['nodes'] == ALL_NODES, nodes={}, missing=[], gone=[])
     started = time.monotonic()
     try:
         check_params(module.params)
