@@ -12,6 +12,11 @@ description:
   - Asks every worker on the broker for C(ping), C(stats) and C(active_queues) at once (Celery's remote control,
     without the Celery app), and makes one inventory host per worker host name, the part after C(@) in a node
     name such as C(default@web1). Several nodes on one machine make one host.
+  - Only a valid host name becomes a host, as any broker client can start a worker with any name and playbooks
+    connect to these hosts with the operator's credentials. The host part must be an RFC 1123 host name (labels of
+    letters, digits and hyphens, none starting or ending with a hyphen, 63 characters at most, 253 in all) or an
+    IP address; other nodes (such as C(w@-oProxyCommand=...), which ssh would read as an option) are skipped with
+    a warning. O(hosts) restricts the hosts further to those you name.
   - Host variables (prefixed C(celery_)) C(celery_nodes) lists the host's nodes, each with C(name), C(queues),
     C(concurrency) and C(pid); C(celery_queues) is every queue the host's nodes consume.
   - Every host is in the group C(celery_workers), and in C(celery_queue_<queue>) for each queue it consumes
@@ -48,6 +53,14 @@ options:
     description:
       - How many workers (nodes) there should be. Collection stops as soon as that many answered.
     type: int
+  hosts:
+    description:
+      - Glob patterns (fnmatch-style, like V(web*.example.com) or V(10.0.1.*)) of the hosts that may be in the
+        inventory, compared without regard to case. A worker whose host matches none of them is skipped with a
+        warning; an empty list allows no host.
+      - Without it, every worker with a valid host name makes a host. Set it when others can connect to the broker.
+    type: list
+    elements: str
 requirements:
   - redis (for a Redis broker) or pika (for RabbitMQ) on the controller; not celery or kombu
 """
@@ -57,6 +70,7 @@ EXAMPLES = r"""
 plugin: celeryops.fleet.celery_workers
 broker_url: redis://broker.internal:6379/0
 timeout: 2
+hosts: ["web*.internal", "10.0.1.*"]
 compose:
   ansible_host: inventory_hostname
 keyed_groups:
@@ -74,9 +88,14 @@ keyed_groups:
 #   |  |--web2
 """
 
+import fnmatch
+import ipaddress
+import re
+
 from ansible.errors import AnsibleParserError
 from ansible.inventory.group import to_safe_group_name
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
+from ansible.utils.display import Display
 from ansible.utils.unsafe_proxy import wrap_var
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, check_seconds, parse_broker_url
@@ -87,6 +106,10 @@ from ansible_collections.celeryops.fleet.plugins.module_utils._queues import mis
 ALL_GROUP = 'celery_workers'
 QUEUE_GROUP = 'celery_queue_%s'
 SECTIONS = ('ping', 'stats', 'active_queues')
+# One label of an RFC 1123 host name.
+HOST_LABEL = re.compile(r'(?!-)[A-Za-z0-9-]{1,63}(?<!-)')
+
+display = Display()
 
 
 def node_facts(node, stats, active_queues):
@@ -104,6 +127,26 @@ def hosts_of(nodes):
         name, at, host = node['name'].partition('@')
         hosts.setdefault(host if at else name, []).append(node)
     return hosts
+
+
+def is_host_name(name):
+    """Whether ``name`` is an RFC 1123 host name or an IP address: never an option (``-o...``), a
+    user@host, or anything else a connection would read as more than a host."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return len(name) <= 253 and all(HOST_LABEL.fullmatch(label) for label in name.split('.'))
+    return '%' not in name  # an IPv6 scope (fe80::1%eth0) is free text
+
+
+def refusal(host, patterns=None):
+    """Why ``host`` may not be an inventory host (None if it may): not a host name, or, with
+    ``patterns`` (the hosts option), matching none of them."""
+    if not is_host_name(host):
+        return 'its host %r is not a valid host name (RFC 1123) or IP address' % host
+    if patterns is not None and not any(fnmatch.fnmatchcase(host.lower(), p.lower()) for p in patterns):
+        return 'its host %r matches none of hosts (%s)' % (host, ', '.join(patterns) or 'an empty list')
+    return None
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
@@ -162,6 +205,12 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         strict = self.get_option('strict')
         self.inventory.add_group(ALL_GROUP)
         for host, host_nodes in sorted(hosts_of(nodes).items()):
+            why = refusal(host, self.get_option('hosts'))
+            if why:
+                # repr: the name is the worker's word, and must not write on the operator's terminal.
+                for node in host_nodes:
+                    display.warning('%s: skipped worker node %r: %s' % (self.NAME, node['name'], why))
+                continue
             queues = sorted(set(q for node in host_nodes for q in node['queues']))
             self.inventory.add_host(host, group=ALL_GROUP)
             # What workers report is data, never a template.
