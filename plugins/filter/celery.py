@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._messages import (
-    NotAnEnvelope, decode_envelope, describe_message, kind)
+    decode_envelope, describe_message, kind)
 
 
 def _mapping(value, what):
@@ -24,22 +24,26 @@ def _mapping(value, what):
 def decode_message(value, headers=None, properties=None):
     """A Redis list element (kombu's JSON envelope), a message of the RabbitMQ management API, or an AMQP
     body with its ``headers`` and ``properties``: decoded from the headers, never unpickled."""
-    try:
-        if headers is not None or properties is not None:
-            properties = _mapping(properties, 'properties')
-            envelope = {'content-type': properties.get('content_type'), 'body': value}
-            return describe_message(_mapping(headers, 'headers'), properties, envelope)
-        if isinstance(value, Mapping) and 'payload' in value and isinstance(value.get('properties'), Mapping):
-            # GET /api/queues/<vhost>/<queue>/get (rabbitmqadmin get): payload and AMQP properties.
-            properties = dict(value['properties'])
-            if value.get('payload_encoding') == 'base64':
-                properties['body_encoding'] = 'base64'
-            envelope = {'content-type': properties.get('content_type'), 'body': value['payload'],
-                        'properties': properties}
-            return describe_message(_mapping(properties.get('headers'), 'properties.headers'), properties, envelope)
-        return decode_envelope(value)
-    except NotAnEnvelope as exc:
-        raise AnsibleFilterError('decode_message: %s' % exc)
+    message = _decode(value, headers, properties)
+    if 'error' in message:
+        raise AnsibleFilterError('decode_message: %s' % message['error'])
+    return message
+
+
+def _decode(value, headers, properties):
+    if headers is not None or properties is not None:
+        properties = _mapping(properties, 'properties')
+        envelope = {'content-type': properties.get('content_type'), 'body': value}
+        return describe_message(_mapping(headers, 'headers'), properties, envelope)
+    if isinstance(value, Mapping) and 'payload' in value and isinstance(value.get('properties'), Mapping):
+        # GET /api/queues/<vhost>/<queue>/get (rabbitmqadmin get): payload and AMQP properties.
+        properties = dict(value['properties'])
+        if value.get('payload_encoding') == 'base64':
+            properties['body_encoding'] = 'base64'
+        envelope = {'content-type': properties.get('content_type'), 'body': value['payload'],
+                    'properties': properties}
+        return describe_message(_mapping(properties.get('headers'), 'properties.headers'), properties, envelope)
+    return decode_envelope(value)
 
 
 def _split_node(value, filter_name):

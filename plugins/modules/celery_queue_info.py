@@ -135,7 +135,11 @@ queues:
       description: What answered. V(redis), V(amqp) (passive declare only) or V(amqp+management).
       type: str
     peek:
-      description: The next O(peek) messages in the order they would run, decoded from their headers.
+      description:
+        - The next O(peek) messages in the order they would run, decoded from their headers.
+        - C(task) is V(<unknown>) for a message that names no task (a pickled protocol 1 message).
+        - A message that cannot be decoded (not JSON, JSON nested deeper than 64 levels, headers that are not a
+          dict, a task name that is not a string) has C(task) V(null) and C(error) saying why.
       returned: when O(peek) > 0
       type: list
       elements: dict
@@ -150,10 +154,20 @@ queues:
           priority: 0
           origin: gen123@web1
     tasks:
-      description: Ready messages by task name, over the whole backlog.
+      description:
+        - Ready messages by task name, over the whole backlog.
+        - Messages that name no task count under V(<unknown>); those that cannot be decoded are in RV(queues[].undecodable).
       returned: when O(breakdown=true)
       type: dict
       sample: {"proj.tasks.add": 40, "proj.tasks.mail": 2}
+    undecodable:
+      description:
+        - Ready messages that cannot be decoded (not JSON, JSON nested deeper than 64 levels, headers that are not a
+          dict, a task name that is not a string), over the whole backlog. They stay in the queue, and a purge by
+          task names keeps them.
+      returned: when O(breakdown=true)
+      type: int
+      sample: 0
 broker:
   description: The broker that answered, without credentials.
   returned: always
@@ -173,8 +187,9 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
     BrokerError, broker_argument_spec, fail_from_error)
+from ansible_collections.celeryops.fleet.plugins.module_utils._messages import UNDECODABLE
 from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
-    check_queue_names, missing_library, open_queues, queue_options_argument_spec, queue_states)
+    check_queue_names, missing_library, open_queues, queue_options_argument_spec, queue_states, refuse_unsafe)
 from ansible_collections.celeryops.fleet.plugins.module_utils._wait import (
     check_wait_params, wait_argument_spec, wait_until)
 
@@ -239,11 +254,14 @@ def describe(params, result):
             # Each phrase ends with '(option value)': name the option of the first one.
             option = problems[0].rsplit('(', 1)[1].split()[0]
             raise BrokerError('thresholds not met: ' + '; '.join(problems), option=option)
+        if params['peek'] or params['breakdown']:
+            refuse_unsafe(queues, states, 'peek' if params['peek'] else 'breakdown')
         for state in states:
             if params['peek']:
                 state['peek'] = queues.peek(state['name'], params['peek']) if state['exists'] else []
             if params['breakdown']:
                 state['tasks'] = queues.breakdown(state['name']) if state['exists'] else {}
+                state['undecodable'] = state['tasks'].pop(UNDECODABLE, 0)
     finally:
         queues.close()
 

@@ -205,15 +205,16 @@ def test_not_an_envelope(raw, msg):
     with pytest.raises(NotAnEnvelope) as info:
         load_envelope(raw)
     assert str(info.value) == msg
-    with pytest.raises(NotAnEnvelope):
-        decode_envelope(raw)
+    assert decode_envelope(raw) == dict(dict.fromkeys(HEADER_FIELDS + ('protocol', 'priority', 'content_type')),
+                                        task=None, error=msg)
     assert isinstance(info.value, ValueError)
 
 
 def test_envelope_with_odd_headers_and_properties():
     message = decode_envelope({'body': '', 'headers': 'oops', 'properties': ['x']})
-    assert message['task'] == UNKNOWN_TASK
-    assert message['priority'] is None
+    assert message['task'] is None and message['error'] == 'not a kombu message: "headers" is not a dict (str)'
+    message = decode_envelope({'body': '', 'headers': {'task': 't'}, 'properties': ['x']})
+    assert message['task'] is None and message['error'] == 'not a kombu message: "properties" is not a dict (list)'
     assert decode_envelope({'headers': None, 'body': None})['task'] == UNKNOWN_TASK
 
 
@@ -281,8 +282,8 @@ def test_task_name_of_falls_back_for_str_and_dict(v2):
 
 
 @pytest.mark.parametrize('raw', [b'', b'garbage', b'\xff\xfe', b'[1]', b'{"a": 1}', 'plain text', None, 42])
-def test_task_name_of_unknown(raw):
-    assert task_name_of(raw) == UNKNOWN_TASK
+def test_task_name_of_not_an_envelope_is_undecodable(raw):
+    assert task_name_of(raw) is None  # UNDECODABLE
 
 
 def test_task_name_of_compact_json():
@@ -294,8 +295,8 @@ def test_task_name_of_compact_json():
     b'{"headers": {"task": "bad\\q escape"}, "body": ""',  # not JSON at all, with an invalid escape
     b'xx "task": "cut \\u12"',
 ])
-def test_task_name_of_invalid_escape_is_unknown(raw):
-    assert task_name_of(raw) == UNKNOWN_TASK
+def test_task_name_of_invalid_escape_is_undecodable(raw):
+    assert task_name_of(raw) is None  # UNDECODABLE: not JSON
 
 
 def test_task_name_of_empty_name_is_unknown():
@@ -307,3 +308,158 @@ def test_task_name_of_empty_name_is_unknown():
 def test_task_name_of_non_utf8_name_does_not_raise():
     raw = b'{"body": "", "headers": {"task": "caf\xe9"}}'
     assert task_name_of(raw) == 'caf\ufffd'
+
+
+# -- hostile input: nothing makes a decoder raise anything but NotAnEnvelope ----------------------
+
+import datetime  # noqa: E402
+import decimal  # noqa: E402
+import random  # noqa: E402
+
+from ansible_collections.celeryops.fleet.plugins.module_utils._messages import (  # noqa: E402
+    UNDECODABLE, count_task_names, json_body, loads)
+
+DEEP = '[' * 200000
+# Values of every type a JSON document or a pika header table can hold, good and bad.
+ODD_VALUES = [None, True, 0, -1, 2 ** 70, 1.5, float('inf'), '', 'x', 'caf\u00e9', '\ud800', b'\xff', b'bytes',
+              [], ['x'], {}, {'a': 'b'}, decimal.Decimal('1.5'), datetime.datetime(2026, 1, 2, 3, 4, 5),
+              datetime.date(2026, 1, 2), [[[]]], {'task': ['x']}]
+
+
+def junk(rng, depth=0):
+    """A random JSON-able value: the shapes a hostile producer can write."""
+    roll = rng.random()
+    if depth > 3 or roll < 0.4:
+        return rng.choice([None, True, 7, -2 ** 40, 3.25, '', 'task', '"', '\\', '\u00e9', '[' * 50, '1' * 30])
+    if roll < 0.7:
+        return [junk(rng, depth + 1) for _ in range(rng.randrange(3))]
+    keys = ['task', 'id', 'eta', 'retries', 'headers', 'body', 'properties', 'content-type', 'priority', 'x']
+    return dict((rng.choice(keys), junk(rng, depth + 1)) for _ in range(rng.randrange(4)))
+
+
+def hostile_elements():
+    """Raw Redis list elements a broker can hold: the reported poisons, then generated junk."""
+    rng = random.Random(13)
+    fixed = [
+        DEEP, DEEP.encode(), '{"a":' * 100000, '{"headers": {"task": ' + '[' * 100000 + '}}',
+        json.dumps({'headers': {'task': ['x']}, 'body': ''}), json.dumps({'headers': {'task': {'a': 1}}, 'body': ''}),
+        json.dumps({'headers': {'task': 5}, 'body': ''}), json.dumps({'headers': {'task': None}, 'body': ''}),
+        json.dumps({'headers': ['task', 'x'], 'body': ''}), json.dumps({'headers': 'x', 'body': ''}),
+        json.dumps({'headers': {}, 'properties': ['x'], 'body': ''}),
+        json.dumps({'headers': {'task': 't', 'id': ['x'], 'eta': {'a': 1}, 'retries': 'many', 'argsrepr': [1],
+                                'origin': 5}, 'properties': {'priority': 'high'}, 'content-type': ['x'], 'body': ''}),
+        '{"headers": {"task": "t"}, "body": ' + '1' * 5000 + '}', '{"headers": {"task": "\\ud800"}, "body": ""}',
+        '{"headers": {"task": "t", "id": "\\udfff"}, "body": ""}', '{"headers": {}, "body": 1e999}',
+        json.dumps({'headers': {}, 'content-type': 'application/json', 'body': DEEP}),
+        json.dumps({'headers': {}, 'content-type': 'application/json', 'body': json.dumps({'task': ['x']})}),
+        json.dumps({'headers': {}, 'content-type': 'application/json',
+                    'body': json.dumps({'task': 't', 'args': [[[[]]]], 'kwargs': {'a': [1]}, 'retries': 'x'})}),
+        json.dumps({'headers': {}, 'content-type': 'application/json', 'properties': {'body_encoding': 'base64'},
+                    'body': base64.b64encode(DEEP.encode()).decode()}),
+        json.dumps({'headers': {}, 'content-type': 'application/json', 'properties': 'x', 'body': '{}'}),
+        b'\xff' * 10, b'', b'"task": "x"', b'{"task": "',
+    ]
+    generated = []
+    for _ in range(400):
+        value = junk(rng)
+        generated.append(json.dumps(value).encode() if rng.random() < 0.8 else value)
+        generated.append(json.dumps({'headers': junk(rng), 'body': junk(rng), 'properties': junk(rng),
+                                     'content-type': rng.choice(['application/json', None, 5])}).encode())
+    return fixed + generated
+
+
+def json_safe(value):
+    """What Ansible can return: JSON text that encodes to UTF-8."""
+    json.dumps(value, allow_nan=True).encode('utf-8')
+    json.dumps(value, ensure_ascii=False).encode('utf-8')
+    return True
+
+
+def test_every_hostile_element_decodes_or_is_undecodable():
+    for raw in hostile_elements():
+        try:
+            load_envelope(raw)
+        except NotAnEnvelope:
+            pass
+        message = decode_envelope(raw)
+        assert json_safe(message), raw
+        assert message['task'] is UNDECODABLE or (isinstance(message['task'], str) and message['task']), raw
+        assert (message['task'] is UNDECODABLE) == ('error' in message), raw
+        name = task_name_of(raw)
+        assert name is UNDECODABLE or isinstance(name, str), raw
+
+
+def test_count_task_names_never_raises_and_counts_every_element():
+    elements = [raw if isinstance(raw, bytes) else raw.encode('utf-8', 'surrogatepass') if isinstance(raw, str)
+                else raw for raw in hostile_elements()]
+    counts = count_task_names(elements)
+    assert sum(counts.values()) == len(elements)
+    assert all(name is UNDECODABLE or isinstance(name, str) for name in counts)
+    assert counts[UNDECODABLE] > 0
+
+
+@pytest.mark.parametrize('raw, why', [
+    (DEEP, 'nested deeper than'),
+    (json.dumps({'headers': {'task': ['x']}, 'body': ''}), 'the task name is not a string (list)'),
+    (json.dumps({'headers': {'task': 5}, 'body': ''}), 'the task name is not a string (int)'),
+    (json.dumps({'headers': ['x'], 'body': ''}), '"headers" is not a dict (list)'),
+    (json.dumps({'headers': {}, 'properties': 'x', 'body': ''}), '"properties" is not a dict (str)'),
+    ('not json at all', 'not JSON'),
+])
+def test_the_reported_poisons_are_undecodable(raw, why):
+    message = decode_envelope(raw)
+    assert message['task'] is UNDECODABLE and why in message['error']
+    assert task_name_of(raw) is UNDECODABLE
+    assert task_name_of(raw.encode()) is UNDECODABLE
+    assert count_task_names([raw.encode(), b'{"headers": {"task": "ok"}, "body": ""}']) == {UNDECODABLE: 1, 'ok': 1}
+
+
+def test_a_decodable_message_without_a_task_is_unknown_not_undecodable():
+    for raw in (json.dumps({'headers': {'task': ''}, 'body': ''}), json.dumps({'headers': {}, 'body': ''}),
+                json.dumps({'headers': None, 'body': None})):
+        assert decode_envelope(raw)['task'] == UNKNOWN_TASK and 'error' not in decode_envelope(raw)
+        assert task_name_of(raw.encode()) == UNKNOWN_TASK
+
+
+def test_loads_refuses_deep_nesting_and_huge_numbers_with_not_an_envelope():
+    for text in (DEEP, DEEP.encode(), '{"a":' * 100000, '[' * 65 + ']' * 65, '1' * 5000, b'\xff', 'nope'):
+        with pytest.raises(NotAnEnvelope):
+            loads(text)
+    assert loads('[' * 30 + ']' * 30) is not None
+    assert loads('{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}')['a'].startswith('[')
+
+
+@pytest.mark.parametrize('field', [f for f in HEADER_FIELDS if f != 'task'])
+@pytest.mark.parametrize('value', ODD_VALUES)
+def test_describe_message_takes_any_header_value(field, value):
+    """AMQP header tables (pika) hold bytes, lists, dicts, Decimals and datetimes."""
+    message = describe_message({'task': 'proj.t', field: value}, {'priority': value, 'content_type': value})
+    assert message['task'] == 'proj.t' and json_safe(message)
+    if field == 'retries':
+        assert message['retries'] is None or isinstance(message['retries'], int)
+    else:
+        assert message[field] is None or isinstance(message[field], str)
+    assert message['priority'] is None or isinstance(message['priority'], int)
+
+
+@pytest.mark.parametrize('value', [v for v in ODD_VALUES if not (isinstance(v, str) and v) and v is not None])
+def test_describe_message_task_must_be_a_non_empty_string(value):
+    message = describe_message({'task': value})
+    if value in ('', b'') or value == [] or value == {}:
+        assert message['task'] in (UNKNOWN_TASK, UNDECODABLE)
+    else:
+        assert message['task'] is UNDECODABLE and 'error' in message
+    assert json_safe(message)
+
+
+def test_describe_message_of_non_dict_headers_is_undecodable():
+    for headers in (['task'], 'task', 5):
+        message = describe_message(headers, {})
+        assert message['task'] is UNDECODABLE and 'error' in message
+
+
+def test_json_body_never_raises():
+    for body in (DEEP, '{"a":' * 10000, '1' * 5000, b'\xff', 5, None, ['x']):
+        for properties in ({}, {'body_encoding': 'base64'}, 'x', ['x'], None):
+            envelope = {'content-type': 'application/json', 'body': body, 'properties': properties}
+            assert json_body(envelope, (dict, list)) is None or json_safe(json_body(envelope, (dict, list)))
