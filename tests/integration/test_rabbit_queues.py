@@ -135,7 +135,8 @@ def test_counts_peek_in_priority_order_breakdown_and_missing(rabbit_env, ansible
     assert [m['id'] for m in queues['other']['peek']] == other
     assert queues['other']['messages'] == 4 and queues['other']['tasks'] == {ADD: 4}
     assert queues['absent'] == dict(name='absent', exists=False, messages=0, unacked=0, consumers=0,
-                                    priorities=None, source='amqp+management', peek=[], tasks={})
+                                    priorities=None, source='amqp+management', peek=[], tasks={},
+                                    undecodable=0)
 
     # The first peek and breakdown lost nothing and reordered nothing; asking for more messages
     # than there are gives all of them, in run order.

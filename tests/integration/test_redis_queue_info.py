@@ -37,7 +37,7 @@ def test_counts_priorities_peek_and_breakdown(redis_env, ansible):
     assert high[0] not in [m['id'] for m in work['peek']]
     assert queues['other']['messages'] == 4
     assert queues['absent'] == dict(name='absent', exists=False, messages=0, unacked=0, consumers=None,
-                                    priorities={'0': 0, '3': 0, '6': 0, '9': 0}, source='redis', peek=[], tasks={})
+                                    priorities={'0': 0, '3': 0, '6': 0, '9': 0}, source='redis', peek=[], tasks={}, undecodable=0)
     assert result['broker'] == dict(transport='redis', tls=False, host='127.0.0.1', port=6379,
                                     db=redis_env.db, user=None)
 
@@ -200,8 +200,8 @@ def test_breakdown_names_awkward_elements_like_the_decoder(redis_env, ansible):
         json.dumps({'body': '', 'headers': {'task': 'caf\u00e9'}}, ensure_ascii=False).encode('utf-8'),
     ])
     result = ansible.module('celery_queue_info', dict(broker_url=redis_env.url, queues=['odd'], breakdown=True))
-    expected = {ADD: 3, 'legacy.task': 1, 't"q': 1, '<unknown>': 2, 'compact.t': 1, 'caf\u00e9': 2}
-    assert result['queues'][0]['tasks'] == expected
+    expected = {ADD: 3, 'legacy.task': 1, 't"q': 1, '<unknown>': 1, 'compact.t': 1, 'caf\u00e9': 2}
+    assert result['queues'][0]['tasks'] == expected and result['queues'][0]['undecodable'] == 1  # 'not json at all'
 
 
 def test_breakdown_and_peek_read_long_lists_whole(redis_env, ansible):
