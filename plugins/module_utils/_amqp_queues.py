@@ -7,7 +7,9 @@ Ready messages and consumers come from a passive ``queue.declare``: real time an
 there. Unacknowledged counts exist only in the management API (statistics that lag a few
 seconds); when it cannot be reached they are ``None`` and the reason is kept.
 Reading messages (peek, breakdown, filtered purge, trim) consumes them without acking
-and then requeues them (nack), which puts them back in their places.
+and then requeues them (nack), which puts them back in their places on a classic queue (marked
+redelivered). Only classic queues are read: on a quorum queue every requeue counts as a delivery
+and goes to the back, and a stream cannot give messages back at all (see ``unsafe_read``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ except ImportError:  # guarded: the module reports missing_required_lib
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
     BrokerError, scrub, ssl_context, time_limit, tls_failure)
 from ansible_collections.celeryops.fleet.plugins.module_utils._messages import describe_message
+from ansible_collections.celeryops.fleet.plugins.module_utils._queues import Refused
 from ansible_collections.celeryops.fleet.plugins.module_utils._redis_queues import is_internal_queue
 
 MANAGEMENT_PORT = 15672
@@ -45,6 +48,27 @@ MANAGEMENT_TLS_PORT = 15671
 QUIET_SECONDS = 1.0
 # Acks and nacks sent per bounded call when removing messages.
 ACK_BATCH = 5000
+# The largest prefetch count AMQP can say (a short).
+MAX_PREFETCH = 65535
+
+
+def unsafe_read(name, option, queue_type=None):
+    """The refusal to read (take and requeue the messages of) a queue that is not a classic queue;
+    ``queue_type`` None: the broker refused our guarded consumer, so it is a quorum queue or a stream."""
+    if queue_type is None:
+        what = 'not a classic queue (the broker refused a consumer with a global QoS, as it does on quorum queues and streams)'
+    else:
+        what = {'quorum': 'a quorum queue', 'stream': 'a stream'}.get(queue_type, 'a %s queue' % queue_type)
+    if queue_type == 'stream':
+        purge = 'A stream cannot be purged either: its retention (x-max-age, x-max-length-bytes) removes messages.'
+    else:
+        purge = '%s purge without task_names (queue.purge) still works.' % ('On a quorum queue a' if queue_type is None
+                                                                           else 'A')
+    return Refused("%s: queue '%s' is %s; only classic queues are read. A read takes the messages and puts them "
+                   "back: RabbitMQ counts each requeue as a delivery (past the queue's delivery limit a message is "
+                   "dropped or dead-lettered) and moves requeued messages to the back of a quorum queue, and a stream "
+                   "cannot take them back at all, so reading would reorder or drop messages. Nothing was read or "
+                   "changed. %s" % (option, name, what, purge), option=option.split('=')[0])
 
 
 def default_management_url(broker):
@@ -104,7 +128,7 @@ class Management(object):
 
     def queues(self, vhost):
         """name -> the queue's record, for every queue of the vhost, in one request."""
-        columns = 'name,messages_ready,messages_unacknowledged,consumers,memory'
+        columns = 'name,type,messages_ready,messages_unacknowledged,consumers,memory'
         records = self.get('/api/queues/%s?columns=%s' % (quote(vhost, safe=''), columns))
         if not isinstance(records, list) or not all(isinstance(r, dict) and 'name' in r for r in records):
             self.error = 'management API at %s: the answer is not a list of queues' % self.url
@@ -142,6 +166,7 @@ class AmqpQueues(object):
         self.channel = None
         self.management_records = None   # the last management listing of the vhost: name -> record
         self._locked = set()   # queues exclusive to another connection
+        self._settled = set()   # queues this connection acked or requeued messages on
 
     def _on_blocked(self, _connection, frame):
         self.blocked = getattr(frame.method, 'reason', None) or True
@@ -326,10 +351,30 @@ class AmqpQueues(object):
             if records is None:
                 records = self.management_records = self.management.queues(self.broker.vhost)
         except BrokerError:
+            self.management_records = None   # an older listing must not answer queue_type()
             return None
         return dict((name, r.get('messages_unacknowledged')) for name, r in records.items())
 
-    def _consume_ready(self, name, limit=None):
+    def queue_type(self, name):
+        """classic, quorum, stream (or another type) from the last management listing; None when it cannot tell."""
+        return ((self.management_records or {}).get(name) or {}).get('type')
+
+    def refuse_unsafe(self, name, queue_type, option):
+        """Raise Refused unless ``option`` (peek, breakdown, task_names, state=trimmed; None for a plain purge)
+        can be done on the queue as asked, before anything is read or changed. A queue of unknown type is
+        probed with the guarded consumer of a read (``_consume_ready``) that takes at most one message,
+        which a classic queue gets back in its place."""
+        if option is None:
+            if queue_type == 'stream':
+                raise Refused("state=purged: queue '%s' is a stream, which RabbitMQ cannot purge: its retention "
+                              "(x-max-age, x-max-length-bytes) removes messages. Nothing was removed." % name,
+                              option='state')
+        elif queue_type is None:
+            self.peek(name, 1, option)
+        elif queue_type != 'classic':
+            raise unsafe_read(name, option, queue_type)
+
+    def _consume_ready(self, name, option, limit=None):
         """Receive the ready messages of a queue without acking them: [(delivery_tag, decoded)].
 
         Stops when the count from the passive declare has arrived (or ``limit``), or when
@@ -339,6 +384,8 @@ class AmqpQueues(object):
         trim drop the wrong messages.
         The caller acks what should go and requeues the rest (``_release``), which puts them
         back in their original places. A queue exclusive to another connection cannot be read: [].
+        Nor can a quorum queue or a stream: the consumer is refused before anything is delivered
+        (``unsafe_read``, naming ``option``).
         """
         exists, ready, _consumers = self.declare_passive(name)
         wanted = ready if limit is None else min(ready, limit)
@@ -355,8 +402,13 @@ class AmqpQueues(object):
 
         prefetch = 0 if limit is None else wanted
         self._rpc(channel.basic_qos, prefetch_count=prefetch, what='setting qos on')
-        tag = self._rpc(channel.basic_consume, name, on_message, auto_ack=False, exclusive=False,
-                        what='consuming from')
+        # The guard, whatever the management API said: RabbitMQ refuses a consumer on a channel with a
+        # global QoS (prefetch > 0) on any queue but a classic one, before it delivers anything. Set after
+        # the per-consumer prefetch, which lifts it on RabbitMQ 3.x.
+        self._rpc(channel.basic_qos, prefetch_count=prefetch or MAX_PREFETCH, global_qos=True, what='setting qos on')
+        tag = self._rpc(self._consume, channel, name, on_message, option, what='consuming from')
+        # Lifted at once: else every delivery waits for the channel's limiter, and a read stops at 65,535.
+        self._rpc(channel.basic_qos, prefetch_count=0, global_qos=True, what='setting qos on')
         read = False
         try:
             self._receive_all(channel, name, received, wanted, prefetch)
@@ -373,6 +425,22 @@ class AmqpQueues(object):
                     if read:
                         raise  # else the error that ended the read is the one to tell
         return received[:wanted] if limit is not None else received
+
+    def _consume(self, channel, name, on_message, option):
+        """basic.consume, its refusal on a quorum queue or a stream turned into ``unsafe_read``."""
+        try:
+            return channel.basic_consume(name, on_message, auto_ack=False, exclusive=False)
+        except pika_exceptions.ConnectionClosedByBroker as exc:
+            # 540 NOT_IMPLEMENTED "... does not support global qos" closes the connection.
+            if exc.reply_code != 540 or 'global qos' not in str(exc.reply_text):
+                raise
+            self.broken = True
+        except pika_exceptions.ChannelClosedByBroker as exc:
+            # A stream asks for a consumer prefetch before it looks at the global QoS.
+            if exc.reply_code != 406 or 'prefetch count is not set' not in str(exc.reply_text):
+                raise
+            self.channel = None
+        raise unsafe_read(name, option)
 
     def _receive_all(self, channel, name, received, wanted, prefetch):
         # Deliveries stopped although messages are ready (another consumer is the queue's single active
@@ -437,7 +505,10 @@ class AmqpQueues(object):
         RabbitMQ answers queue.declare ahead of the acks and requeues still waiting at the queue (it
         gives that call priority), so right after a trim it may not count the kept messages yet.
         basic.get waits its turn behind them and says how many remain; the message it took goes back.
+        Only after we settled messages there, on a classic queue: elsewhere a requeue is not harmless.
         """
+        if name not in self._settled:
+            return self.declare_passive(name)[1]
         channel = self._open_channel()
 
         def get():
@@ -455,18 +526,18 @@ class AmqpQueues(object):
         self._rpc(channel.basic_nack, delivery_tag=got.delivery_tag, requeue=True, what='requeueing on')
         return got.message_count + 1
 
-    def peek(self, name, count):
+    def peek(self, name, count, option='peek'):
         if count <= 0:
             return []
         try:
-            return [decoded for _tag, decoded in self._consume_ready(name, limit=count)]
+            return [decoded for _tag, decoded in self._consume_ready(name, option, limit=count)]
         finally:
             self._release()
 
     def breakdown(self, name):
         counts = {}
         try:
-            for _tag, decoded in self._consume_ready(name):
+            for _tag, decoded in self._consume_ready(name, 'breakdown'):
                 counts[decoded['task']] = counts.get(decoded['task'], 0) + 1
         finally:
             self._release()
@@ -482,8 +553,8 @@ class AmqpQueues(object):
                 return ready
             ok = self._rpc(self._open_channel().queue_purge, name, what='purging on')
             return ok.method.message_count
-        return self._ack_selected(name, lambda received: [tag for tag, d in received if d['task'] in task_names],
-                                  check_mode)
+        return self._ack_selected(name, 'task_names',
+                                  lambda received: [tag for tag, d in received if d['task'] in task_names], check_mode)
 
     def trim(self, name, keep, drop='oldest', check_mode=False):
         exists, ready, _consumers = self.declare_passive(name)
@@ -498,14 +569,15 @@ class AmqpQueues(object):
             if drop == 'newest':
                 return [tag for tag, _d in received[len(received) - excess:]]
             return [tag for tag, _d in received[:excess]]
-        return self._ack_selected(name, select, check_mode=False)
+        return self._ack_selected(name, 'state=trimmed', select, check_mode=False)
 
-    def _ack_selected(self, name, select, check_mode):
+    def _ack_selected(self, name, option, select, check_mode):
         """Receive every ready message, ack (remove) those ``select`` picks, requeue the rest."""
         try:
-            received = self._consume_ready(name)
+            received = self._consume_ready(name, option)
             tags = select(received)
             if not check_mode:
+                self._settled.add(name)
                 self._settle([tag for tag, _d in received], set(tags))
             return len(tags)
         finally:

@@ -11,6 +11,10 @@ from ansible_collections.celeryops.fleet.plugins.module_utils._broker import Bro
 from ansible_collections.celeryops.fleet.plugins.module_utils import _redis_queues
 
 
+class Refused(BrokerError):
+    """Refused before anything was read or changed (a read that would change a queue): not a failure part way."""
+
+
 def _amqp():
     """The AMQP layer, imported only for a RabbitMQ broker: pika and Ansible's HTTP client
     are a good part of a Redis check's start-up time otherwise."""
@@ -85,7 +89,8 @@ def check_queue_names(names, option='queues', what='queue'):
 
 
 def queue_states(queues, names=None, include_internal=False):
-    """Per queue: name, exists, messages (ready, all priority steps), unacked, consumers, priorities, source.
+    """Per queue: name, exists, messages (ready, all priority steps), unacked, consumers, priorities, source;
+    on RabbitMQ also type (classic, quorum, stream; None when the management API does not say).
 
     ``names`` None means every queue discovered on the broker, from the same reads.
     A queue that does not exist is ``exists: false`` with zero counts, not a failure.
@@ -115,5 +120,17 @@ def queue_states(queues, names=None, include_internal=False):
         states.append(dict(name=name, exists=exists, messages=ready,
                            unacked=(unacked.get(name) or 0) if unacked is not None else None,
                            consumers=consumers, priorities=None,
-                           source='amqp+management' if unacked is not None else 'amqp'))
+                           source='amqp+management' if unacked is not None else 'amqp',
+                           type=queues.queue_type(name) if exists else None))
     return states
+
+
+def refuse_unsafe(queues, states, option):
+    """Before anything is read or changed: refuse to read (``option``: peek, breakdown, task_names,
+    state=trimmed) a RabbitMQ queue that a read would change, or to purge (``option`` None) one that
+    cannot be purged. Every existing queue is checked, whatever its count: its type decides."""
+    if queues.transport != 'amqp':
+        return
+    for state in states:
+        if state['exists']:
+            queues.refuse_unsafe(state['name'], state['type'], option)

@@ -144,7 +144,8 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
     BrokerError, broker_argument_spec, fail_from_error)
 from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
-    check_queue_names, missing_library, open_queues, queue_options_argument_spec, queue_states)
+    Refused, check_queue_names, missing_library, open_queues, queue_options_argument_spec, queue_states,
+    refuse_unsafe)
 
 
 def check_params(params):
@@ -170,7 +171,7 @@ def apply(params, check_mode, result, warn):
     try:
         changes(queues, params, check_mode, result, warn, current)
     except BrokerError as error:
-        if not check_mode:
+        if not check_mode and not isinstance(error, Refused):
             # The broker failed part way (lost, restarted): say what is done and what is not.
             done = [q['name'] for q in result['queues']]
             result['pending'] = [name for name in dict.fromkeys(params['queues']) if name not in done]
@@ -187,7 +188,12 @@ def apply(params, check_mode, result, warn):
 
 def changes(queues, params, check_mode, result, warn, current):
     """Purge or trim each queue in turn, appending each finished one to result['queues']."""
-    for state in queue_states(queues, params['queues']):
+    states = queue_states(queues, params['queues'])
+    if params['state'] == 'trimmed':
+        refuse_unsafe(queues, states, 'state=trimmed')
+    else:
+        refuse_unsafe(queues, states, 'task_names' if params['task_names'] else None)
+    for state in states:
         name = state['name']
         current[:] = [name]
         if not state['exists'] or not state['messages']:
@@ -199,8 +205,11 @@ def changes(queues, params, check_mode, result, warn, current):
         after = state['messages'] - removed
         if not check_mode and removed:
             after = queues.ready(name)
-        result['queues'].append(dict(name=name, exists=state['exists'], before=state['messages'],
-                                     removed=removed, after=after, unacked=state['unacked']))
+        done = dict(name=name, exists=state['exists'], before=state['messages'], removed=removed, after=after,
+                    unacked=state['unacked'])
+        if 'type' in state:  # RabbitMQ
+            done['type'] = state['type']
+        result['queues'].append(done)
         current[:] = []
         if state['unacked']:
             warn("queue '%s' has %d messages held unacknowledged by workers; they were not removed and will run"

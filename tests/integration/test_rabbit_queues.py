@@ -125,7 +125,7 @@ def test_counts_peek_in_priority_order_breakdown_and_missing(rabbit_env, ansible
     work = queues['work']
     assert dict((k, v) for k, v in work.items() if k != 'peek') == dict(
         name='work', exists=True, messages=6, unacked=0, consumers=0, priorities=None, source='amqp+management',
-        tasks={ADD: 3, MAIL: 3})
+        type='classic', tasks={ADD: 3, MAIL: 3})
     assert [m['id'] for m in work['peek']] == run_order[:4]
     assert [m['priority'] for m in work['peek']] == [9, 5, 5, None]  # sent without a priority
     top = work['peek'][0]
@@ -135,7 +135,7 @@ def test_counts_peek_in_priority_order_breakdown_and_missing(rabbit_env, ansible
     assert [m['id'] for m in queues['other']['peek']] == other
     assert queues['other']['messages'] == 4 and queues['other']['tasks'] == {ADD: 4}
     assert queues['absent'] == dict(name='absent', exists=False, messages=0, unacked=0, consumers=0,
-                                    priorities=None, source='amqp+management', peek=[], tasks={},
+                                    priorities=None, source='amqp+management', type=None, peek=[], tasks={},
                                     undecodable=0)
 
     # The first peek and breakdown lost nothing and reordered nothing; asking for more messages
@@ -147,7 +147,7 @@ def test_counts_peek_in_priority_order_breakdown_and_missing(rabbit_env, ansible
 
     assert ok(default_vhost)['broker']['vhost'] == '/'
     assert default_vhost['queues'] == [dict(name=absent_default, exists=False, messages=0, unacked=0, consumers=0,
-                                            priorities=None, source='amqp+management')]
+                                            priorities=None, source='amqp+management', type=None)]
 
 
 def test_discovery_consumers_and_internal_queues(rabbit_env, ansible, workers):
@@ -179,7 +179,7 @@ def test_discovery_consumers_and_internal_queues(rabbit_env, ansible, workers):
     assert len(queues['gamma']['peek']) == 1 and queues['gamma']['peek'][0]['task'] == ADD
     # Purging someone else's exclusive queue: the counts say there is nothing ready, so nothing to do.
     assert ok(purge_pidbox)['changed'] is False
-    assert purge_pidbox['queues'] == [dict(name=pidbox, exists=True, before=0, removed=0, after=0, unacked=0)]
+    assert purge_pidbox['queues'] == [dict(name=pidbox, exists=True, before=0, removed=0, after=0, unacked=0, type='classic')]
 
 
 def test_unacked_thresholds_and_management_fallback(rabbit_env, ansible, workers, not_management):
@@ -206,7 +206,7 @@ def test_unacked_thresholds_and_management_fallback(rabbit_env, ansible, workers
     ])
 
     assert ok(plain)['queues'] == [dict(name='held', exists=True, messages=2, unacked=2, consumers=1,
-                                        priorities=None, source='amqp+management')]
+                                        priorities=None, source='amqp+management', type='classic')]
     failed(over, "thresholds not met: queue 'held' has 2 unacked messages (max_unacked 1)")
     assert over['queues'][0]['unacked'] == 2
 
@@ -214,7 +214,7 @@ def test_unacked_thresholds_and_management_fallback(rabbit_env, ansible, workers
     for result, endpoint in ((fallback, closed_url), (amqp_port, 'http://127.0.0.1:%d' % AMQP_PORT),
                              (wrong_server, not_management.rstrip('/'))):
         assert result['queues'] == [dict(name='held', exists=True, messages=2, unacked=None, consumers=1,
-                                         priorities=None, source='amqp')], result
+                                         priorities=None, source='amqp', type=None)], result
         assert result['management_error'].startswith('management API at %s: ' % endpoint), result
     assert 'Connection refused' in fallback['management_error']
     assert 'HTTP 404' in wrong_server['management_error']
@@ -226,7 +226,7 @@ def test_unacked_thresholds_and_management_fallback(rabbit_env, ansible, workers
     # Purge: removes the two ready ones, reports the two held, removes none of them.
     ok(purge)
     assert purge['changed'] is True
-    assert purge['queues'] == [dict(name='held', exists=True, before=2, removed=2, after=0, unacked=2)]
+    assert purge['queues'] == [dict(name='held', exists=True, before=2, removed=2, after=0, unacked=2, type='classic')]
     assert purge['diff'] == dict(before={'held': 2}, after={'held': 0})
     assert ["queue 'held' has 2 messages held unacknowledged by workers; they were not removed and will run"] == [
         w for w in purge.get('warnings', []) if 'held unacknowledged' in w]
@@ -284,7 +284,7 @@ def test_purge_check_real_idempotent_and_nothing_else_touched(rabbit_env, ansibl
 
     check = ansible.module('celery_queue', dict(broker_url=url, queues=['junk']), check=True, diff=True)
     assert ok(check)['changed'] is True
-    assert check['queues'] == [dict(name='junk', exists=True, before=8, removed=8, after=0, unacked=0)]
+    assert check['queues'] == [dict(name='junk', exists=True, before=8, removed=8, after=0, unacked=0, type='classic')]
     assert check['diff'] == dict(before={'junk': 8}, after={'junk': 0})
     assert rabbit_env.snapshot() == before  # every message, body and properties, in order
 
@@ -293,12 +293,12 @@ def test_purge_check_real_idempotent_and_nothing_else_touched(rabbit_env, ansibl
         change(broker_url=url, queues=['junk']),
     ])
     assert ok(real)['changed'] is True
-    assert real['queues'] == [dict(name='junk', exists=True, before=8, removed=8, after=0, unacked=0),
-                              dict(name='ghost', exists=False, before=0, removed=0, after=0, unacked=0)]
+    assert real['queues'] == [dict(name='junk', exists=True, before=8, removed=8, after=0, unacked=0, type='classic'),
+                              dict(name='ghost', exists=False, before=0, removed=0, after=0, unacked=0, type=None)]
     assert real['diff'] == dict(before={'junk': 8, 'ghost': 0}, after={'junk': 0, 'ghost': 0})
     assert not [w for w in real.get('warnings', []) if 'unacknowledged' in w]
     assert ok(again)['changed'] is False
-    assert again['queues'] == [dict(name='junk', exists=True, before=0, removed=0, after=0, unacked=0)]
+    assert again['queues'] == [dict(name='junk', exists=True, before=0, removed=0, after=0, unacked=0, type='classic')]
     assert rabbit_env.snapshot() == dict(before, junk=[])  # 'ghost' was not created
 
 
@@ -319,12 +319,12 @@ def test_filtered_purge_keeps_the_rest_in_order(rabbit_env, ansible):
     args = dict(broker_url=url, queues=['mixed'], task_names=[MAIL])
     check = ansible.module('celery_queue', args, check=True)
     assert ok(check)['changed'] is True
-    assert check['queues'] == [dict(name='mixed', exists=True, before=14, removed=6, after=8, unacked=0)]
+    assert check['queues'] == [dict(name='mixed', exists=True, before=14, removed=6, after=8, unacked=0, type='classic')]
     assert rabbit_env.snapshot() == before
 
     real, again = ansible.play([change(**args), change(**args)])
     assert ok(real)['changed'] is True
-    assert real['queues'] == [dict(name='mixed', exists=True, before=14, removed=6, after=8, unacked=0)]
+    assert real['queues'] == [dict(name='mixed', exists=True, before=14, removed=6, after=8, unacked=0, type='classic')]
     assert ok(again)['changed'] is False and again['queues'][0]['removed'] == 0
     # The kept messages are the same messages (body, headers, properties) in the same order.
     assert rabbit_env.snapshot() == dict(before, mixed=[m for m in order if task_header(m) != MAIL])
@@ -344,7 +344,7 @@ def test_trim_oldest_and_newest(rabbit_env, ansible):
 
     check = ansible.module('celery_queue', dict(broker_url=url, queues=['trimq'], state='trimmed', keep=6),
                            check=True)
-    assert ok(check)['queues'] == [dict(name='trimq', exists=True, before=10, removed=4, after=6, unacked=0)]
+    assert ok(check)['queues'] == [dict(name='trimq', exists=True, before=10, removed=4, after=6, unacked=0, type='classic')]
     assert rabbit_env.snapshot() == before
 
     oldest, newest, again, pri, pri2 = ansible.play([
@@ -354,8 +354,8 @@ def test_trim_oldest_and_newest(rabbit_env, ansible):
         change(broker_url=url, queues=['pri'], state='trimmed', keep=4, drop='oldest'),
         change(broker_url=url, queues=['pri2'], state='trimmed', keep=2, drop='newest'),
     ])
-    assert ok(oldest)['queues'] == [dict(name='trimq', exists=True, before=10, removed=4, after=6, unacked=0)]
-    assert ok(newest)['queues'] == [dict(name='trimq', exists=True, before=6, removed=4, after=2, unacked=0)]
+    assert ok(oldest)['queues'] == [dict(name='trimq', exists=True, before=10, removed=4, after=6, unacked=0, type='classic')]
+    assert ok(newest)['queues'] == [dict(name='trimq', exists=True, before=6, removed=4, after=2, unacked=0, type='classic')]
     assert ok(again)['changed'] is False and again['queues'][0]['removed'] == 0
     # Run order is priority 9 first: "oldest" means "would run next".
     assert ok(pri)['queues'][0]['removed'] == 2
