@@ -198,6 +198,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 control.close()
         except BrokerError as error:
             raise AnsibleParserError('%s: %s' % (self.NAME, error.msg))
+        if replies.undecodable:
+            display.warning('%s: skipped %d replies that could not be read (not JSON, or not shaped as Celery\'s)'
+                            % (self.NAME, replies.undecodable))
         stats, queues = replies.first('stats'), replies.first('active_queues')
         return [node_facts(node, stats.get(node), queues.get(node)) for node in sorted(replies.nodes('ping'))]
 

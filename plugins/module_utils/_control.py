@@ -14,6 +14,10 @@ knows how many to expect. Here every command of a request is sent at once, repli
 of them are read from one reply queue, and collection stops as soon as every expected node
 has answered every command; ``timeout`` is a total budget. Replies are kept per node and
 counted, so two workers with the same name show as a duplicate instead of merging.
+
+Anything on the broker can answer (a rogue worker, any client of the reply exchange): a
+reply that is not JSON, not a kombu message, or not shaped as Celery shapes that command's
+reply is counted as undecodable and skipped.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import uuid
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError
 from ansible_collections.celeryops.fleet.plugins.module_utils._messages import (
-    NotAnEnvelope, json_body, load_envelope, make_envelope)
+    NotAnEnvelope, json_body, load_envelope, loads, make_envelope)
 
 # Inspect commands and the arguments `celery inspect` sends with them.
 INSPECT_COMMANDS = {
@@ -51,6 +55,29 @@ REPLY_QUEUE_EXPIRES = 10.0
 # as long again as the first complete set of answers took, within these bounds.
 DUPLICATE_GRACE = 0.1
 MIN_DUPLICATE_GRACE = 0.02
+# The type of each inspect reply as Celery sends it; any other command's reply is an
+# acknowledgement, {'ok': text} or {'error': text}.
+REPLY_TYPES = {'stats': dict, 'conf': dict, 'memdump': str, 'active': list, 'reserved': list, 'scheduled': list,
+               'active_queues': list, 'registered': list, 'revoked': list}
+
+
+def readable_reply(command, value):
+    """Whether ``value`` is shaped as a worker's reply to ``command``, as far as the modules read it."""
+    if command not in REPLY_TYPES:
+        return isinstance(value, dict) and all(isinstance(value.get(key, ''), str) for key in ('ok', 'error'))
+    if not isinstance(value, REPLY_TYPES[command]):
+        return False
+    if command in ('active', 'reserved', 'scheduled'):
+        return all(isinstance(task, dict) for task in value)
+    if command == 'active_queues':
+        return all(isinstance(queue, dict) and isinstance(queue.get('name'), str) for queue in value)
+    if command in ('registered', 'revoked'):
+        return all(isinstance(item, str) for item in value)
+    if command == 'stats':
+        pool = value.get('pool', {})
+        return (isinstance(pool, dict) and isinstance(pool.get('processes', []), list)
+                and isinstance(pool.get('max-concurrency', 0), int) and isinstance(value.get('autoscaler', {}), dict))
+    return True
 
 
 def is_pattern(name):
@@ -80,6 +107,7 @@ class Replies(object):
     def __init__(self, commands):
         self.by_command = dict((command, {}) for command in commands)
         self.elapsed = 0.0
+        self.undecodable = 0   # replies skipped: not JSON, not a kombu message, or not shaped as Celery's
 
     def add(self, command, node, value):
         self.by_command[command].setdefault(node, []).append(value)
@@ -203,7 +231,7 @@ end
         pipe.lrange(self.reply_key, 0, -1)
         pipe.delete(self.reply_key)
         rest = self.queues.call(pipe.execute)[0]
-        return [r for r in (_reply_of(raw) for raw in [first[1]] + list(reversed(rest))) if r]
+        return [_reply_of(raw) for raw in [first[1]] + list(reversed(rest))]
 
     def close(self):
         try:
@@ -229,9 +257,13 @@ def _reply_of(raw):
         envelope = load_envelope(raw)
     except NotAnEnvelope:
         return None
-    body = json_body(envelope)
-    ticket = (envelope.get('headers') or {}).get('ticket')
-    return (ticket, body) if body is not None and ticket else None
+    headers = envelope.get('headers')
+    return _reply(headers.get('ticket') if isinstance(headers, dict) else None, json_body(envelope))
+
+
+def _reply(ticket, body):
+    """(ticket, body) of a reply: a ticket (a string) and a dict of node -> value; else None."""
+    return (ticket, body) if isinstance(ticket, str) and ticket and isinstance(body, dict) else None
 
 
 class _AmqpMailbox(object):
@@ -261,12 +293,11 @@ class _AmqpMailbox(object):
 
         def on_message(_channel, _method, properties, body):
             try:
-                value = json.loads(body)
-            except ValueError:
-                return
-            ticket = (properties.headers or {}).get('ticket')
-            if properties.content_type == 'application/json' and ticket:
-                self.received.append((ticket, value))
+                value = loads(body) if properties.content_type == 'application/json' else None
+            except NotAnEnvelope:
+                value = None
+            headers = properties.headers
+            self.received.append(_reply(headers.get('ticket') if isinstance(headers, dict) else None, value))
         self.rpc(channel.basic_consume, queue, on_message, auto_ack=True, what='consuming on')
 
     def publish(self, bodies, expires, reply):
@@ -310,6 +341,7 @@ class Control(object):
     def __init__(self, broker, global_keyprefix=''):
         self.broker = broker
         self.global_keyprefix = global_keyprefix
+        self.undecodable = 0   # replies skipped over every request of the run
         self.mailbox = self._open()
 
     def _open(self):
@@ -358,11 +390,17 @@ class Control(object):
             if now >= deadline or (all(met) and now >= (grace_until or now)):
                 break
             wait_until = min(deadline, grace_until) if all(met) else deadline
-            for ticket, body in self.mailbox.replies(wait_until - now):
-                command = tickets.get(ticket)
-                if command is not None and isinstance(body, dict):
-                    for node, value in body.items():
-                        replies.add(command, node, value)
+            for reply in self.mailbox.replies(wait_until - now):
+                command = tickets.get(reply[0]) if reply else None
+                if reply is None:
+                    replies.undecodable += 1
+                elif command is not None:   # else a late reply to an earlier request
+                    for node, value in reply[1].items():
+                        if readable_reply(command, value):
+                            replies.add(command, node, value)
+                        else:
+                            replies.undecodable += 1
         replies.elapsed = time.monotonic() - started
+        self.undecodable += replies.undecodable
         self.mailbox.check(timeout, complete=grace_until is not None)
         return replies

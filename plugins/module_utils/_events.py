@@ -13,11 +13,13 @@ are spoken over the connections of the queue layer (redis-py, pika), without kom
 Task events of a prefork worker arrive in batches (routing key ``task.multi``, a list body),
 so task types are filtered here, not by the binding. Only ``task-received`` (and
 ``task-sent``) carry the task name; the other events are named through their uuid.
+
+Anything that can publish on the exchange is heard: an event that is not JSON, not a dict, or
+whose fields the summary reads have other types than Celery's is counted as undecodable.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
@@ -25,7 +27,7 @@ import uuid
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError
 from ansible_collections.celeryops.fleet.plugins.module_utils._messages import (
-    NotAnEnvelope, UNKNOWN_TASK, json_body, load_envelope)
+    NotAnEnvelope, UNKNOWN_TASK, json_body, load_envelope, loads)
 
 EVENT_EXCHANGE = 'celeryev'
 QUEUE_PREFIX = 'celeryev.celeryops-fleet.'
@@ -61,6 +63,14 @@ def routing_key(types):
     if types and not any(t.startswith('task-') for t in types):
         return 'worker.#'
     return '#'
+
+
+def readable_event(event):
+    """Whether ``event`` is shaped as Celery's events, as far as the summary reads it: a dict with a
+    type, text (or nothing) where it keeps names, a number (or nothing) where it sorts by time."""
+    return (isinstance(event, dict) and isinstance(event.get('type'), str)
+            and all(isinstance(event.get(key), (str, type(None))) for key in ('hostname', 'uuid', 'name'))
+            and isinstance(event.get('timestamp'), (int, float, type(None))))
 
 
 def percentile(ordered, fraction):
@@ -148,7 +158,7 @@ class EventSummary(object):
 
     def add(self, event, received_at):
         """Take one event (a dict as Celery sends it); returns whether it was counted."""
-        if not isinstance(event, dict) or not isinstance(event.get('type'), str):
+        if not readable_event(event):
             self.undecodable += 1
             return False
         kind = event['type']
@@ -307,8 +317,8 @@ class _AmqpEvents(object):
 
         def on_message(_channel, _method, properties, body):
             try:
-                value = json.loads(body) if properties.content_type == 'application/json' else None
-            except ValueError:
+                value = loads(body) if properties.content_type == 'application/json' else None
+            except NotAnEnvelope:
                 value = None
             self.received.append(value if isinstance(value, (dict, list)) else None)
         self.rpc(channel.basic_consume, queue, on_message, auto_ack=True, what='consuming on')

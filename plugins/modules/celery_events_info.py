@@ -153,7 +153,10 @@ hint:
   returned: always
   type: str
 undecodable:
-  description: Messages on the event exchange that were not JSON events (for example pickled ones), skipped.
+  description:
+    - Messages on the event exchange that were not JSON events (for example pickled ones), skipped; also events whose
+      fields are not of the types Celery sends (such as a C(hostname) or C(uuid) that is not a string, or a
+      C(timestamp) that is not a number). Anything that can publish on the exchange can send them.
   returned: always
   type: int
 elapsed:

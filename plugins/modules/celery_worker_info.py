@@ -129,6 +129,15 @@ count:
   description: Number of node names that answered.
   returned: always
   type: int
+undecodable:
+  description:
+    - Replies skipped because they could not be read, over every request of the run (the waits of O(wait=true)
+      included) - not JSON, not a kombu message, or not shaped as Celery shapes that reply (such as C(stats) that
+      is not a dict, or C(active) that is not a list). Anything that can publish to the reply exchange can send them;
+      the other workers' replies still count.
+  returned: always
+  type: int
+  sample: 0
 elapsed:
   description: Seconds spent collecting the last replies.
   returned: always
@@ -190,7 +199,7 @@ def gather(params, result):
             info['queues'] = sorted(q.get('name') for q in info['active_queues'] if isinstance(q, dict))
     result.update(workers=workers, online=sorted(online), missing=expectation.missing(online),
                   unexpected=expectation.unexpected(online), duplicates=replies.duplicates(), count=len(online),
-                  elapsed=round(replies.elapsed, 3))
+                  undecodable=control.undecodable, elapsed=round(replies.elapsed, 3))
 
 
 def main():
@@ -208,7 +217,7 @@ def main():
     if missing:
         module.fail_json(msg=missing_required_lib(missing[0]), exception=missing[1])
 
-    result = dict(changed=False, workers={}, online=[], missing=[], unexpected=[], duplicates=[], count=0)
+    result = dict(changed=False, workers={}, online=[], missing=[], unexpected=[], duplicates=[], count=0, undecodable=0)
     try:
         check_params(module.params)
         gather(module.params, result)

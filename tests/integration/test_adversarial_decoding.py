@@ -108,3 +108,190 @@ def test_rabbitmq_poison_is_counted_peeked_and_kept(rabbit_env, ansible):
     assert purged['queues'][0]['removed'] == 3
     kept = [m['properties']['headers'].get('task') for m in rabbit_env.messages('poison')]
     assert kept == [['x'], None, 'odd.headers']
+
+
+# -- worker replies and events ----------------------------------------------------------------------
+
+import base64  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+import redis  # noqa: E402
+
+from harness import RedisBroker  # noqa: E402
+
+# What a rogue sends back for every request it sees; each one is one undecodable reply.
+JUNK_PER_REQUEST = 5
+
+
+@pytest.fixture(params=['redis', 'rabbitmq'])
+def broker(request):
+    return request.getfixturevalue('redis_env' if request.param == 'redis' else 'rabbit_env')
+
+
+def junk_replies(command):
+    """(body, ticket) of the junk answers to one request: not an envelope at all (on Redis; on RabbitMQ the
+    message is its envelope, and this is one more deep body), JSON nested 200000 deep, a ticket that is a list,
+    a body that is a list, and a node's value of another shape than Celery's."""
+    wrong = {'ping': 'pong', 'stats': 'stats!', 'active_queues': [{'name': ['q']}]}.get(command, ['?'])
+    return [(DEEP.encode(), 'raw'), (DEEP.encode(), 'ticket'), (b'{"rogue@h": {"ok": "pong"}}', ['t']),
+            (b'["rogue@h"]', 'ticket'), (json.dumps({'rogue@h': wrong}).encode(), 'ticket')]
+
+
+class Rogue(object):
+    """Something on the broker that answers every remote-control request with junk, as a worker would answer:
+    on Redis it LPUSHes kombu envelopes into the reply list; on RabbitMQ it publishes to the reply exchange."""
+
+    def __init__(self, env):
+        self.env, self.seen, self.errors = env, 0, []
+        self.stopping = threading.Event()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(30), self.errors
+
+    def _run(self):
+        try:
+            self._redis() if isinstance(self.env, RedisBroker) else self._amqp()
+        except Exception as exc:
+            self.errors.append(repr(exc))
+            self.ready.set()
+
+    def _answer(self, request, send):
+        self.seen += 1
+        if request.get('ticket'):
+            for body, ticket in junk_replies(request['method']):
+                send(request['reply_to']['routing_key'], request['ticket'] if ticket in ('ticket', 'raw') else ticket,
+                     body, raw=ticket == 'raw')
+
+    def _redis(self):
+        client = redis.Redis.from_url(self.env.url)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub.psubscribe('/%d.celery.pidbox*' % self.env.db)
+        while pubsub.get_message(timeout=1) is None and not pubsub.subscribed:
+            pass
+        self.ready.set()
+
+        def send(oid, ticket, body, raw):
+            if raw:
+                return client.lpush(oid + '.reply.celery.pidbox', body)
+            envelope = {'body': base64.b64encode(body).decode(), 'content-encoding': 'utf-8',
+                        'content-type': 'application/json', 'headers': {'ticket': ticket, 'clock': 1},
+                        'properties': {'body_encoding': 'base64', 'delivery_tag': 'x', 'priority': 0}}
+            client.lpush(oid + '.reply.celery.pidbox', json.dumps(envelope))
+        while not self.stopping.is_set():
+            message = pubsub.get_message(timeout=0.2)
+            if message and message['type'] == 'pmessage':
+                envelope = json.loads(message['data'])
+                self._answer(json.loads(base64.b64decode(envelope['body'])), send)
+        pubsub.close()
+
+    def _amqp(self):
+        connection = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', AMQP_PORT, self.env.vhost,
+                                                                       pika.PlainCredentials('guest', 'guest')))
+        channel = connection.channel()
+        channel.exchange_declare('celery.pidbox', 'fanout', durable=False)
+        queue = channel.queue_declare('', exclusive=True).method.queue
+        channel.queue_bind(queue, 'celery.pidbox')
+
+        def send(oid, ticket, body, raw):
+            channel.basic_publish('reply.celery.pidbox', oid, body, pika.BasicProperties(
+                content_type='application/json', headers={'ticket': ticket, 'clock': 1}))
+        channel.basic_consume(queue, lambda _ch, _m, _p, body: self._answer(json.loads(body), send), auto_ack=True)
+        self.ready.set()
+        while not self.stopping.is_set():
+            connection.process_data_events(time_limit=0.2)
+        connection.close()
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(30)
+        assert not self.errors, self.errors
+
+
+def test_a_rogue_worker_answering_junk_is_counted_and_the_real_one_still_answers(broker, ansible, workers):
+    workers.start(broker.url, 'real@fleet', ['q1'])
+    rogue = Rogue(broker)
+    try:
+        # No expected nodes: the module collects for the whole timeout, so every junk reply is in.
+        result = ok(ansible.module('celery_worker_info', dict(broker_url=broker.url, timeout=4)))
+        inventory = inventory_of(ansible, broker)
+    finally:
+        rogue.stop()
+    assert rogue.seen >= 3
+    assert result['online'] == ['real@fleet'] and set(result['workers']) == {'real@fleet'}
+    assert result['workers']['real@fleet']['queues'] == ['q1']
+    assert result['undecodable'] == 3 * JUNK_PER_REQUEST   # ping, stats, active_queues
+    assert inventory['celery_workers']['hosts'] == ['fleet']
+    assert 'skipped %d replies that could not be read' % (3 * JUNK_PER_REQUEST) in ansible.last['stderr']
+
+
+def inventory_of(ansible, broker):
+    """ansible-inventory --list with the celery_workers plugin (run as test_inventory.py runs it)."""
+    import os
+    import subprocess
+    import sys
+    path = os.path.join(ansible.tmpdir, 'fleet.celery_workers.yml')
+    with open(path, 'w') as handle:
+        json.dump(dict(plugin='celeryops.fleet.celery_workers', broker_url=broker.url, timeout=4), handle)
+    proc = subprocess.run(['ansible-inventory', '-i', path, '--list'], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, ANSIBLE_PYTHON_INTERPRETER=sys.executable))
+    ansible.last = dict(stdout=proc.stdout, stderr=proc.stderr, rc=proc.returncode)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def junk_events():
+    """Bodies that are not events a summary can read: not JSON, nested 200000 deep, a hostname and a uuid
+    that are lists, a timestamp that is text (failures are sorted by it) and a batch holding one of them."""
+    return [DEEP.encode(), json.dumps({'type': 'worker-heartbeat', 'hostname': ['x'], 'freq': 2}).encode(),
+            json.dumps({'type': 'task-received', 'uuid': ['a'], 'name': 'proj.t', 'hostname': 'rogue@h'}).encode(),
+            json.dumps([{'type': 'task-failed', 'uuid': 'b', 'timestamp': 'yesterday', 'hostname': 'rogue@h'}]).encode()]
+
+
+def publish_junk_events(env, stop):
+    """Publish junk on the event exchange until ``stop`` is set, as a worker publishes its events; returns
+    how many rounds went out."""
+    rounds = 0
+    if isinstance(env, RedisBroker):
+        client = redis.Redis.from_url(env.url)
+        channel = '/%d.celeryev/worker.heartbeat' % env.db
+        while not stop.is_set():
+            client.publish(channel, DEEP)   # not even an envelope
+            for body in junk_events():
+                client.publish(channel, json.dumps({
+                    'body': base64.b64encode(body).decode(), 'content-encoding': 'utf-8',
+                    'content-type': 'application/json', 'headers': {}, 'properties': {'body_encoding': 'base64'}}))
+            rounds += 1
+            stop.wait(0.3)
+        return rounds
+    connection = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', AMQP_PORT, env.vhost,
+                                                                   pika.PlainCredentials('guest', 'guest')))
+    channel = connection.channel()
+    while not stop.is_set():
+        for body in junk_events():
+            channel.basic_publish('celeryev', 'worker.heartbeat', body,
+                                  pika.BasicProperties(content_type='application/json'))
+        rounds += 1
+        connection.process_data_events(time_limit=0.3)
+    connection.close()
+    return rounds
+
+
+def test_junk_on_the_event_exchange_is_counted_and_real_events_still_read(broker, ansible, workers):
+    workers.start(broker.url, 'ev@fleet', ['q1'], events=True, heartbeat_interval=1)
+    publish(broker.url, ADD, 'q1', args=(1, 2), count=2)
+    stop = threading.Event()
+    rounds = []
+    thread = threading.Thread(target=lambda: rounds.append(publish_junk_events(broker, stop)), daemon=True)
+    thread.start()
+    try:
+        result = ok(ansible.module('celery_events_info', dict(broker_url=broker.url, duration=4)))
+    finally:
+        stop.set()
+        thread.join(30)
+    assert rounds and rounds[0] > 0
+    assert 'ev@fleet' in result['workers'] and result['workers']['ev@fleet']['online']
+    assert 'rogue@h' not in result['workers'] and result['failures_total'] == 0
+    assert result['undecodable'] >= 4, result['undecodable']

@@ -125,3 +125,45 @@ def test_helpers():
     assert traceback_line(TRACEBACK) == 'File "/srv/proj/tasks.py", line 12, in charge'
     assert traceback_line('KeyError: x') == 'KeyError: x'
     assert traceback_line(None) is None and traceback_line('  ') is None
+
+
+# -- hostile events: counted as undecodable and skipped, never a traceback ------------------------
+
+import json  # noqa: E402
+import random  # noqa: E402
+
+from ansible_collections.celeryops.fleet.plugins.module_utils._events import readable_event  # noqa: E402
+
+TASK_TYPES_AND_WORKER = ('task-received', 'task-started', 'task-succeeded', 'task-failed', 'task-sent',
+                         'worker-heartbeat', 'worker-online', 'worker-offline')
+
+
+def test_events_with_fields_of_other_types_are_undecodable():
+    """Where the summary keeps a name (a dict key) or sorts by time, another type would crash it."""
+    summary = EventSummary()
+    rogue = [task('received', ['a'], name='proj.add'), task('received', 'a', name=['proj.add']),
+             task('failed', {'u': 1}), task('failed', 'b', timestamp='yesterday'), heartbeat(['w@h']),
+             dict(heartbeat('w2@h'), timestamp=[1]), task('succeeded', 'c', host=5)]
+    for event in rogue:
+        assert not summary.add(event, 1.0), event
+    summary.add(task('failed', 'd', timestamp=5.0), 1.0)
+    out = summary.result(now=1.0)
+    assert out['undecodable'] == len(rogue) and out['failures_total'] == 1 and set(out['workers']) == {'w1@web1'}
+
+
+def test_a_summary_takes_any_junk():
+    rng = random.Random(13)
+    keys = ['type', 'hostname', 'uuid', 'name', 'timestamp', 'runtime', 'freq', 'active', 'processed', 'exception',
+            'traceback', 'loadavg']
+    values = [None, True, 0, -1, 2.5, '', 'x', [], ['x'], {}, {'a': 1}] + list(TASK_TYPES_AND_WORKER)
+
+    def junk_event():
+        return dict((rng.choice(keys), rng.choice(values)) for _ in range(rng.randrange(8)))
+    summary = EventSummary(max_failures=5)
+    for _ in range(3000):
+        event = junk_event() if rng.random() < 0.9 else rng.choice(values)
+        assert summary.add(event, rng.random() * 10) in (True, False)
+        assert readable_event(event) or summary.undecodable
+    out = summary.result(now=20.0)
+    json.dumps(out)
+    assert out['undecodable'] > 0 and out['events'] > 0
