@@ -11,14 +11,20 @@
 - Messages held by workers live in one global ``unacked`` hash (delivery tag -> JSON
   ``[message, exchange, routing_key]``); the ``_kombu.binding.<exchange>`` sets (members
   ``routing_key + sep + pattern + sep + queue``) tell which queue they came from. kombu 5.7
-  also keeps ``_kombu.binding_permanent.<exchange>`` with the same members.
+  also keeps ``_kombu.binding_permanent.<exchange>`` with the same members. The pattern is empty but for a
+  topic exchange (kombu's regular expression of the routing key); Redis keeps no exchange type.
+- Lists and the unacked hash are read in pieces bounded by bytes as well as by elements (CHUNK_BYTES), so the
+  module's memory does not grow with the backlog.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import traceback
+import uuid
+from functools import lru_cache
 
 try:
     import redis
@@ -44,19 +50,31 @@ INTERNAL_EXCHANGES = ('celery.pidbox', 'reply.celery.pidbox', 'celeryev')
 # Keys a SCAN step looks at: a keyspace of millions (result backend keys) in few round trips,
 # each step still short for the server.
 SCAN_COUNT = 5000
-# Elements read per LRANGE: small enough that no single command holds the server for long.
+# Elements read per LRANGE at most: small enough that no single command holds the server for long.
 READ_CHUNK = 2000
+# Bytes read per reply at most, so that memory does not grow with the backlog: a read takes as many elements
+# as fit if they are as large as the largest of the read before (one, if it alone is larger). The first read
+# of a list takes one element, and each read at most GROWTH times as many as the one before.
+CHUNK_BYTES = 4 * 1024 * 1024
+GROWTH = 8
 # Elements removed per LTRIM when trimming, for the same reason.
 TRIM_CHUNK = 10000
 # Shown in Redis CLIENT LIST (as the connection name in RabbitMQ), so an operator can tell us apart.
 CLIENT_NAME = 'celeryops.fleet'
 # Attempts at a filtered purge of a queue that producers or consumers keep changing.
 REWRITE_ATTEMPTS = 5
+# A filtered purge builds the kept list under a key of its own; should the module die, the key expires.
+# Each chunk pushed renews it.
+FILTER_KEY = '_celeryops.filter.'
+FILTER_TTL_MS = 10 * 60 * 1000
 
 # Many small reads in one round trip: for a thousand queues, packing and parsing thousands
 # of pipelined commands costs more in redis-py than the server spends on them.
 _LLEN_ALL = "local out = {} for i, key in ipairs(KEYS) do out[i] = redis.call('LLEN', key) end return out"
 _SMEMBERS_ALL = "local out = {} for i, key in ipairs(KEYS) do out[i] = redis.call('SMEMBERS', key) end return out"
+# The fields of a hash and the length of each value, without the values (the unacked hash holds whole messages).
+_HASH_SIZES = ("local out = {} for i, field in ipairs(redis.call('HKEYS', KEYS[1])) do "
+               "out[2 * i - 1] = field out[2 * i] = redis.call('HSTRLEN', KEYS[1], field) end return out")
 
 
 def is_internal_queue(name, exchange=None):
@@ -75,13 +93,30 @@ class RedisLayout(object):
             # kombu always has step 0: the bare queue name.
             self.steps = [0] + [s for s in self.steps if s > 0]
         self.sep = sep
+        self._sub_list = re.compile(re.escape(sep) + '([0-9]+)')
 
     def key(self, queue, step=0):
         return self.prefix + (queue + self.sep + str(step) if step else queue)
 
     def keys(self, queue):
         """(step, key) for every priority step, in the order consumers empty them."""
+        self.check_queue_name(queue)
         return [(step, self.key(queue, step)) for step in self.steps]
+
+    def priority_list_of(self, name):
+        """(queue, step) when kombu reads ``name`` as a priority list of another queue (``queue + sep + step``)."""
+        match = self._sub_list.search(name)
+        return (name[:match.start()], match.group(1)) if match else None
+
+    def check_queue_name(self, name):
+        """Refuse a name kombu reads as another queue's priority list; before anything is read or changed."""
+        misread = self.priority_list_of(name)
+        if misread:
+            # Imported here: _queues imports this module.
+            from ansible_collections.celeryops.fleet.plugins.module_utils._queues import Refused
+            raise Refused('queues: %r holds the priority separator sep (%r) followed by a digit: kombu keeps '
+                          'priority step %s of queue %r under that name, so it cannot name a queue of its own'
+                          % (name, self.sep, misread[1], misread[0]), option='queues')
 
     @property
     def unacked(self):
@@ -98,6 +133,95 @@ class RedisLayout(object):
             if binding_key.startswith(full):
                 return binding_key[len(full):]
         return None
+
+
+class Bindings(dict):
+    """exchange -> [(routing_key, queue)], and ``topic``: the exchanges whose members carry a topic pattern."""
+
+    def __init__(self, *args, **kwargs):
+        dict.__init__(self, *args, **kwargs)
+        self.topic = set()
+
+
+def route(bindings, exchange, routing_key):
+    """The queues kombu delivers a message of ``exchange`` with ``routing_key`` to, and restores a held one to
+    (kombu/transport/virtual/exchange.py). Redis keeps no exchange type: an exchange whose members carry a
+    pattern is a topic one; any other routes by equal routing key (direct) or, when no key is equal, to every
+    queue bound (fanout: kombu never delivers an unmatched key of a direct exchange)."""
+    if not exchange:
+        return [routing_key]  # the default exchange routes by queue name
+    table = bindings.get(exchange, ())
+    if exchange in bindings.topic:
+        return [queue for binding_key, queue in table if topic_matches(binding_key, routing_key)]
+    return [queue for binding_key, queue in table if binding_key == routing_key] or [queue for _key, queue in table]
+
+
+def _not_dot(char):
+    return char != '.'
+
+
+def _not_newline(char):
+    return char != '\n'
+
+
+@lru_cache(maxsize=1024)
+def _topic_steps(binding_key):
+    """kombu's topic pattern of a binding key as steps (test of one character, repeated?), or None where Python
+    refuses kombu's pattern. kombu joins the words with '\\.' between '^' and '$'; a word '*' is '[^\\.]+', a
+    word '#' is '.*?', any other word its own characters, where a '*' repeats the character before it."""
+    steps = []
+    for index, word in enumerate(binding_key.split('.')):
+        if index:
+            steps.append(['.'.__eq__, False])
+        if word == '*':
+            steps += [[_not_dot, False], [_not_dot, True]]
+        elif word == '#':
+            steps.append([_not_newline, True])
+        else:
+            for char in word:
+                if char != '*':
+                    steps.append([char.__eq__, False])
+                elif not steps or steps[-1][1]:
+                    return None  # "nothing to repeat", "multiple repeat": kombu cannot route with it
+                else:
+                    steps[-1][1] = True
+    return tuple((test, repeat) for test, repeat in steps)
+
+
+def topic_matches(binding_key, routing_key):
+    """Whether kombu's topic exchange routes ``routing_key`` through a binding of ``binding_key``: its regular
+    expression, matched here in linear time (a pattern of many '#' would make a regex backtrack for ever)."""
+    steps = _topic_steps(binding_key)
+    if steps is None:
+        return False
+    end = len(steps)
+
+    def closure(states):
+        out, todo = set(), list(states)
+        while todo:
+            state = todo.pop()
+            if state not in out:
+                out.add(state)
+                if state < end and steps[state][1]:
+                    todo.append(state + 1)
+        return out
+
+    states = closure([0])
+    last = len(routing_key) - 1
+    for position, char in enumerate(routing_key):
+        if position == last and char == '\n' and end in states:
+            return True  # '$' also matches before a final newline
+        states = closure([state if steps[state][1] else state + 1
+                          for state in states if state < end and steps[state][0](char)])
+        if not states:
+            return False
+    return end in states
+
+
+def _next_length(length, chunk):
+    """Elements to read after ``chunk`` (of ``length`` asked): see CHUNK_BYTES."""
+    largest = max(1, max(map(len, chunk)))
+    return max(1, min(READ_CHUNK, length * GROWTH, CHUNK_BYTES // largest))
 
 
 def _glob_escape(text):
@@ -133,6 +257,7 @@ class RedisQueues(object):
         self.connected = True
         self._llen_all = self.client.register_script(_LLEN_ALL)
         self._smembers_all = self.client.register_script(_SMEMBERS_ALL)
+        self._hash_sizes = self.client.register_script(_HASH_SIZES)
 
     def close(self):
         self.client.close()
@@ -150,6 +275,8 @@ class RedisQueues(object):
         """Run one redis-py call, turning its failures into a BrokerError that names the endpoint."""
         try:
             return func(*args, **kwargs)
+        except redis.WatchError:
+            raise  # a watched key changed: the caller tries again
         except redis.AuthenticationError as exc:
             raise self._error('authentication failed at %s: %s (check the password in broker_url or broker_password)'
                               % (self.broker.endpoint, self._reason(exc)), option='broker_password')
@@ -193,18 +320,21 @@ class RedisQueues(object):
     # -- reading ----------------------------------------------------------------------------
 
     def bindings(self):
-        """exchange -> list of (routing_key, queue), from both kinds of binding sets."""
+        """Bindings: exchange -> list of (routing_key, queue), from both kinds of binding sets."""
         found = self.call(lambda: list(self.client.scan_iter(match=self.layout.binding_pattern(), count=SCAN_COUNT)))
         exchange_of = dict((key, self.layout.exchange_of(_text(key))) for key in found)
         keys = [key for key in found if exchange_of[key] is not None]
-        table = {}  # exchange -> {(routing_key, queue): None}: a set that keeps the order read
+        table, out = {}, Bindings()  # table: exchange -> {(routing_key, queue): None}, a set that keeps the order read
         for key, members in zip(keys, self.call(self._smembers_all, keys=keys) if keys else []):
             entries = table.setdefault(exchange_of[key], {})
             for member in members:
                 parts = _text(member).split(self.layout.sep)
                 if len(parts) == 3:
                     entries[(parts[0], parts[2])] = None
-        return dict((exchange, list(entries)) for exchange, entries in table.items())
+                    if parts[1]:
+                        out.topic.add(exchange_of[key])
+        out.update((exchange, list(entries)) for exchange, entries in table.items())
+        return out
 
     def discover(self, include_internal=False, bindings=None):
         """Names of the queues kombu has bound on this broker (in ``bindings``, if read already)."""
@@ -234,68 +364,82 @@ class RedisQueues(object):
 
     def unacked_by_queue(self, bindings=None):
         """queue -> number of messages held unacknowledged by workers; '' for unattributable ones."""
-        counts = {}
-        entries = self.call(lambda: list(self.client.hscan_iter(self.layout.unacked, count=1000)))
-        if not entries:
-            return counts
-        if bindings is None:
-            bindings = self.bindings()
-        for _tag, value in entries:
-            try:
-                _message, exchange, routing_key = json.loads(value)
-            except (ValueError, TypeError):
-                counts[''] = counts.get('', 0) + 1
-                continue
-            if not exchange:
-                targets = [routing_key]  # the default exchange routes by queue name
-            else:
-                table = bindings.get(exchange, [])
-                targets = [q for rk, q in table if rk == routing_key] or [q for rk, q in table if not rk]
-            for queue in targets or ['']:
+        counts, routes = {}, {}  # routes: (exchange, routing_key) -> queues, worked out once
+        for held in self._held_routes():
+            if held not in routes:
+                if bindings is None:
+                    bindings = self.bindings()
+                routes[held] = (route(bindings, *held) if held else None) or ['']
+            for queue in routes[held]:
                 counts[queue] = counts.get(queue, 0) + 1
         return counts
 
+    def _held_routes(self):
+        """(exchange, routing_key) of each entry of the unacked hash (kombu's [message, exchange, routing_key]),
+        None for one that is not that; the values are fetched in batches of at most CHUNK_BYTES."""
+        key = self.layout.unacked
+        sizes = self.call(self._hash_sizes, keys=[key])
+        batch, size = [], 0
+        for field, length in zip(sizes[0::2], sizes[1::2]):
+            if batch and size + length > CHUNK_BYTES:
+                for value in self.call(self.client.hmget, key, batch):
+                    yield _route_of(value)
+                batch, size = [], 0
+            batch.append(field)
+            size += length
+        if batch:
+            for value in self.call(self.client.hmget, key, batch):
+                yield _route_of(value)
+
     def peek(self, name, count):
         """The next ``count`` messages to run, decoded, in run order."""
-        if count <= 0:
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        for _step, key in self.layout.keys(name):
-            pipe.lrange(key, -count, -1)
         out = []
-        for (step, _key), elements in zip(self.layout.keys(name), self.call(pipe.execute)):
-            for raw in reversed(elements):
-                out.append(_decoded(raw, step))
-        return out[:count]
+        for step, key in self.layout.keys(name):
+            if len(out) >= count:
+                break
+            for chunk in self._chunks(key, limit=count - len(out), from_tail=True):
+                out.extend(_decoded(raw, step) for raw in chunk)
+        return out
 
-    def _chunks(self, key):
-        """Every element of one list, head to tail, in chunks of at most READ_CHUNK.
+    def _chunks(self, key, limit=None, from_tail=False):
+        """The elements of one list, head to tail (``from_tail``: tail to head, each chunk too), at most
+        ``limit`` of them, in chunks of at most READ_CHUNK elements and about CHUNK_BYTES.
 
         The next LRANGE is sent before a chunk is handed out, so Redis builds and sends it while
         the caller works on this one: a backlog is read 1.5 to 1.7 times faster than with one
         command at a time.
         """
+        if limit is not None and limit <= 0:
+            return
         pool = self.client.connection_pool
         try:
             connection = self.call(pool.get_connection)
         except TypeError:  # redis-py before 5.3 wants a command name
             connection = self.call(pool.get_connection, 'LRANGE')
         pending = False  # a reply is on its way: the connection is not fit for others until it is read
+
+        def send(done, length):
+            span = (-(done + length), -(done + 1)) if from_tail else (done, done + length - 1)
+            self.call(connection.send_command, 'LRANGE', key, *span)
         try:
-            self.call(connection.send_command, 'LRANGE', key, 0, READ_CHUNK - 1)
+            done, length = 0, 1
+            send(done, length)
             pending = True
-            start = 0
             while True:
                 chunk = self.call(self.client.parse_response, connection, 'LRANGE')
                 pending = False
-                if len(chunk) == READ_CHUNK:
-                    self.call(connection.send_command, 'LRANGE', key, start + READ_CHUNK, start + 2 * READ_CHUNK - 1)
+                done += len(chunk)
+                more = len(chunk) == length and (limit is None or done < limit)
+                if more:
+                    length = _next_length(length, chunk)
+                    if limit is not None:
+                        length = min(length, limit - done)
+                    send(done, length)
                     pending = True
                 if chunk:
-                    yield chunk
-                if len(chunk) < READ_CHUNK:
+                    yield chunk[::-1] if from_tail else chunk
+                if not more:
                     return
-                start += READ_CHUNK
         finally:
             if pending:
                 connection.disconnect()
@@ -330,37 +474,62 @@ class RedisQueues(object):
         return removed
 
     def _purge_tasks(self, key, task_names, check_mode):
-        """Drop the messages of some tasks from one list, keeping the others in order.
+        """Drop the messages of some tasks from one list, keeping the others in order; the number dropped.
 
-        The list is read, then rewritten in one MULTI guarded by WATCH: if a producer or a
-        consumer touched it meanwhile, nothing is written and the pass is retried.
+        Streamed under WATCH on the list: from the first dropped element on, the kept ones go chunk by
+        chunk to a key of our own (after a copy of those before it), which one MULTI then renames over
+        the list, with the list's own TTL or none (or the list is unlinked when nothing is kept). If a
+        producer or a consumer touched the list meanwhile, nothing is changed, our key goes, and the pass
+        is retried.
         """
         for _attempt in range(REWRITE_ATTEMPTS):
             pipe = self.client.pipeline(transaction=True)
+            kept_key = None
             try:
                 self.call(pipe.watch, key)
-                elements = [raw for chunk in self._chunks(key) for raw in chunk]
-                kept = [raw for raw in elements if task_name_of(raw) not in task_names]
-                removed = len(elements) - len(kept)
+                read = removed = kept = 0
+                for chunk in self._chunks(key):
+                    keep = [raw for raw in chunk if task_name_of(raw) not in task_names]
+                    if len(keep) < len(chunk) and kept_key is None and not check_mode:
+                        kept_key = self.layout.prefix + FILTER_KEY + uuid.uuid4().hex
+                        for before in self._chunks(key, limit=read):
+                            kept += self._push(kept_key, before)
+                    if kept_key is not None and keep:
+                        kept += self._push(kept_key, keep)
+                    removed += len(chunk) - len(keep)
+                    read += len(chunk)
                 if check_mode or not removed:
-                    self.call(pipe.reset)
                     return removed
                 ttl = self.call(self.client.pttl, key)
                 pipe.multi()
-                pipe.delete(key)
-                for start in range(0, len(kept), READ_CHUNK):
-                    pipe.rpush(key, *kept[start:start + READ_CHUNK])
-                if kept and ttl and ttl > 0:
-                    pipe.pexpire(key, ttl)
+                if kept:
+                    pipe.rename(kept_key, key)
+                    if ttl > 0:
+                        pipe.pexpire(key, ttl)
+                    else:
+                        pipe.persist(key)
+                else:
+                    pipe.unlink(key)
                 self.call(pipe.execute)
+                kept_key = None  # it is the list now
                 return removed
             except redis.WatchError:
                 continue
             finally:
                 pipe.reset()
+                if kept_key is not None and not self.broken:
+                    self.call(self.client.unlink, kept_key)
         raise BrokerError('the queue key %r kept changing while it was being filtered (%d attempts); nothing was '
                           'removed from it. Stop its producers or consumers, or purge without task_names'
                           % (_text(key), REWRITE_ATTEMPTS), endpoint=self.broker.endpoint)
+
+    def _push(self, key, elements):
+        """Append to one of our keys, renewing its expiry; the number appended."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.rpush(key, *elements)
+        pipe.pexpire(key, FILTER_TTL_MS)
+        self.call(pipe.execute)
+        return len(elements)
 
     def trim(self, name, keep, drop='oldest', check_mode=False):
         """Remove messages until ``keep`` are left, from the front of the run order ('oldest')
@@ -395,6 +564,18 @@ class RedisQueues(object):
                 if gone == 0:
                     break
         return removed
+
+
+def _route_of(value):
+    """(exchange, routing_key) of an unacked entry, None if it is not kombu's [message, exchange, routing_key]
+    with both strings (or went meanwhile)."""
+    try:
+        entry = json.loads(value)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    if isinstance(entry, list) and len(entry) == 3 and all(isinstance(part, str) for part in entry[1:]):
+        return entry[1], entry[2]
+    return None
 
 
 def _decoded(raw, step):

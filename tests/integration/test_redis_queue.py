@@ -214,3 +214,85 @@ def test_unacked_messages_are_reported_not_purged(redis_env, ansible, workers):
     assert result['queues'][0]['removed'] == result['queues'][0]['before']
     assert any("queue 'held' has 2 messages held unacknowledged" in w for w in result['warnings'])
     assert client.hgetall('unacked') == unacked_before
+
+
+def test_filtered_purge_of_large_elements_over_several_reads_keeps_order_ttl_and_foreign(redis_env, ansible):
+    """Elements of 300 kB are read a few at a time (CHUNK_BYTES in _redis_queues): the purge streams them to a key
+    of its own and renames it over the list. Each sub-queue keeps its other elements in order, byte for byte, and
+    its own TTL (or none); one left with nothing goes; no key of the purge's own is left behind."""
+    client = redis_env.client
+    pad = 'x' * (300 * 1024)
+    lists = {}
+    for step, size in ((0, 60), (3, 30), (6, 12)):
+        lists[step] = [json.dumps({'body': pad, 'headers': {'task': (ADD, MAIL, MAIL)[i % 3], 'id': '%d-%d' % (step, i)}})
+                       .encode() for i in range(size)]
+        client.rpush(step_key('big', step), *lists[step])
+    lists[0][0] = lists[0][41] = FOREIGN  # first and deep inside: foreign elements are kept where they are
+    client.lset(step_key('big', 0), 0, FOREIGN)
+    client.lset(step_key('big', 0), 41, FOREIGN)
+    lists[6] = [raw for raw in lists[6] if task_of(raw) == MAIL]  # step 6: only MAIL, emptied by the purge
+    client.delete(step_key('big', 6))
+    client.rpush(step_key('big', 6), *lists[6])
+    client.pexpire(step_key('big', 0), 600000)
+    client.pexpire(step_key('big', 6), 600000)
+    total = sum(len(lst) for lst in lists.values())
+    kept = dict((step, [raw for raw in lists.get(step, []) if task_of(raw) != MAIL]) for step in STEPS)
+    args = dict(broker_url=redis_env.url, queues=['big'], task_names=[MAIL])
+
+    check = ansible.module('celery_queue', args, check=True)
+    assert check['queues'][0]['removed'] == total - sum(len(k) for k in kept.values())
+    assert elements(client, 'big') == dict((step, lists.get(step, [])) for step in STEPS)
+
+    result = ansible.module('celery_queue', args)
+    assert result['queues'][0] == dict(name='big', exists=True, before=total, removed=check['queues'][0]['removed'],
+                                       after=sum(len(k) for k in kept.values()), unacked=0)
+    assert elements(client, 'big') == kept
+    assert 0 < client.pttl(step_key('big', 0)) <= 600000
+    assert client.pttl(step_key('big', 3)) == -1
+    assert sorted(client.keys('*')) == sorted([step_key('big', 0), step_key('big', 3)])
+
+
+def test_filtered_purge_retries_while_the_queue_changes_and_gives_up_cleanly(redis_env, monkeypatch):
+    """A producer pushing while the list is filtered: the pass is dropped (nothing written to the list, the
+    purge's own key removed) and tried again; one that never stops gets the error after REWRITE_ATTEMPTS, with
+    nothing removed and nothing of the purge left behind. Driven in process, where a push can be timed between
+    two reads."""
+    from test_adversarial_redis import module_utils, open_queues
+    _queues, _redis_queues = module_utils()
+    client = redis_env.client
+    pad = 'x' * (200 * 1024)
+    original = [json.dumps({'body': pad, 'headers': {'task': (ADD, MAIL)[i % 2], 'id': str(i)}}).encode()
+                for i in range(40)]
+    client.rpush('busy', *original)
+    pushes = {'left': 2}
+    real_push = _redis_queues.RedisQueues._push
+
+    def push_then_produce(self, key, elements):
+        done = real_push(self, key, elements)
+        if pushes['left'] > 0:  # a producer's LPUSH between two chunks of the purge
+            pushes['left'] -= 1
+            client.lpush('busy', json.dumps({'body': '', 'headers': {'task': ADD, 'id': 'new%d' % pushes['left']}}))
+        return done
+    monkeypatch.setattr(_redis_queues.RedisQueues, '_push', push_then_produce)
+
+    queues = open_queues(redis_env.url)
+    try:
+        removed = queues.purge('busy', [MAIL])
+        assert removed == 20
+        assert client.lrange('busy', 0, -1) == [json.dumps({'body': '', 'headers': {'task': ADD, 'id': 'new%d' % i}})
+                                                .encode() for i in (0, 1)] + original[0::2]
+        assert sorted(client.keys('*')) == [b'busy']
+
+        client.rpush('busy', *original[1:9:2])
+        pushes['left'] = 10 ** 6
+        before = client.lrange('busy', 0, -1)
+        with pytest.raises(_queues.BrokerError) as error:
+            queues.purge('busy', [MAIL])
+        assert 'kept changing while it was being filtered (%d attempts); nothing was removed' % (
+            _redis_queues.REWRITE_ATTEMPTS) in str(error.value)
+        after = client.lrange('busy', 0, -1)
+        added = len(after) - len(before)  # the producer's pushes, at the head; the rest as it was
+        assert added >= _redis_queues.REWRITE_ATTEMPTS and after[added:] == before
+        assert sorted(client.keys('*')) == [b'busy']
+    finally:
+        queues.close()

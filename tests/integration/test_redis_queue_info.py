@@ -231,3 +231,65 @@ def test_breakdown_and_peek_read_long_lists_whole(redis_env, ansible):
     # The reads left the connection pool sound: a second run reads the same.
     again = ansible.module('celery_queue_info', dict(broker_url=redis_env.url, queues=['long'], breakdown=True))
     assert again['queues'][0]['tasks'] == expected
+
+
+def held_by_route(client):
+    """(exchange, routing key) -> number of entries in the raw unacked hash."""
+    import json
+    counts = {}
+    for raw in client.hvals('unacked'):
+        route = tuple(json.loads(raw)[1:])
+        counts[route] = counts.get(route, 0) + 1
+    return counts
+
+
+def test_unacked_routed_through_topic_and_fanout_exchanges(redis_env, ansible, workers):
+    """Held messages are attributed the way kombu routes them (and would restore them): a topic exchange by
+    its binding patterns, a fanout exchange to every queue bound to it. A Celery worker holds two messages
+    sent through a topic exchange; a kombu consumer holds one received through a fanout exchange."""
+    import time
+    from kombu import Connection, Exchange, Queue
+    from harness import celery_app
+    url, client = redis_env.url, redis_env.client
+    topic = Exchange('fleet.topic', type='topic')
+    reports = Queue('reports', topic, routing_key='report.#')
+    weekly = Queue('weekly', topic, routing_key='*.weekly')   # bound, but report.daily is not for it
+    workers.start(url, 'topic1@fleet', ['reports'], concurrency=1, prefetch=2)
+    app = celery_app(url)
+    with app.producer_or_acquire() as producer:
+        for _i in range(4):
+            app.send_task(SLEEP, args=(60,), exchange=topic, routing_key='report.daily', declare=[reports, weekly],
+                          producer=producer)
+    deadline = time.monotonic() + 30
+    while held_by_route(client).get(('fleet.topic', 'report.daily'), 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+    fanout = Exchange('fleet.bcast', type='fanout')
+    all_news = Queue('bcast.a', fanout, routing_key='#')
+    other = Queue('bcast.b', fanout, routing_key='b')
+    got = []
+    with Connection(url) as connection:
+        other(connection.default_channel).declare()
+        with connection.Consumer([all_news], callbacks=[lambda body, message: got.append(message)], accept=['json']):
+            deadline = time.monotonic() + 30
+            while not got and time.monotonic() < deadline:
+                # Fanout goes through PUBLISH: a message sent before the consumer subscribed is lost, so send
+                # until one arrives. It is not acknowledged: kombu holds it in the unacked hash.
+                with Connection(url) as sender:
+                    sender.Producer().publish({'n': 1}, exchange=fanout, routing_key='news', serializer='json',
+                                              declare=[fanout])
+                try:
+                    connection.drain_events(timeout=1)
+                except Exception:  # a timeout: send again
+                    pass
+            held = held_by_route(client)
+            names = ['reports', 'weekly', 'bcast.a', 'bcast.b']
+            info = ansible.module('celery_queue_info', dict(broker_url=url, queues=names))
+            purge = ansible.module('celery_queue', dict(broker_url=url, queues=['reports']), check=True)
+    assert held[('fleet.topic', 'report.daily')] == 2 and held[('fleet.bcast', 'news')] == 1, held
+    assert sum(held.values()) == 3
+    queues = by_name(info)
+    assert queues['reports']['unacked'] == 2
+    assert queues['weekly']['unacked'] == 0
+    assert queues['bcast.a']['unacked'] == 1 and queues['bcast.b']['unacked'] == 1
+    assert purge['queues'][0]['unacked'] == 2

@@ -8,8 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError
 from ansible_collections.celeryops.fleet.plugins.module_utils._redis_queues import (
-    BINDING_PREFIXES, DEFAULT_PRIORITY_STEPS, DEFAULT_SEP, RedisLayout, is_internal_queue)
+    BINDING_PREFIXES, DEFAULT_PRIORITY_STEPS, DEFAULT_SEP, Bindings, RedisLayout, is_internal_queue, route,
+    topic_matches)
 
 SEP = '\x06\x16'
 
@@ -142,3 +144,86 @@ def test_binding_member_splits_like_kombu():
 ])
 def test_is_internal_queue(name, exchange, internal):
     assert is_internal_queue(name, exchange) is internal
+
+
+# Binding keys and routing keys, kombu's quirks included: '#' is '.*?' between the dots kombu keeps ('report.#'
+# needs 'report.' and something or nothing after it), '*' inside a word repeats the character before it, '$'
+# matches before a final newline, and a pattern Python refuses routes nothing.
+TOPIC_CASES = [
+    ('report.#', ['report.daily', 'report.daily.eu', 'report.', 'report', 'reports.daily', 'x.report.daily',
+                  'report.\n', 'report.a\nb']),
+    ('*.weekly', ['report.weekly', 'weekly', '.weekly', 'a.b.weekly', 'a\nb.weekly', 'report.weekly\n']),
+    ('#', ['', 'a', 'a.b', '\n', 'a\n', 'a\nb']),
+    ('*', ['', 'a', 'a.b', 'ab\n']),
+    ('a.*.c', ['a.b.c', 'a..c', 'a.b.b.c']),
+    ('#.c', ['c', '.c', 'a.c', 'a.b.c', 'ac']),
+    ('a.#.c', ['a.c', 'a..c', 'a.b.c', 'a.b.d.c']),
+    ('#.#', ['.', 'a.b', 'a', '']),
+    ('ab*c', ['ac', 'abc', 'abbbc', 'ab*c']),
+    ('a.*b', ['ab', 'a.b', 'a...b', 'a.xb']),
+    ('*a', ['a', '*a']),
+    ('a**', ['a', 'aa']),
+    ('a#b', ['a#b', 'ab']),
+    ('plain', ['plain', 'plai', 'plainer', 'plain\n']),
+    ('dots.in.key', ['dots.in.key', 'dotsXinXkey']),
+    ('odd+(chars)?[x]|$^', ['odd+(chars)?[x]|$^', 'odd']),
+    ('', ['', '\n', 'a']),
+    ('caf\u00e9.*', ['caf\u00e9.x', 'cafe.x']),
+    ('nul\x00.x', ['nul\x00.x', 'nul.x']),
+]
+
+
+@pytest.mark.parametrize('binding_key, routing_keys', TOPIC_CASES)
+def test_topic_matching_is_kombus(binding_key, routing_keys):
+    import re
+    exchange = pytest.importorskip('kombu.transport.virtual.exchange')
+    topic = exchange.TopicExchange(None)
+    for routing_key in routing_keys:
+        try:
+            expected = bool(topic._match(topic.key_to_pattern(binding_key), routing_key))
+        except re.error:
+            expected = False
+        assert topic_matches(binding_key, routing_key) is expected, (binding_key, routing_key)
+
+
+def test_topic_matching_takes_linear_time():
+    """kombu's regular expression would backtrack for ages over this; matching here does not."""
+    import time
+    start = time.monotonic()
+    assert topic_matches('#.' * 30 + 'x', '.' * 5000 + 'y') is False
+    assert time.monotonic() - start < 30  # generous: seconds on a loaded machine, not years
+
+
+def test_route_direct_topic_fanout_and_default_exchange():
+    bindings = Bindings(direct=[('a', 'qa'), ('b', 'qb')], topic=[('report.#', 'reports'), ('*.weekly', 'weekly')],
+                        fanout=[('#', 'f1'), ('b', 'f2')])
+    bindings.topic.add('topic')
+    assert route(bindings, 'direct', 'a') == ['qa']
+    assert route(bindings, 'topic', 'report.weekly') == ['reports', 'weekly']
+    assert route(bindings, 'topic', 'nothing') == []
+    assert route(bindings, 'fanout', 'news') == ['f1', 'f2']   # no key equal: every queue bound
+    assert route(bindings, '', 'celery') == ['celery']
+    assert route(bindings, 'unknown', 'x') == []
+
+
+@pytest.mark.parametrize('sep, name, misread', [
+    (SEP, 'default' + SEP + '3', ('default', '3')),
+    (SEP, 'default' + SEP + '12', ('default', '12')),
+    (SEP, 'a' + SEP + '9' + SEP + 'x', ('a', '9')),
+    (SEP, 'default' + SEP + 'x', None),
+    (SEP, 'default3', None),
+    (SEP, SEP + '0', ('', '0')),
+    (':', 'default:3', ('default', '3')),
+    (':', 'tenant:default', None),
+])
+def test_priority_list_names(sep, name, misread):
+    layout = RedisLayout(sep=sep)
+    assert layout.priority_list_of(name) == misread
+    if misread:
+        with pytest.raises(BrokerError) as error:
+            layout.keys(name)
+        assert error.value.option == 'queues'
+        assert repr(sep) in str(error.value) and "priority step %s of queue %r" % (misread[1], misread[0]) in str(
+            error.value)
+    else:
+        assert layout.keys(name)[0] == (0, name)
