@@ -61,6 +61,7 @@ options:
     description:
       - With V(consuming), the queues to consume (required). With V(drained), the queues to stop consuming (default
         every queue).
+      - An empty list (as an empty variable gives) is an error, not every queue.
     type: list
     elements: str
   exclusive:
@@ -201,6 +202,10 @@ def check_params(params):
         raise BrokerError('nodes: the list is empty, so there is no node to act on (omit nodes to act on every node '
                           'that answers)', option='nodes')
     check_node_names(params['nodes'], 'nodes')
+    if params['queues'] == []:
+        # Nor to every queue (state: drained).
+        raise BrokerError('queues: the list is empty, so there is no queue to act on (omit queues to drain every '
+                          'queue)', option='queues')
     for queue in params['queues'] or []:
         if not queue or not queue.strip():
             raise BrokerError('queues: a queue name is empty', option='queues')

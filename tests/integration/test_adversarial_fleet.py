@@ -52,6 +52,15 @@ def test_an_empty_node_list_is_refused_and_stops_nothing(redis_env, ansible, wor
                                                       timeout=10))
     assert alive['online'] == ['keep@fleet'], alive
 
+    # Likewise queues: [] with state: drained is not "every queue".
+    drained = ansible.module('celery_worker', dict(broker_url=url, nodes=['keep@fleet'], state='drained',
+                                                   queues='{{ [] }}', wait_timeout=20))
+    assert drained.get('failed') and drained['msg'].startswith('queues: the list is empty'), drained
+    assert 'omit queues' in drained['msg'], drained
+    consuming = ansible.module('celery_worker_info', dict(broker_url=url, expected_nodes=['keep@fleet'],
+                                                          include=['active_queues'], timeout=10))
+    assert consuming['workers']['keep@fleet']['queues'] == ['q1'], consuming
+
     # Omitted, nodes means every node, and check mode and the result say so.
     planned = ansible.module('celery_worker', dict(stop), check=True)
     assert planned['changed'] is True and planned['all_nodes'] is True, planned
