@@ -63,14 +63,3 @@ notes:
   - The module talks to the broker, not to the host it runs on. Run it once per play (for example with
     C(run_once) or on the controller) rather than once per worker host.
 """
-
-    # kombu's global_keyprefix transport option (module_utils/_broker.py, broker_argument_spec(keyprefix=True)).
-    GLOBAL_KEYPREFIX = r"""
-options:
-  global_keyprefix:
-    description:
-      - Redis only. kombu's C(global_keyprefix) transport option, prepended to every key.
-      - Must match the C(broker_transport_options) of the Celery app.
-    type: str
-    default: ''
-"""

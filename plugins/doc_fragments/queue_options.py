@@ -7,21 +7,10 @@ from __future__ import annotations
 
 class ModuleDocFragment(object):
 
-    # kombu's Redis transport options and the RabbitMQ management API (module_utils/_queues.py).
+    # The RabbitMQ management API of the queue modules (module_utils/_queues.py, queue_options_argument_spec);
+    # kombu's Redis transport options are in celeryops.fleet.redis_transport.
     DOCUMENTATION = r"""
 options:
-  priority_steps:
-    description:
-      - Redis only. kombu's C(priority_steps) transport option. A queue is one list per step; step 0 is the bare
-        queue name, step N is the queue name followed by O(sep) and N.
-    type: list
-    elements: int
-    default: [0, 3, 6, 9]
-  sep:
-    description:
-      - Redis only. kombu's C(sep) transport option, between a queue name and its priority step.
-    type: str
-    default: "\x06\x16"
   management_url:
     description:
       - RabbitMQ only. Base URL of the management HTTP API, used to discover queues and count unacknowledged

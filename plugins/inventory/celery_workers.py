@@ -27,7 +27,7 @@ extends_documentation_fragment:
   - constructed
   - inventory_cache
   - celeryops.fleet.broker
-  - celeryops.fleet.broker.global_keyprefix
+  - celeryops.fleet.redis_transport
 options:
   plugin:
     description: The name of this plugin; this file is for it.
@@ -101,7 +101,8 @@ from ansible.utils.unsafe_proxy import wrap_var
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, check_seconds, parse_broker_url
 from ansible_collections.celeryops.fleet.plugins.module_utils._control import (
     INSPECT_COMMANDS, Control, Expectation)
-from ansible_collections.celeryops.fleet.plugins.module_utils._queues import missing_library
+from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
+    missing_library, redis_layout, redis_transport_argument_spec)
 
 ALL_GROUP = 'celery_workers'
 QUEUE_GROUP = 'celery_queue_%s'
@@ -190,7 +191,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                                       tls_cert_file=self.get_option('tls_cert_file'),
                                       tls_key_file=self.get_option('tls_key_file'),
                                       tls_verify=self.get_option('tls_verify'))
-            control = Control(broker, self.get_option('global_keyprefix') or '')
+            control = Control(broker, redis_layout(dict((option, self.get_option(option))
+                                                        for option in redis_transport_argument_spec())))
             try:
                 replies = control.request(dict((s, INSPECT_COMMANDS[s]) for s in SECTIONS), Expectation(count=count),
                                           timeout=timeout)

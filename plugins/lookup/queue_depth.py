@@ -17,7 +17,7 @@ description:
     (unacked messages, consumers, waiting for thresholds).
 extends_documentation_fragment:
   - celeryops.fleet.broker
-  - celeryops.fleet.broker.global_keyprefix
+  - celeryops.fleet.redis_transport
   - celeryops.fleet.queue_options
 options:
   _terms:

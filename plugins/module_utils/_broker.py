@@ -68,10 +68,10 @@ def check_seconds(value, option):
     return value
 
 
-def broker_argument_spec(keyprefix=False):
-    """Options shared by every module that talks to a broker (doc fragment celeryops.fleet.broker),
-    with kombu's global_keyprefix (fragment celeryops.fleet.broker.global_keyprefix) if asked."""
-    spec = dict(
+def broker_argument_spec():
+    """Options shared by every module that talks to a broker (doc fragment celeryops.fleet.broker); kombu's
+    Redis transport options are _queues.redis_transport_argument_spec()."""
+    return dict(
         broker_url=dict(type='str', no_log=True, fallback=(env_fallback, ['CELERY_BROKER_URL'])),
         broker_password=dict(type='str', no_log=True),
         connect_timeout=dict(type='float', default=DEFAULT_CONNECT_TIMEOUT),
@@ -80,9 +80,6 @@ def broker_argument_spec(keyprefix=False):
         tls_key_file=dict(type='path'),
         tls_verify=dict(type='bool'),
     )
-    if keyprefix:
-        spec['global_keyprefix'] = dict(type='str', default='', no_log=False)
-    return spec
 
 
 class BrokerURL(object):

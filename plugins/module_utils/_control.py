@@ -177,7 +177,11 @@ def _request(command, arguments, destination, ticket=None, reply_to=None):
 class _RedisMailbox(object):
     """Requests PUBLISHed on the channel the workers subscribe to (kombu's fanout prefix
     ``/<db>.``); replies LPUSHed by the workers into the list that the reply exchange's
-    binding set points at, which is ours for the duration of the run."""
+    binding set points at, which is ours for the duration of the run.
+
+    The binding is written with the workers' ``sep``: a worker splits every member of the set
+    into three fields, and one it cannot split fails its reply, to us and to anyone else
+    asking through the same exchange (a concurrent ``celery inspect``)."""
 
     # kombu 5.7 sweeps binding sets whose deadline passed; a client keeps its set's deadline
     # ahead, as kombu's own clients do, where that bookkeeping exists.
@@ -191,23 +195,24 @@ end
 """
     _BINDING_TTL_MS = 3600 * 1000
 
-    def __init__(self, broker, global_keyprefix):
-        from ansible_collections.celeryops.fleet.plugins.module_utils._redis_queues import RedisLayout, RedisQueues
+    def __init__(self, broker, layout):
+        from ansible_collections.celeryops.fleet.plugins.module_utils._redis_queues import RedisQueues
         self.broker = broker
-        self.queues = RedisQueues(broker, RedisLayout(global_keyprefix))  # connects; maps redis-py's errors
+        self.queues = RedisQueues(broker, layout)  # connects; maps redis-py's errors
         self.client = self.queues.client
-        self.prefix = self.queues.layout.prefix
-        self.sep = self.queues.layout.sep
+        self.layout = layout
+        self.prefix = layout.prefix
         self.topic = '%s/%d.%s' % (self.prefix, broker.db, REQUEST_EXCHANGE)
-        self.oid = self.reply_key = self.member = None
+        self.oid = self.reply_keys = self.member = None
 
     def publish(self, bodies, expires, reply):
         """Publish request bodies (a list); with ``reply``, they carry our reply queue."""
         if reply and self.oid is None:
             self.oid = str(uuid.uuid4())
             queue = '%s.%s' % (self.oid, REPLY_EXCHANGE)
-            self.reply_key = self.prefix + queue
-            self.member = self.sep.join([self.oid, '', queue])
+            # A reply goes to the list of its priority step, as any message: every step is read.
+            self.reply_keys = [key for _step, key in self.layout.keys(queue)]
+            self.member = self.layout.sep.join([self.oid, '', queue])
         headers = {'clock': 1, 'expires': expires}
         pipe = self.client.pipeline(transaction=False)
         if reply:
@@ -223,15 +228,16 @@ end
     def replies(self, wait):
         """[(ticket, body)] of the replies that came within ``wait`` seconds (all that are there)."""
         # BRPOP in slices shorter than the socket timeout, which would read as a dead server.
-        first = self.queues.call(self.client.brpop, [self.reply_key],
+        first = self.queues.call(self.client.brpop, self.reply_keys,
                                  timeout=max(0.01, min(wait, self.broker.timeout / 2.0)))
         if not first:
             return []
         pipe = self.client.pipeline(transaction=True)
-        pipe.lrange(self.reply_key, 0, -1)
-        pipe.delete(self.reply_key)
-        rest = self.queues.call(pipe.execute)[0]
-        return [_reply_of(raw) for raw in [first[1]] + list(reversed(rest))]
+        for key in self.reply_keys:
+            pipe.lrange(key, 0, -1)
+        pipe.delete(*self.reply_keys)
+        rest = [raw for chunk in self.queues.call(pipe.execute)[:-1] for raw in reversed(chunk)]
+        return [_reply_of(raw) for raw in [first[1]] + rest]
 
     def close(self):
         try:
@@ -240,7 +246,7 @@ end
                 pipe = self.client.pipeline(transaction=False)
                 pipe.srem(self.prefix + '_kombu.binding.' + REPLY_EXCHANGE, self.member)
                 pipe.srem(self.prefix + '_kombu.binding_permanent.' + REPLY_EXCHANGE, self.member)
-                pipe.delete(*[key for _step, key in self.queues.layout.keys(self.reply_key[len(self.prefix):])])
+                pipe.delete(*self.reply_keys)
                 pipe.execute()
         except Exception:  # best effort: a reply list left behind holds a few small replies
             pass
@@ -338,15 +344,16 @@ class _AmqpMailbox(object):
 class Control(object):
     """One broker connection and one reply queue for every request of a module run."""
 
-    def __init__(self, broker, global_keyprefix=''):
+    def __init__(self, broker, layout):
+        """``layout``: the RedisLayout of kombu's transport options (_queues.redis_layout); unused on RabbitMQ."""
         self.broker = broker
-        self.global_keyprefix = global_keyprefix
+        self.layout = layout
         self.undecodable = 0   # replies skipped over every request of the run
         self.mailbox = self._open()
 
     def _open(self):
         if self.broker.transport == 'redis':
-            return _RedisMailbox(self.broker, self.global_keyprefix)
+            return _RedisMailbox(self.broker, self.layout)
         return _AmqpMailbox(self.broker)
 
     def close(self):

@@ -244,9 +244,9 @@ class _RedisEvents(object):
     """Events read through a pattern subscription (kombu's fanout_patterns, on by default; the
     bare channel too, for workers that turned it off)."""
 
-    def __init__(self, broker, global_keyprefix, key):
-        from ansible_collections.celeryops.fleet.plugins.module_utils._redis_queues import RedisLayout, RedisQueues
-        self.queues = RedisQueues(broker, RedisLayout(global_keyprefix), client_name=CLIENT_NAME)
+    def __init__(self, broker, layout, key):
+        from ansible_collections.celeryops.fleet.plugins.module_utils._redis_queues import RedisQueues
+        self.queues = RedisQueues(broker, layout, client_name=CLIENT_NAME)
         self.timeout = broker.timeout
         channel = '/%d.%s' % (broker.db, EVENT_EXCHANGE)
         # redis-py sends the prefix itself only through kombu's prefixing client: add it here.
@@ -339,9 +339,10 @@ class _AmqpEvents(object):
         self.queues.close()
 
 
-def listen(broker, summary, duration, max_events=None, types=None, global_keyprefix=''):
+def listen(broker, summary, duration, max_events=None, types=None, layout=None):
     """Listen to ``broker`` for ``duration`` seconds or ``max_events`` counted events, feeding
     ``summary``. Returns (seconds listened, why it ended: duration, max_events or no_exchange).
+    ``layout``: the RedisLayout of kombu's transport options (only its key prefix matters to events).
 
     Nothing of ours stays on the broker on any way out (end, error, timeout, SIGTERM).
     """
@@ -352,7 +353,7 @@ def listen(broker, summary, duration, max_events=None, types=None, global_keypre
     events = None
     try:
         if broker.transport == 'redis':
-            events = _RedisEvents(broker, global_keyprefix, key)
+            events = _RedisEvents(broker, layout, key)
         else:
             events = _AmqpEvents(broker, key)
         if not events.exists():

@@ -22,11 +22,31 @@ def _amqp():
     return _amqp_queues
 
 
-def queue_options_argument_spec():
-    """Options of doc fragments celeryops.fleet.redis_transport and celeryops.fleet.management."""
+def redis_transport_argument_spec():
+    """kombu's Redis transport options (doc fragment celeryops.fleet.redis_transport), taken by every module
+    and plugin that talks to a broker: see redis_layout()."""
     return dict(
-        priority_steps=dict(type='list', elements='int', default=list(_redis_queues.DEFAULT_PRIORITY_STEPS)),
+        global_keyprefix=dict(type='str', default='', no_log=False),
         sep=dict(type='str', default=_redis_queues.DEFAULT_SEP),
+        priority_steps=dict(type='list', elements='int', default=list(_redis_queues.DEFAULT_PRIORITY_STEPS)),
+    )
+
+
+def redis_layout(params):
+    """The RedisLayout of the options of redis_transport_argument_spec(), checked; raises BrokerError."""
+    steps = params.get('priority_steps')
+    if steps is not None and (not steps or any(s < 0 or s > 255 for s in steps)):
+        raise BrokerError('priority_steps must be a non-empty list of numbers from 0 to 255, got %s' % steps,
+                          option='priority_steps')
+    if params.get('sep') == '':
+        raise BrokerError('sep must not be empty', option='sep')
+    return _redis_queues.RedisLayout(params.get('global_keyprefix') or '', steps or _redis_queues.DEFAULT_PRIORITY_STEPS,
+                                     params.get('sep') or _redis_queues.DEFAULT_SEP)
+
+
+def queue_options_argument_spec():
+    """Options of doc fragment celeryops.fleet.queue_options: the RabbitMQ management API."""
+    return dict(
         management_url=dict(type='str'),
         management_user=dict(type='str'),
         management_password=dict(type='str', no_log=True),
@@ -47,18 +67,10 @@ def missing_library(params):
 def open_queues(params):
     """A RedisQueues or AmqpQueues for the module's options; raises BrokerError."""
     broker = broker_from_params(params)
-    steps = params.get('priority_steps')
-    if steps is not None and (not steps or any(s < 0 or s > 255 for s in steps)):
-        raise BrokerError('priority_steps must be a non-empty list of numbers from 0 to 255, got %s' % steps,
-                          option='priority_steps')
-    if params.get('sep') == '':
-        raise BrokerError('sep must not be empty', option='sep')
+    layout = redis_layout(params)
     if params.get('management_url'):
         check_management_url(params['management_url'])
     if broker.transport == 'redis':
-        layout = _redis_queues.RedisLayout(params.get('global_keyprefix') or '',
-                                           steps or _redis_queues.DEFAULT_PRIORITY_STEPS,
-                                           params.get('sep') or _redis_queues.DEFAULT_SEP)
         return _redis_queues.RedisQueues(broker, layout)
     amqp = _amqp()
     management = amqp.Management(broker, params.get('management_url'), params.get('management_user'),

@@ -53,7 +53,7 @@ options:
     default: 20
 extends_documentation_fragment:
   - celeryops.fleet.broker
-  - celeryops.fleet.broker.global_keyprefix
+  - celeryops.fleet.redis_transport
   - celeryops.fleet.attributes
   - celeryops.fleet.attributes.info_module
 requirements:
@@ -181,7 +181,8 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
     BrokerError, broker_argument_spec, broker_from_params, check_seconds, fail_from_error)
 from ansible_collections.celeryops.fleet.plugins.module_utils._events import EVENT_TYPES, EventSummary, listen
-from ansible_collections.celeryops.fleet.plugins.module_utils._queues import missing_library
+from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
+    missing_library, redis_layout, redis_transport_argument_spec)
 
 
 def check_params(params):
@@ -193,7 +194,8 @@ def check_params(params):
 
 
 def main():
-    argument_spec = broker_argument_spec(keyprefix=True)
+    argument_spec = broker_argument_spec()
+    argument_spec.update(redis_transport_argument_spec())
     argument_spec.update(
         duration=dict(type='float', default=10.0),
         max_events=dict(type='int'),
@@ -213,7 +215,7 @@ def main():
         result['broker'] = broker.facts()
         summary = EventSummary(params['types'], params['max_failures'])
         elapsed, ended = listen(broker, summary, params['duration'], params['max_events'], params['types'],
-                                params['global_keyprefix'])
+                                redis_layout(params))
         result.update(summary.result(), elapsed=round(elapsed, 3), ended=ended)
     except BrokerError as error:
         fail_from_error(module, error, **result)

@@ -52,7 +52,7 @@ options:
     default: oldest
 extends_documentation_fragment:
   - celeryops.fleet.broker
-  - celeryops.fleet.broker.global_keyprefix
+  - celeryops.fleet.redis_transport
   - celeryops.fleet.queue_options
   - celeryops.fleet.attributes
 attributes:
@@ -145,7 +145,7 @@ from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
     BrokerError, broker_argument_spec, fail_from_error)
 from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
     Refused, check_queue_names, missing_library, open_queues, queue_options_argument_spec, queue_states,
-    refuse_unsafe)
+    redis_transport_argument_spec, refuse_unsafe)
 
 
 def check_params(params):
@@ -217,7 +217,8 @@ def changes(queues, params, check_mode, result, warn, current):
 
 
 def main():
-    argument_spec = broker_argument_spec(keyprefix=True)
+    argument_spec = broker_argument_spec()
+    argument_spec.update(redis_transport_argument_spec())
     argument_spec.update(queue_options_argument_spec())
     argument_spec.update(
         queues=dict(type='list', elements='str', required=True),

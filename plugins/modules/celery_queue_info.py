@@ -58,7 +58,7 @@ options:
     type: int
 extends_documentation_fragment:
   - celeryops.fleet.broker
-  - celeryops.fleet.broker.global_keyprefix
+  - celeryops.fleet.redis_transport
   - celeryops.fleet.queue_options
   - celeryops.fleet.wait
   - celeryops.fleet.attributes
@@ -189,7 +189,8 @@ from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
     BrokerError, broker_argument_spec, fail_from_error)
 from ansible_collections.celeryops.fleet.plugins.module_utils._messages import UNDECODABLE
 from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
-    check_queue_names, missing_library, open_queues, queue_options_argument_spec, queue_states, refuse_unsafe)
+    check_queue_names, missing_library, open_queues, queue_options_argument_spec, queue_states,
+    redis_transport_argument_spec, refuse_unsafe)
 from ansible_collections.celeryops.fleet.plugins.module_utils._wait import (
     check_wait_params, wait_argument_spec, wait_until)
 
@@ -267,7 +268,8 @@ def describe(params, result):
 
 
 def main():
-    argument_spec = broker_argument_spec(keyprefix=True)
+    argument_spec = broker_argument_spec()
+    argument_spec.update(redis_transport_argument_spec())
     argument_spec.update(queue_options_argument_spec())
     argument_spec.update(wait_argument_spec())
     argument_spec.update(

@@ -95,7 +95,7 @@ options:
     default: 0.5
 extends_documentation_fragment:
   - celeryops.fleet.broker
-  - celeryops.fleet.broker.global_keyprefix
+  - celeryops.fleet.redis_transport
   - celeryops.fleet.attributes
 attributes:
   check_mode:
@@ -181,7 +181,8 @@ from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
     BrokerError, broker_argument_spec, broker_from_params, check_seconds, fail_from_error)
 from ansible_collections.celeryops.fleet.plugins.module_utils._control import (
     Control, Expectation, check_node_names)
-from ansible_collections.celeryops.fleet.plugins.module_utils._queues import missing_library
+from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
+    missing_library, redis_layout, redis_transport_argument_spec)
 from ansible_collections.celeryops.fleet.plugins.module_utils._wait import wait_until
 
 SNAPSHOT = {'ping': {}, 'active_queues': {}, 'active': {}, 'reserved': {}, 'stats': {}}
@@ -369,7 +370,7 @@ def plan(params, state):
 def converge(params, check_mode, result):
     broker = broker_from_params(params)
     result['broker'] = broker.facts()
-    control = Control(broker, params['global_keyprefix'])
+    control = Control(broker, redis_layout(params))
     try:
         fleet = Fleet(control, params)
         before = fleet.snapshot()
@@ -487,7 +488,8 @@ def confirm(fleet, params, nodes, plans):
 
 
 def main():
-    argument_spec = broker_argument_spec(keyprefix=True)
+    argument_spec = broker_argument_spec()
+    argument_spec.update(redis_transport_argument_spec())
     argument_spec.update(
         nodes=dict(type='list', elements='str', default=list(ALL_NODES)),
         state=dict(type='str', choices=['consuming', 'drained', 'stopped']),

@@ -53,7 +53,7 @@ options:
     default: 1.0
 extends_documentation_fragment:
   - celeryops.fleet.broker
-  - celeryops.fleet.broker.global_keyprefix
+  - celeryops.fleet.redis_transport
   - celeryops.fleet.wait
   - celeryops.fleet.attributes
   - celeryops.fleet.attributes.info_module
@@ -154,7 +154,8 @@ from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
     BrokerError, broker_argument_spec, broker_from_params, check_seconds, fail_from_error, redact_secrets)
 from ansible_collections.celeryops.fleet.plugins.module_utils._control import (
     INSPECT_COMMANDS, Control, Expectation, check_node_names)
-from ansible_collections.celeryops.fleet.plugins.module_utils._queues import missing_library
+from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
+    missing_library, redis_layout, redis_transport_argument_spec)
 from ansible_collections.celeryops.fleet.plugins.module_utils._wait import (
     check_wait_params, wait_argument_spec, wait_until)
 
@@ -173,7 +174,7 @@ def gather(params, result):
     broker = broker_from_params(params)
     result['broker'] = broker.facts()
     expectation = Expectation(params['expected_nodes'], params['expected_count'])
-    control = Control(broker, params['global_keyprefix'])
+    control = Control(broker, redis_layout(params))
     try:
         if params['wait']:
             def probe():
@@ -203,7 +204,8 @@ def gather(params, result):
 
 
 def main():
-    argument_spec = broker_argument_spec(keyprefix=True)
+    argument_spec = broker_argument_spec()
+    argument_spec.update(redis_transport_argument_spec())
     argument_spec.update(wait_argument_spec())
     argument_spec.update(
         expected_nodes=dict(type='list', elements='str'),

@@ -1,6 +1,6 @@
 """The Celery app the integration tests and the demo run workers of and publish to.
 
-The broker comes from CELERY_BROKER_URL; FLEET_KEYPREFIX sets kombu's global_keyprefix.
+The broker comes from CELERY_BROKER_URL; FLEET_KEYPREFIX sets kombu's global_keyprefix, FLEET_SEP its sep.
 Tasks are tiny and named for what they do.
 """
 
@@ -10,7 +10,7 @@ import time
 from celery import Celery
 
 
-def make_app(broker_url, global_keyprefix=None):
+def make_app(broker_url, global_keyprefix=None, sep=None):
     app = Celery('fleet_tasks', broker=broker_url, set_as_current=False)
     app.conf.update(
         task_default_queue=os.environ.get('FLEET_DEFAULT_QUEUE', 'fleet_default'),
@@ -18,12 +18,13 @@ def make_app(broker_url, global_keyprefix=None):
         broker_connection_retry_on_startup=True,
         result_backend=None,
         task_queue_max_priority=10,
-        broker_transport_options={'global_keyprefix': global_keyprefix} if global_keyprefix else {},
+        broker_transport_options=dict((k, v) for k, v in (('global_keyprefix', global_keyprefix), ('sep', sep)) if v),
     )
     return app
 
 
-app = make_app(os.environ.get('CELERY_BROKER_URL', 'redis://127.0.0.1:6379/15'), os.environ.get('FLEET_KEYPREFIX'))
+app = make_app(os.environ.get('CELERY_BROKER_URL', 'redis://127.0.0.1:6379/15'), os.environ.get('FLEET_KEYPREFIX'),
+               os.environ.get('FLEET_SEP'))
 
 
 @app.task(name='fleet_tasks.add')

@@ -200,5 +200,6 @@ def test_broker_url_checked_before_anything():
 def test_queue_options_spec_hides_the_management_password():
     spec = _queues.queue_options_argument_spec()
     assert spec['management_password']['no_log'] is True
-    assert spec['priority_steps']['default'] == [0, 3, 6, 9]
-    assert spec['sep']['default'] == '\x06\x16'
+    transport = _queues.redis_transport_argument_spec()
+    assert transport['priority_steps']['default'] == [0, 3, 6, 9]
+    assert transport['sep']['default'] == '\x06\x16'
