@@ -36,6 +36,9 @@ options:
       - With O(state=purged), remove only the messages of these tasks (names as in the C(task) header, for example
         C(proj.tasks.add)). The other messages stay; on Redis in their order.
       - A filtered purge reads the whole backlog, and on RabbitMQ receives and requeues the messages it keeps.
+      - On Redis it writes the messages it keeps to a key of its own, C(_celeryops.filter.<random>) after
+        O(global_keyprefix), which expires should the module die, then renames it over the queue; a Redis ACL
+        user needs access to such keys.
     type: list
     elements: str
   keep:
