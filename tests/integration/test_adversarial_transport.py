@@ -107,7 +107,19 @@ def test_worker_events_and_inventory_with_sep_and_keyprefix(fleet, ansible, tmp_
     assert json.loads(proc.stdout)['celery_workers']['hosts'] == ['fleet']
 
 
-def test_an_empty_sep_fails_naming_it(redis_env, ansible):
-    for module in ('celery_worker_info', 'celery_events_info'):
-        result = ansible.module(module, dict(broker_url=redis_env.url, sep=''))
-        assert result.get('failed') and 'sep must not be empty' in result['msg'], result
+@pytest.mark.parametrize('option, value, message', [
+    ('sep', '', 'sep must not be empty'),
+    ('priority_steps', [0, 300], 'priority_steps must be a non-empty list of numbers from 0 to 255'),
+])
+def test_bad_transport_options_fail_naming_them(redis_env, ansible, tmp_path, option, value, message):
+    tasks = [{'celeryops.fleet.' + module: dict(broker_url=redis_env.url, **{option: value}, **extra)}
+             for module, extra in (('celery_worker_info', {}), ('celery_events_info', {}),
+                                   ('celery_worker', dict(state='drained')))]
+    for result in ansible.play(tasks):
+        assert result.get('failed') and message in result['msg'] and 'Traceback' not in result['msg'], result
+    path = str(tmp_path / 'bad.celery_workers.yml')
+    with open(path, 'w') as handle:
+        json.dump({'plugin': 'celeryops.fleet.celery_workers', 'broker_url': redis_env.url, option: value}, handle)
+    proc = subprocess.run(['ansible-inventory', '-i', path, '--list'], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED='1'), check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-3000:]
