@@ -62,8 +62,8 @@ def unsafe_read(name, option, queue_type=None):
     if queue_type == 'stream':
         purge = 'A stream cannot be purged either: its retention (x-max-age, x-max-length-bytes) removes messages.'
     else:
-        purge = '%s purge without task_names (queue.purge) still works.' % ('On a quorum queue a' if queue_type is None
-                                                                           else 'A')
+        purge = '%s purge without task_names (queue.purge) still works.' % (
+            'On a quorum queue a' if queue_type is None else 'A')
     return Refused("%s: queue '%s' is %s; only classic queues are read. A read takes the messages and puts them "
                    "back: RabbitMQ counts each requeue as a delivery (past the queue's delivery limit a message is "
                    "dropped or dead-lettered) and moves requeued messages to the back of a quorum queue, and a stream "

@@ -28,6 +28,13 @@ options:
     description:
       - V(purged) removes ready messages.
       - V(trimmed) removes messages until at most O(keep) are left.
+      - On RabbitMQ, O(state=trimmed) and O(task_names) read the queue, and only classic queues are read. A quorum
+        queue or a stream is refused, naming the queue, before any queue is read or changed. RabbitMQ counts every
+        requeue on a quorum queue as a delivery (a message past its C(x-delivery-limit) is dropped or dead-lettered)
+        and moves requeued messages to its back; a stream cannot take messages back at all. The refusal holds
+        without the management API, see M(celeryops.fleet.celery_queue_info).
+      - A purge without O(task_names) works on classic and quorum queues. A stream cannot be purged (its retention
+        removes messages), and is refused.
     type: str
     choices: [purged, trimmed]
     default: purged
@@ -35,7 +42,8 @@ options:
     description:
       - With O(state=purged), remove only the messages of these tasks (names as in the C(task) header, for example
         C(proj.tasks.add)). The other messages stay; on Redis in their order.
-      - A filtered purge reads the whole backlog, and on RabbitMQ receives and requeues the messages it keeps.
+      - A filtered purge reads the whole backlog, and on RabbitMQ receives and requeues the messages it keeps, which
+        go back in their places with the C(redelivered) flag set.
       - On Redis it writes the messages it keeps to a key of its own, C(_celeryops.filter.<random>) after
         O(global_keyprefix), which expires should the module die, then renames it over the queue; a Redis ACL
         user needs access to such keys.
@@ -122,6 +130,13 @@ queues:
     unacked:
       description: Messages held unacknowledged by workers, which no purge removes. V(null) when the broker cannot tell.
       type: int
+    type:
+      description:
+        - RabbitMQ only. The queue's type, from the management API. V(classic), V(quorum) or V(stream).
+        - V(null) when the queue does not exist, or the management API could not be used.
+      returned: on RabbitMQ
+      type: str
+      sample: quorum
 pending:
   description:
     - When the broker failed part way (connection lost, restarted), the queues not done, in the order of O(queues).

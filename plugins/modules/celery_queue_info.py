@@ -16,8 +16,19 @@ description:
   - On RabbitMQ, ready messages and consumers come from AMQP in real time; unacknowledged messages and queue
     discovery come from the management API when it can be reached.
   - Can wait until thresholds hold (a queue drained, consumers attached), so CI can gate on queue state.
-  - Never changes anything. O(peek) and O(breakdown) on RabbitMQ receive messages without acknowledging them and
-    give them back in their places; they come back marked as redelivered.
+  - Never changes anything, with one trace on RabbitMQ. O(peek) and O(breakdown) there receive messages without
+    acknowledging them and give them back (requeue them). A classic queue puts them back in their places, with
+    the C(redelivered) flag set. Celery looks at that flag only with C(worker_deduplicate_successful_tasks), to ask
+    the result backend whether the task already succeeded before it runs it.
+  - On RabbitMQ only classic queues are read. O(peek) and O(breakdown) refuse a quorum queue or a stream (see
+    RV(queues[].type)), naming the queue, before any queue is read. RabbitMQ counts every requeue on a quorum
+    queue as a delivery, so a message past its C(x-delivery-limit) would be dropped or dead-lettered (RabbitMQ
+    4.0 to 4.2 set a limit of 20 by default). A requeued message also goes to the back of a quorum queue. A
+    stream cannot take messages back at all.
+  - The refusal does not depend on the management API. A read asks for a global QoS on its channel, and RabbitMQ
+    refuses a consumer with one on any queue but a classic one, before it delivers anything. Without the
+    management API, every queue to be read is first tried that way, with a consumer that takes at most one
+    message (a classic queue gets it back in its place).
 options:
   queues:
     description:
@@ -134,6 +145,14 @@ queues:
     source:
       description: What answered. V(redis), V(amqp) (passive declare only) or V(amqp+management).
       type: str
+    type:
+      description:
+        - RabbitMQ only. The queue's type, from the management API. V(classic), V(quorum) or V(stream).
+        - V(null) when the queue does not exist, or the management API could not be used
+          (see RV(management_error)).
+      returned: on RabbitMQ
+      type: str
+      sample: classic
     peek:
       description:
         - The next O(peek) messages in the order they would run, decoded from their headers.

@@ -125,7 +125,7 @@ def test_counts_peek_in_priority_order_breakdown_and_missing(rabbit_env, ansible
     work = queues['work']
     assert dict((k, v) for k, v in work.items() if k != 'peek') == dict(
         name='work', exists=True, messages=6, unacked=0, consumers=0, priorities=None, source='amqp+management',
-        type='classic', tasks={ADD: 3, MAIL: 3})
+        type='classic', tasks={ADD: 3, MAIL: 3}, undecodable=0)
     assert [m['id'] for m in work['peek']] == run_order[:4]
     assert [m['priority'] for m in work['peek']] == [9, 5, 5, None]  # sent without a priority
     top = work['peek'][0]
@@ -432,7 +432,7 @@ def read_whole(rabbit_env, ansible, url, total, connect_timeout):
     assert ok(counted)['queues'][0]['tasks'] == {MAIL: total // 4, ADD: total - total // 4}
     # unacked comes from the management API, whose statistics lag: they may still show the breakdown's read.
     assert [dict(q, unacked=None) for q in ok(trimmed)['queues']] == [
-        dict(name='big', exists=True, before=total, removed=total - 5, after=5, unacked=None)]
+        dict(name='big', exists=True, before=total, removed=total - 5, after=5, unacked=None, type='classic')]
     assert rabbit_env.read_ids('big') == ['big-%d' % i for i in range(5)]
 
 
