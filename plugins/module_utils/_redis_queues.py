@@ -52,13 +52,13 @@ INTERNAL_EXCHANGES = ('celery.pidbox', 'reply.celery.pidbox', 'celeryev')
 SCAN_COUNT = 5000
 # Elements read per LRANGE at most: small enough that no single command holds the server for long.
 READ_CHUNK = 2000
+# Elements removed per LTRIM when trimming, for the same reason.
+TRIM_CHUNK = 10000
 # Bytes read per reply at most, so that memory does not grow with the backlog: a read takes as many elements
 # as fit if they are as large as the largest of the read before (one, if it alone is larger). The first read
 # of a list takes one element, and each read at most GROWTH times as many as the one before.
 CHUNK_BYTES = 4 * 1024 * 1024
 GROWTH = 8
-# Elements removed per LTRIM when trimming, for the same reason.
-TRIM_CHUNK = 10000
 # Shown in Redis CLIENT LIST (as the connection name in RabbitMQ), so an operator can tell us apart.
 CLIENT_NAME = 'celeryops.fleet'
 # Attempts at a filtered purge of a queue that producers or consumers keep changing.
@@ -100,7 +100,6 @@ class RedisLayout(object):
 
     def keys(self, queue):
         """(step, key) for every priority step, in the order consumers empty them."""
-        self.check_queue_name(queue)
         return [(step, self.key(queue, step)) for step in self.steps]
 
     def priority_list_of(self, name):
@@ -350,7 +349,10 @@ class RedisQueues(object):
         return sum(self.depths([name])[name].values())
 
     def depths(self, names):
-        """name -> (exists, {step: length}) in one round trip."""
+        """name -> {step: length} in one round trip. The first read of the queues a module is given:
+        a name that is another queue's priority list is refused here."""
+        for name in names:
+            self.layout.check_queue_name(name)
         keys = [key for name in names for _step, key in self.layout.keys(name)]
         lengths = self.call(self._llen_all, keys=keys) if keys else []
         out, i = {}, 0

@@ -134,7 +134,8 @@ class Fleet(object):
                 dict(common, name='beta', queues=['fleet_beta', 'fleet_shared'])]
 
     def host_vars(self, host):
-        out = dict(ansible_python_interpreter=sys.executable, celery_workers=self.workers(host),
+        # The fleet's workers run as root (beside sshd on loopback hosts): not what these tests are about.
+        out = dict(ansible_python_interpreter=sys.executable, celery_workers=self.workers(host), celery_worker_allow_root=True,
                    supervisor_install_method='pip', supervisor_pip_virtualenv=VENV,
                    supervisor_start_method='direct', supervisor_root=self.root(host))
         if host in self.sshds:

@@ -88,6 +88,38 @@ def test_a_data_directory_on_supervisor_directories_is_refused(deployment):
     assert not os.path.exists(root)
 
 
+# -- item 4: not as root unless told --------------------------------------------------------------
+
+def test_flower_and_beat_do_not_run_as_root_unless_allowed(deployment):
+    service = deployment.service
+    # supervisord runs as root here (the tests run as root): a program without a user would too.
+    cases = {
+        'flower_nouser': ({'flower_user': '', 'celery_beat_user': service.NAME}, 'flower', 'flower_user',
+                          'flower_allow_root'),
+        'flower_root': ({'flower_user': 'root', 'celery_beat_user': service.NAME}, 'flower', 'flower_user',
+                        'flower_allow_root'),
+        'beat_nouser': ({'celery_beat_user': '', 'flower_user': service.NAME}, 'celery-beat', 'celery_beat_user',
+                        'celery_beat_allow_root'),
+        'beat_uid0': ({'celery_beat_user': '0', 'flower_user': service.NAME}, 'celery-beat', 'celery_beat_user',
+                      'celery_beat_allow_root'),
+    }
+    # Play variables outrank the inventory's: the users come from the hosts alone.
+    play_vars = dict(as_account(service, free_port()), celery_beat_allow_multiple=True)
+    del play_vars['flower_user'], play_vars['celery_beat_user']
+    report = deployment.run(ROLES, play_vars, hosts=list(cases), check=True,
+                            host_vars=dict((host, case[0]) for host, case in cases.items()))
+    assert deployment.last.returncode != 0
+    for host, (_vars, program, user, allow) in cases.items():
+        message = failure(report, host)
+        assert '%s would run as root' % program in message and user in message and allow in message, (host, message)
+
+    # Refused before anything is made for it.
+    report = deployment.run(ROLES, dict(play_vars, flower_user='', celery_beat_user=service.NAME))
+    assert deployment.last.returncode != 0 and 'flower_allow_root' in failure(report)
+    assert not os.path.exists(os.path.join(deployment.root(), 'flower'))
+    assert os.listdir(os.path.join(deployment.root(), 'conf.d')) == []
+
+
 # -- item 5: Flower's /metrics and /healthcheck need no login ----------------------------------------
 
 def test_flower_off_loopback_needs_an_auth_proxy(deployment):
@@ -101,6 +133,8 @@ def test_flower_off_loopback_needs_an_auth_proxy(deployment):
     with open(program) as handle:
         before = handle.read()
     pid = deployment.pid('flower')
+    with open('/proc/%d/status' % pid) as handle:  # allowed to, it runs as root
+        assert [line.split()[1] for line in handle if line.startswith('Uid:')] == ['0']
     # Why: Flower asks for no credentials on these two, whatever its auth settings.
     assert http_status('http://127.0.0.1:%d/metrics' % port) == 200
     assert http_status('http://127.0.0.1:%d/healthcheck' % port) == 200

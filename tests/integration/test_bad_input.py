@@ -95,6 +95,8 @@ MODULE_CASES = [
     ('celery_queue', 'keep', given(ABSENT, state='trimmed'), 'keep is required with state: trimmed'),
     ('celery_queue', 'drop', given('middle', state='trimmed', keep=1), 'must be one of: oldest, newest'),
     ('celery_queue', 'task_names', [''], 'a task name is empty'),
+    ('celery_queue', 'task_names', [], 'task_names is an empty list'),
+    ('celery_worker', 'nodes', [], 'the list is empty'),
     ('celery_queue', 'task_names', given(['fleet_tasks.add'], state='trimmed', keep=1),
      'only goes with state: purged'),
     # celery_worker_info

@@ -40,7 +40,7 @@ def fleet(fleet_broker):
         fleet.flower_port = free_port('127.0.0.2')
         flower = dict(name='Flower on fleet2', hosts='fleet2', gather_facts=False, roles=['celeryops.fleet.flower'],
                       vars={'flower_address': '127.0.0.2', 'flower_port': fleet.flower_port,
-                            'flower_basic_auth': [FLOWER_AUTH], 'flower_virtualenv': VENV})
+                            'flower_basic_auth': [FLOWER_AUTH], 'flower_virtualenv': VENV, 'flower_allow_root': True})
         report = fleet.deploy([flower])
         assert report.rc == 0, report.failures() or fleet.last.stderr[-3000:]
         yield fleet

@@ -143,6 +143,22 @@ def test_filtered_purge_keeps_the_rest_byte_for_byte_in_order(redis_env, loaded,
         (k, v) for k, v in loaded.items() if k not in queue_keys('target'))
 
 
+def test_an_empty_task_names_purges_nothing(redis_env, ansible):
+    """task_names: "{{ picked }}" with an empty picked fails naming task_names, and every message stays (it
+    purged them all: an empty filter read as no filter)."""
+    publish(redis_env.url, MAIL, 'emptyfilter', count=3)
+    before = redis_env.client.lrange('emptyfilter', 0, -1)
+    result, check = ansible.play([
+        {'celeryops.fleet.celery_queue': {'broker_url': redis_env.url, 'queues': ['emptyfilter'],
+                                          'task_names': '{{ picked }}'}, 'vars': {'picked': []}},
+        {'celeryops.fleet.celery_queue': {'broker_url': redis_env.url, 'queues': ['emptyfilter'], 'task_names': []},
+         'check_mode': True},
+    ])
+    for outcome in (result, check):
+        assert outcome.get('failed') and 'task_names is an empty list' in outcome['msg'], outcome
+    assert redis_env.client.lrange('emptyfilter', 0, -1) == before and len(before) == 3
+
+
 def test_filtered_purge_of_lists_longer_than_one_read(redis_env, ansible):
     """The list is read in chunks (READ_CHUNK, 2000 elements in _redis_queues): a purge of one task
     over 4001 and 2000 elements keeps every other element, in order, byte for byte."""

@@ -26,11 +26,18 @@ SUPERVISORCTL = os.path.join(VENV, 'bin', 'supervisorctl')
 class Deployment(object):
     """One supervisor root per inventory host, and ansible-playbook runs of the roles against them."""
 
-    def __init__(self, broker_url, base):
+    def __init__(self, broker_url, base, service=None):
         self.broker_url = broker_url
         self.base = base
         self.last = None
         self.account = None  # an Account: ansible-playbook runs as that user
+        self.service = service  # an Account: the workers of worker() run as that user
+
+    def worker(self, name, queues, **extra):
+        """A worker of the test app that runs as the service account, from its virtualenv."""
+        service = self.service
+        environment = dict(service.env, **extra.pop('environment', {}))
+        return worker(name, queues, user=service.NAME, virtualenv=service.venv, environment=environment, **extra)
 
     def root(self, host='localhost'):
         return os.path.join(self.base, host)
@@ -109,11 +116,20 @@ class Deployment(object):
                     os.kill(pid, sig)
 
 
+@pytest.fixture(scope='session')
+def service_account():
+    """The account without root that the roles' programs run as (the roles refuse root unless told), with a
+    virtualenv it can read; made once for the session."""
+    base = tempfile.mkdtemp(prefix='cof-account-', dir='/tmp')
+    yield Account(base)
+    shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.fixture
-def deployment(redis_env):
+def deployment(redis_env, service_account):
     # Short: supervisord's socket lives below it.
     base = tempfile.mkdtemp(prefix='cof-roles-', dir='/tmp')
-    deployment = Deployment(redis_env.url, base)
+    deployment = Deployment(redis_env.url, base, service_account)
     yield deployment
     deployment.shutdown()
     shutil.rmtree(base, ignore_errors=True)
@@ -150,8 +166,9 @@ def missing(ansible, url, nodes):
 
 
 def test_workers_check_mode_deploy_idempotent_and_restart_one_through_drain(deployment, ansible):
-    workers = [worker('alpha', ['roles_a'], concurrency=2, time_limit=60),
-               worker('beta', ['roles_b', 'roles_c'], environment={'FLEET_NOTE': '50% done'})]
+    # As the README shows: the workers run as an account without root.
+    workers = [deployment.worker('alpha', ['roles_a'], concurrency=2, time_limit=60),
+               deployment.worker('beta', ['roles_b', 'roles_c'], environment={'FLEET_NOTE': '50% done'})]
     roles = ['celeryops.fleet.worker']
 
     # Check mode on a fresh directory: changes reported, nothing written, nothing started.
@@ -211,7 +228,8 @@ def test_workers_check_mode_deploy_idempotent_and_restart_one_through_drain(depl
 def test_workers_that_do_not_come_up_are_named(deployment):
     # Runs, but answers under another node name: only the ping check can tell.
     renamed = [worker('ghost', ['roles_g'], extra_args=['--hostname', 'elsewhere@localhost'])]
-    report = deployment.run(['celeryops.fleet.worker'], {'celery_workers': renamed, 'celery_worker_wait_timeout': 5})
+    report = deployment.run(['celeryops.fleet.worker'], {'celery_workers': renamed, 'celery_worker_wait_timeout': 5,
+                                                               'celery_worker_allow_root': True})
     assert deployment.last.returncode != 0
     assert 'did not come up' in failure(report) and 'ghost@localhost' in failure(report)
     assert deployment.broker_url not in deployment.last.stdout
@@ -219,7 +237,8 @@ def test_workers_that_do_not_come_up_are_named(deployment):
     # Cannot import its app: supervisor gives up on it and the deploy says so at once, or, when the
     # import outlasts startsecs on a busy machine, the ping check names it.
     broken = [worker('broken', ['roles_g'], app='no_such_module_anywhere')]
-    report = deployment.run(['celeryops.fleet.worker'], {'celery_workers': broken, 'celery_worker_wait_timeout': 10})
+    report = deployment.run(['celeryops.fleet.worker'], {'celery_workers': broken, 'celery_worker_wait_timeout': 10,
+                                                               'celery_worker_allow_root': True})
     assert deployment.last.returncode != 0
     message = failure(report)
     assert 'celery-worker-broken (Celery nodes broken@localhost) did not start' in message or \
@@ -227,9 +246,12 @@ def test_workers_that_do_not_come_up_are_named(deployment):
 
 
 def test_two_hosts_workers_checked_in_one_broadcast_and_one_beat(deployment, ansible):
-    beat_vars = {'celery_beat_app': 'fleet_tasks', 'celery_beat_virtualenv': VENV, 'celery_beat_workdir': APP_DIR}
+    service = deployment.service
+    os.chmod(deployment.base, 0o755)  # a private mkdtemp: the account could not reach beat's directory
+    beat_vars = {'celery_beat_app': 'fleet_tasks', 'celery_beat_virtualenv': service.venv, 'celery_beat_workdir': APP_DIR,
+                 'celery_beat_user': service.NAME, 'celery_beat_environment': service.env}
     hosts = ('fleet1', 'fleet2')
-    host_vars = dict((host, {'celery_workers': [worker('w', ['roles_%s' % host])]}) for host in hosts)
+    host_vars = dict((host, {'celery_workers': [deployment.worker('w', ['roles_%s' % host])]}) for host in hosts)
     host_vars['fleet2']['celery_beat_enabled'] = False
     report = deployment.run(['celeryops.fleet.worker', 'celeryops.fleet.beat'], beat_vars, hosts=hosts,
                             host_vars=host_vars)
@@ -241,9 +263,10 @@ def test_two_hosts_workers_checked_in_one_broadcast_and_one_beat(deployment, ans
     assert missing(ansible, deployment.broker_url, ['w@fleet1', 'w@fleet2']) == []
     assert 'RUNNING' in deployment.supervisorctl('status', 'celery-beat', host='fleet1')
     assert 'celery-beat' not in deployment.supervisorctl('status', host='fleet2')
-    deadline = time.monotonic() + 20  # beat opens its schedule file once it is up
-    while not any(name.startswith('celerybeat-schedule') for name in os.listdir(deployment.root('fleet1'))):
-        assert time.monotonic() < deadline, os.listdir(deployment.root('fleet1'))
+    deadline = time.monotonic() + 20  # beat opens its schedule file, in its own directory, once it is up
+    beat_dir = os.path.join(deployment.root('fleet1'), 'celery-beat')
+    while not any(name.startswith('celerybeat-schedule') for name in os.listdir(beat_dir)):
+        assert time.monotonic() < deadline, os.listdir(beat_dir)
         time.sleep(0.5)
 
     # A second beat is refused, naming the hosts, before anything changes.
@@ -277,7 +300,10 @@ def test_two_hosts_workers_checked_in_one_broadcast_and_one_beat(deployment, ans
 def test_flower_answers_with_auth_only(deployment):
     port = free_port()
     secret = 'ops:s3cret-%d' % port
-    flower_vars = {'flower_port': port, 'flower_basic_auth': [secret], 'flower_virtualenv': VENV}
+    service = deployment.service
+    os.chmod(deployment.base, 0o755)  # a private mkdtemp: the account could not reach its data directory
+    flower_vars = {'flower_port': port, 'flower_basic_auth': [secret], 'flower_virtualenv': service.venv,
+                   'flower_user': service.NAME, 'flower_environment': service.env}
     report = deployment.run(['celeryops.fleet.flower'], flower_vars)
     assert deployment.last.returncode == 0, failure(report)
     url = 'http://127.0.0.1:%d/workers' % port
@@ -290,8 +316,10 @@ def test_flower_answers_with_auth_only(deployment):
         command = [line for line in handle if line.startswith('command=')][0]
     assert secret not in command and '--persistent=True' in command
     assert secret not in deployment.last.stdout + deployment.last.stderr
-    assert os.path.exists(os.path.join(deployment.root(), 'flower.db')) or \
-        any(name.startswith('flower.db') for name in os.listdir(deployment.root()))
+    # Flower's database is in its own directory, written by Flower as its account.
+    data = os.path.join(deployment.root(), 'flower')
+    assert set(os.stat(os.path.join(data, name)).st_uid for name in os.listdir(data) if name.startswith('flower.db')) \
+        == {service.uid}
 
 
 def supervisord_of(deployment, host='localhost'):
@@ -313,7 +341,7 @@ def test_os_package_supervisor_without_systemd(deployment, ansible):
     # auto picks `direct` on a host without systemd; on one with systemd it would install a system unit,
     # which a test must not do, so there it is asked for directly.
     package = {'supervisor_install_method': 'package', 'supervisor_start_method': 'direct' if systemd else 'auto'}
-    report = deployment.run(['celeryops.fleet.worker'], {'celery_workers': [worker('pkg', ['roles_pkg'])]},
+    report = deployment.run(['celeryops.fleet.worker'], {'celery_workers': [worker('pkg', ['roles_pkg'])], 'celery_worker_allow_root': True},
                             host_vars={'localhost': package}, timeout=600)
     assert deployment.last.returncode == 0, failure(report)
     chosen = results(report, 'Choose how supervisord is kept running')[0]['ansible_facts']
@@ -327,7 +355,7 @@ def test_os_package_supervisor_without_systemd(deployment, ansible):
     assert oct(os.stat(deployment.root() + '/supervisor.sock').st_mode & 0o777) == '0o700'
 
     # A second run finds it running and changes nothing.
-    report = deployment.run(['celeryops.fleet.worker'], {'celery_workers': [worker('pkg', ['roles_pkg'])]},
+    report = deployment.run(['celeryops.fleet.worker'], {'celery_workers': [worker('pkg', ['roles_pkg'])], 'celery_worker_allow_root': True},
                             host_vars={'localhost': package})
     assert deployment.last.returncode == 0 and stats(report)['changed'] == 0, stats(report)
     assert supervisord_of(deployment)[0] == pid

@@ -244,9 +244,11 @@ def test_roles_and_playbooks_never_show_the_password(secret_deployment, redis_us
         assert (deployment.last.returncode == 0) == ok, (name, deployment.last.returncode, deployment.last.stdout[-3000:])
         return report
 
-    host_vars = {'localhost': {'celery_workers': [worker('sec', ['sec_roles'], time_limit=20)]}}
+    # Root is allowed here: the point is the password.
+    host_vars = {'localhost': {'celery_workers': [worker('sec', ['sec_roles'], time_limit=20)], 'celery_worker_allow_root': True}}
     port = free_port()
-    flower_vars = {'flower_port': port, 'flower_basic_auth': [env_var('COF_FLOWER_AUTH')], 'flower_virtualenv': VENV}
+    flower_vars = {'flower_port': port, 'flower_basic_auth': [env_var('COF_FLOWER_AUTH')], 'flower_virtualenv': VENV,
+                   'flower_allow_root': True}
     report = deployment.run(['celeryops.fleet.worker', 'celeryops.fleet.flower'], dict(flower_vars, **host_vars['localhost']),
                             verbosity=4)
     runs.append(('the worker and flower roles', deployment.last))

@@ -221,9 +221,9 @@ def test_priority_list_names(sep, name, misread):
     assert layout.priority_list_of(name) == misread
     if misread:
         with pytest.raises(BrokerError) as error:
-            layout.keys(name)
+            layout.check_queue_name(name)
         assert error.value.option == 'queues'
         assert repr(sep) in str(error.value) and "priority step %s of queue %r" % (misread[1], misread[0]) in str(
             error.value)
     else:
-        assert layout.keys(name)[0] == (0, name)
+        layout.check_queue_name(name)
