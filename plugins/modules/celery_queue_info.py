@@ -48,6 +48,13 @@ options:
         unpickled.
     type: int
     default: 0
+  peek_arguments:
+    description:
+      - With O(peek), also return each message's task arguments (C(argsrepr), C(kwargsrepr)). Arguments often hold
+        personal data or secrets, and a result shown at C(-v) ends up in CI logs; V(false) leaves them out (the
+        collection's playbooks do so unless asked).
+    type: bool
+    default: true
   breakdown:
     description:
       - Count the messages of each queue by task name, over the whole backlog.
@@ -159,6 +166,7 @@ queues:
         - C(task) is V(<unknown>) for a message that names no task (a pickled protocol 1 message).
         - A message that cannot be decoded (not JSON, JSON nested deeper than 64 levels, headers that are not a
           dict, a task name that is not a string) has C(task) V(null) and C(error) saying why.
+        - C(argsrepr) and C(kwargsrepr) only with O(peek_arguments=true).
       returned: when O(peek) > 0
       type: list
       elements: dict
@@ -279,6 +287,10 @@ def describe(params, result):
         for state in states:
             if params['peek']:
                 state['peek'] = queues.peek(state['name'], params['peek']) if state['exists'] else []
+                if not params['peek_arguments']:
+                    for message in state['peek']:
+                        message.pop('argsrepr', None)
+                        message.pop('kwargsrepr', None)
             if params['breakdown']:
                 state['tasks'] = queues.breakdown(state['name']) if state['exists'] else {}
                 state['undecodable'] = state['tasks'].pop(UNDECODABLE, 0)
@@ -295,6 +307,7 @@ def main():
         queues=dict(type='list', elements='str'),
         include_internal=dict(type='bool', default=False),
         peek=dict(type='int', default=0),
+        peek_arguments=dict(type='bool', default=True),
         breakdown=dict(type='bool', default=False),
         max_messages=dict(type='int'),
         max_unacked=dict(type='int'),
