@@ -177,12 +177,12 @@ def check_params(params):
             raise BrokerError('keep is required with state: trimmed', option='keep')
         if params['keep'] < 0:
             raise BrokerError('keep must be 0 or more, got %d' % params['keep'], option='keep')
-        if params['task_names'] is not None:
+        if params['task_names']:
             raise BrokerError('task_names only goes with state: purged', option='task_names')
     elif params['keep'] is not None:
         raise BrokerError('keep only goes with state: trimmed, not state: %s' % params['state'], option='keep')
     # An empty variable must not widen a filtered purge to every message.
-    if params['task_names'] == []:
+    if params['state'] == 'purged' and params['task_names'] == []:
         raise BrokerError('task_names is an empty list: it names no task, so nothing would be kept; omit task_names '
                           'to purge every message', option='task_names')
     check_queue_names(params['task_names'], option='task_names', what='task')

@@ -168,6 +168,13 @@ def test_trimmed_with_empty_task_names_list_is_fine():
     assert celery_queue.check_params(queue_params(state='trimmed', keep=1, task_names=[])) is None
 
 
+def test_purged_with_empty_task_names_list_is_refused():
+    # An empty variable must not widen a filtered purge to every message.
+    with pytest.raises(BrokerError) as error:
+        celery_queue.check_params(queue_params(state='purged', task_names=[]))
+    assert error.value.option == 'task_names' and 'empty list' in error.value.msg
+
+
 # -- shared queue options (checked before any connection) ----------------------------------------
 
 def shared_params(**overrides):
