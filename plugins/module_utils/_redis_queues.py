@@ -219,7 +219,7 @@ def topic_matches(binding_key, routing_key):
 
 def _next_length(length, chunk):
     """Elements to read after ``chunk`` (of ``length`` asked): see CHUNK_BYTES."""
-    largest = max(1, max(map(len, chunk)))
+    largest = max(1, *map(len, chunk))
     return max(1, min(READ_CHUNK, length * GROWTH, CHUNK_BYTES // largest))
 
 

@@ -7,7 +7,7 @@ import os
 import time
 
 from harness import APP_DIR, free_port, http_status
-from test_roles import VENV, deployment, failure, service_account, stats  # noqa: F401 (fixtures)
+from test_roles import VENV, deployment, failure, service_account, stats  # noqa: F401 (fixtures)  # pylint: disable=unused-import
 
 ROLES = ['celeryops.fleet.flower', 'celeryops.fleet.beat']
 

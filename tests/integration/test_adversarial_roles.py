@@ -8,7 +8,7 @@ import os
 import time
 
 from harness import APP_DIR, celery_app, publish
-from test_roles import VENV, deployment, failure, results, service_account, stats, worker  # noqa: F401 (fixtures)
+from test_roles import deployment, failure, results, service_account, stats, worker  # noqa: F401 (fixtures)  # pylint: disable=unused-import
 
 PROGRAM = 'celery-worker-victim'
 

@@ -228,8 +228,8 @@ def test_workers_check_mode_deploy_idempotent_and_restart_one_through_drain(depl
 def test_workers_that_do_not_come_up_are_named(deployment):
     # Runs, but answers under another node name: only the ping check can tell.
     renamed = [worker('ghost', ['roles_g'], extra_args=['--hostname', 'elsewhere@localhost'])]
-    report = deployment.run(['celeryops.fleet.worker'], {'celery_workers': renamed, 'celery_worker_wait_timeout': 5,
-                                                               'celery_worker_allow_root': True})
+    report = deployment.run(['celeryops.fleet.worker'],
+                            {'celery_workers': renamed, 'celery_worker_wait_timeout': 5, 'celery_worker_allow_root': True})
     assert deployment.last.returncode != 0
     assert 'did not come up' in failure(report) and 'ghost@localhost' in failure(report)
     assert deployment.broker_url not in deployment.last.stdout
@@ -237,8 +237,8 @@ def test_workers_that_do_not_come_up_are_named(deployment):
     # Cannot import its app: supervisor gives up on it and the deploy says so at once, or, when the
     # import outlasts startsecs on a busy machine, the ping check names it.
     broken = [worker('broken', ['roles_g'], app='no_such_module_anywhere')]
-    report = deployment.run(['celeryops.fleet.worker'], {'celery_workers': broken, 'celery_worker_wait_timeout': 10,
-                                                               'celery_worker_allow_root': True})
+    report = deployment.run(['celeryops.fleet.worker'],
+                            {'celery_workers': broken, 'celery_worker_wait_timeout': 10, 'celery_worker_allow_root': True})
     assert deployment.last.returncode != 0
     message = failure(report)
     assert 'celery-worker-broken (Celery nodes broken@localhost) did not start' in message or \

@@ -73,10 +73,10 @@ def hostile_values(seed=7, count=300):
         if depth > 3 or roll < 0.4:
             return rng.choice([None, True, 0, 2 ** 70, 1.5, '', 'x', '\u00e9', DEEP[:70]])
         if roll < 0.7:
-            return [junk(depth + 1) for _ in range(rng.randrange(3))]
+            return [junk(depth + 1) for _unused in range(rng.randrange(3))]
         keys = ['ok', 'error', 'pool', 'processes', 'max-concurrency', 'autoscaler', 'name', 'id', 'w1@h']
-        return dict((rng.choice(keys), junk(depth + 1)) for _ in range(rng.randrange(4)))
-    return [junk() for _ in range(count)]
+        return dict((rng.choice(keys), junk(depth + 1)) for _unused in range(rng.randrange(4)))
+    return [junk() for _unused in range(count)]
 
 
 def reply_element(body, headers):

@@ -158,9 +158,9 @@ def test_a_summary_takes_any_junk():
     values = [None, True, 0, -1, 2.5, '', 'x', [], ['x'], {}, {'a': 1}] + list(TASK_TYPES_AND_WORKER)
 
     def junk_event():
-        return dict((rng.choice(keys), rng.choice(values)) for _ in range(rng.randrange(8)))
+        return dict((rng.choice(keys), rng.choice(values)) for _unused in range(rng.randrange(8)))
     summary = EventSummary(max_failures=5)
-    for _ in range(3000):
+    for _unused in range(3000):
         event = junk_event() if rng.random() < 0.9 else rng.choice(values)
         assert summary.add(event, rng.random() * 10) in (True, False)
         assert readable_event(event) or summary.undecodable

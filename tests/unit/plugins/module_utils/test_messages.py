@@ -332,9 +332,9 @@ def junk(rng, depth=0):
     if depth > 3 or roll < 0.4:
         return rng.choice([None, True, 7, -2 ** 40, 3.25, '', 'task', '"', '\\', '\u00e9', '[' * 50, '1' * 30])
     if roll < 0.7:
-        return [junk(rng, depth + 1) for _ in range(rng.randrange(3))]
+        return [junk(rng, depth + 1) for _unused in range(rng.randrange(3))]
     keys = ['task', 'id', 'eta', 'retries', 'headers', 'body', 'properties', 'content-type', 'priority', 'x']
-    return dict((rng.choice(keys), junk(rng, depth + 1)) for _ in range(rng.randrange(4)))
+    return dict((rng.choice(keys), junk(rng, depth + 1)) for _unused in range(rng.randrange(4)))
 
 
 def hostile_elements():
@@ -360,7 +360,7 @@ def hostile_elements():
         b'\xff' * 10, b'', b'"task": "x"', b'{"task": "',
     ]
     generated = []
-    for _ in range(400):
+    for _unused in range(400):
         value = junk(rng)
         generated.append(json.dumps(value).encode() if rng.random() < 0.8 else value)
         generated.append(json.dumps({'headers': junk(rng), 'body': junk(rng), 'properties': junk(rng),
