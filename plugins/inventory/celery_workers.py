@@ -103,6 +103,7 @@ from ansible_collections.celeryops.fleet.plugins.module_utils._control import (
     INSPECT_COMMANDS, Control, Expectation)
 from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
     missing_library, redis_layout, redis_transport_argument_spec)
+from ansible_collections.celeryops.fleet.plugins.module_utils._workers import node_state
 
 ALL_GROUP = 'celery_workers'
 QUEUE_GROUP = 'celery_queue_%s'
@@ -113,12 +114,10 @@ HOST_LABEL = re.compile(r'(?!-)[A-Za-z0-9-]{1,63}(?<!-)')
 display = Display()
 
 
-def node_facts(node, stats, active_queues):
-    """What the inventory keeps of one node: name, queues, concurrency, pid."""
-    stats = stats if isinstance(stats, dict) else {}
-    pool = stats.get('pool') if isinstance(stats.get('pool'), dict) else {}
-    queues = sorted(set(q.get('name') for q in active_queues or [] if isinstance(q, dict) and q.get('name')))
-    return dict(name=node, queues=queues, concurrency=pool.get('max-concurrency'), pid=stats.get('pid'))
+def node_facts(state):
+    """What the inventory keeps of one node's state (_workers.node_state): name, queues, the pool size it
+    reports, pid."""
+    return dict(name=state['node'], queues=state['queues'], concurrency=state['max_concurrency'], pid=state['pid'])
 
 
 def hosts_of(nodes):
@@ -176,7 +175,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         self._populate(nodes)
 
     def _discover(self):
-        """Every node that answers: [node_facts(...)]."""
+        """Every node that answers: [node_facts(...)], sorted by name."""
         missing = missing_library({'broker_url': self.get_option('broker_url')})
         if missing:
             raise AnsibleParserError('%s needs the %s Python library on the controller' % (self.NAME, missing[0]))
@@ -203,8 +202,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         if replies.undecodable:
             display.warning('%s: skipped %d replies that could not be read (not JSON, or not shaped as Celery\'s)'
                             % (self.NAME, replies.undecodable))
-        stats, queues = replies.first('stats'), replies.first('active_queues')
-        return [node_facts(node, stats.get(node), queues.get(node)) for node in sorted(replies.nodes('ping'))]
+        return [node_facts(node_state(replies, node)) for node in sorted(replies.nodes('ping'))]
 
     def _populate(self, nodes):
         strict = self.get_option('strict')

@@ -18,7 +18,8 @@ description:
     active and no reserved (prefetched) task. Prefetched tasks still run after a cancel; the module waits for them
     and, if O(wait_timeout) runs out, fails listing what each node still holds. A node that stops answering during
     the drain (killed, crashed) runs nothing any more, so it is reported in RV(gone), with a warning, and not waited for;
-    the other nodes' drain still completes. With V(consuming), such a node fails the module at once.
+    the other nodes' drain still completes. With V(consuming), such a node fails the module at once. A named node
+    that does not answer at all is already drained (RV(missing)).
   - V(stopped) sends a warm shutdown and waits until the nodes stop answering. Nodes already gone are not a change.
   - Every change is confirmed by asking the workers again; a second run with the same options changes nothing.
   - In check mode the module asks the workers for their state and reports what it would do, without sending any
@@ -30,8 +31,10 @@ options:
       - When omitted (or V([*])), every node that answers, and RV(all_nodes) says so.
       - An empty list (as an empty variable gives) or V(null) is an error, not every node; the module fails naming
         O(nodes) before anything is sent.
-      - A named node that does not answer is an error for V(consuming) and V(drained); for V(stopped) it is already
-        where it should be.
+      - A named node that does not answer (or a pattern that matches no node that answers) consumes and runs nothing,
+        so for V(drained) and V(stopped) it is already where it should be - listed in RV(missing), and no change: a
+        drain or a stop before a restart is one call, whether or not the nodes run. For V(consuming), and with
+        O(concurrency), O(autoscale) or O(events), it is an error naming the nodes.
     type: list
     elements: str
     default: ['*']
@@ -117,6 +120,13 @@ EXAMPLES = r"""
     wait_timeout: 600
   delegate_to: localhost
 
+- name: Drain two nodes before their restart; one that does not run is already drained (listed in missing)
+  celeryops.fleet.celery_worker:
+    broker_url: "{{ broker_url }}"
+    nodes: [default@web1, reports@web1]
+    state: drained
+  delegate_to: localhost
+
 - name: Stop them (warm shutdown), confirmed when they stop answering
   celeryops.fleet.celery_worker:
     broker_url: "{{ broker_url }}"
@@ -150,7 +160,9 @@ all_nodes:
   returned: always
   type: bool
 missing:
-  description: Named nodes that did not answer.
+  description:
+    - Named nodes (and patterns matching no node) that did not answer. With V(drained) or V(stopped) they are already
+      in that state and are no change; otherwise the module fails naming them.
   returned: always
   type: list
   elements: str
@@ -179,21 +191,10 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
     BrokerError, broker_argument_spec, broker_from_params, check_seconds, fail_from_error)
-from ansible_collections.celeryops.fleet.plugins.module_utils._control import (
-    Control, Expectation, check_node_names)
+from ansible_collections.celeryops.fleet.plugins.module_utils._control import Control, check_node_names
 from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
     missing_library, redis_layout, redis_transport_argument_spec)
-from ansible_collections.celeryops.fleet.plugins.module_utils._wait import wait_until
-
-SNAPSHOT = {'ping': {}, 'active_queues': {}, 'active': {}, 'reserved': {}, 'stats': {}}
-# Snapshots in a row a node must miss, while waited for, to count as gone (killed, crashed):
-# one late answer from a busy node is not death.
-GONE_AFTER = 2
-# After the broker went away and came back, seconds during which silent nodes are not counted
-# as gone: workers reconnect on their own schedule (kombu retries up to 30 s apart).
-RECONNECT_GRACE = 30.0
-# What an omitted nodes means: every node that answers.
-ALL_NODES = ['*']
+from ansible_collections.celeryops.fleet.plugins.module_utils._workers import ALL_NODES, converge
 
 
 def check_params(params):
@@ -235,258 +236,6 @@ def check_params(params):
         check_seconds(params[option], option)
 
 
-class Fleet(object):
-    """The targeted nodes, asked about and told through one Control."""
-
-    def __init__(self, control, params):
-        self.control = control
-        self.params = params
-        self.all_nodes = params['nodes'] == ALL_NODES
-        self.expectation = Expectation(None if self.all_nodes else params['nodes'])
-        self.gone = set()   # nodes that stopped answering while waited for
-
-    def snapshot(self, nodes=None):
-        """node -> {queues, active, reserved} for the targeted nodes that answer."""
-        expectation = Expectation(sorted(nodes)) if nodes is not None else self.expectation
-        replies = self.control.request(SNAPSHOT, expectation, destination=sorted(nodes) if nodes else None,
-                                       timeout=self.params['timeout'])
-        state = {}
-        for node in replies.nodes('ping'):
-            if not self.all_nodes and not self.expectation.expects(node):
-                continue
-            queues = replies.first('active_queues').get(node) or []
-            stats = replies.first('stats').get(node) or {}
-            pool = stats.get('pool') or {}
-            autoscaler = stats.get('autoscaler')
-            state[node] = dict(node=node, queues=sorted(q.get('name') for q in queues if isinstance(q, dict)),
-                               concurrency=len(pool['processes']) if isinstance(pool.get('processes'), list)
-                               else pool.get('max-concurrency'),
-                               autoscale=[autoscaler.get('max'), autoscaler.get('min')]
-                               if isinstance(autoscaler, dict) else None,
-                               active=len(replies.first('active').get(node) or []),
-                               reserved=len(replies.first('reserved').get(node) or []),
-                               tasks=[dict(id=t.get('id'), name=t.get('name'), state=kind)
-                                      for kind in ('active', 'reserved')
-                                      for t in replies.first(kind).get(node) or [] if isinstance(t, dict)])
-        return state
-
-    def tell(self, node, command, arguments):
-        """One control command to one node; its reply is only an acknowledgement."""
-        replies = self.control.request({command: arguments}, Expectation([node]), destination=[node],
-                                       timeout=self.params['timeout'])
-        reply = replies.first(command).get(node)
-        if node not in replies.nodes(command):
-            raise BrokerError('%s on %s: no reply within %ss (timeout)' % (command, node, self.params['timeout']),
-                              option='timeout')
-        if isinstance(reply, dict) and 'error' in reply:
-            raise BrokerError('%s on %s failed: %s' % (command, node, reply['error']), option='state')
-        return reply.get('ok', '') if isinstance(reply, dict) else ''
-
-    def rejoin(self, nodes, lost):
-        """After the broker went away (``lost``): reconnect, within wait_timeout, and return the
-        state of ``nodes`` once they all answer again (workers reconnect on their own schedule)."""
-        def probe():
-            state = self.snapshot(nodes) if nodes else {}
-            return all(node in state for node in nodes), state
-        return wait_until(probe, self.params['wait_timeout'], self.params['wait_sleep'],
-                          lambda state: 'nodes not answering after the broker came back: %s'
-                          % ', '.join(node for node in nodes if node not in (state or {})),
-                          reconnect=self.control.reconnect, lost=lost)[0]
-
-    def wait(self, nodes, done, describe, track_gone=True):
-        """Ask ``nodes`` again until ``done(snapshot)``; returns the last snapshot.
-
-        With ``track_gone``, a node that misses GONE_AFTER snapshots in a row joins ``self.gone``
-        and is asked no more (``done`` and ``describe`` decide what that means), except for
-        RECONNECT_GRACE seconds after the broker came back.
-        """
-        misses = dict((node, 0) for node in nodes)
-        back = [None]   # when the broker came back after going away
-
-        def probe():
-            asked = [node for node in nodes if node not in self.gone]
-            state = self.snapshot(asked) if asked else {}
-            if track_gone:
-                grace = back[0] is not None and time.monotonic() - back[0] < RECONNECT_GRACE
-                for node in asked:
-                    misses[node] = 0 if node in state or grace else misses[node] + 1
-                    if misses[node] >= GONE_AFTER:
-                        self.gone.add(node)
-            return done(state), state
-
-        def reconnect():
-            self.control.reconnect()
-            back[0] = time.monotonic()
-        return wait_until(probe, self.params['wait_timeout'], self.params['wait_sleep'], describe,
-                          reconnect=reconnect)[0]
-
-
-def public(state):
-    return dict((k, v) for k, v in state.items() if k not in ('tasks', 'node'))
-
-
-def label(command, arguments):
-    """How an action shows in the result: 'cancel_consumer default', 'pool_grow 2', 'autoscale 8,2'."""
-    return ' '.join([command] + [str(v) if not isinstance(v, list) else ','.join(map(str, v))
-                                 for v in arguments.values()])
-
-
-def plan(params, state):
-    """The control commands, as (command, arguments), that bring one node to the desired state."""
-    if params['state'] == 'stopped':
-        return [('shutdown', {})]
-    actions = []
-    current = set(state['queues'])
-    if params['state'] == 'consuming':
-        wanted = set(params['queues'])
-        actions += [('add_consumer', {'queue': q}) for q in sorted(wanted - current)]
-        if params['exclusive']:
-            actions += [('cancel_consumer', {'queue': q}) for q in sorted(current - wanted)]
-    elif params['state'] == 'drained':
-        cancel = current & set(params['queues']) if params['queues'] else current
-        actions += [('cancel_consumer', {'queue': q}) for q in sorted(cancel)]
-    if params['concurrency'] is not None:
-        if state['autoscale'] is not None:
-            raise BrokerError('concurrency: %s autoscales (%s); set autoscale instead'
-                              % (state['node'], ','.join(map(str, state['autoscale']))), option='concurrency')
-        if state['concurrency'] is None:
-            raise BrokerError('concurrency: %s does not report its pool size' % state['node'], option='concurrency')
-        delta = params['concurrency'] - state['concurrency']
-        if delta:
-            actions.append(('pool_grow' if delta > 0 else 'pool_shrink', {'n': abs(delta)}))
-    if params['autoscale'] is not None:
-        if state['autoscale'] is None:
-            raise BrokerError('autoscale: %s runs without --autoscale, so its range cannot be set' % state['node'],
-                              option='autoscale')
-        if list(state['autoscale']) != params['autoscale']:
-            actions.append(('autoscale', {'max': params['autoscale'][0], 'min': params['autoscale'][1]}))
-    if params['events'] is not None:
-        # Workers do not report whether task events are on: the command is sent, and its reply
-        # ("already enabled") tells whether it changed anything.
-        actions.append(('enable_events' if params['events'] else 'disable_events', {}))
-    return actions
-
-
-def converge(params, check_mode, result):
-    broker = broker_from_params(params)
-    result['broker'] = broker.facts()
-    control = Control(broker, redis_layout(params))
-    try:
-        fleet = Fleet(control, params)
-        before = fleet.snapshot()
-        missing = fleet.expectation.missing(set(before))
-        result['missing'] = missing
-        if missing and params['state'] != 'stopped':
-            raise BrokerError('nodes not online (state %s needs them answering): %s'
-                              % (params['state'] or 'change', ', '.join(missing)), option='nodes')
-        nodes = sorted(before)
-        plans = dict((node, plan(params, before[node])) for node in nodes)
-        for node in nodes:
-            result['nodes'][node] = dict(before=public(before[node]), actions=[label(*a) for a in plans[node]])
-        result['changed'] = any(plans.values())
-        if check_mode or not result['changed']:
-            for node in nodes:
-                result['nodes'][node]['after'] = public(before[node])
-            return
-        unchanged = apply(fleet, params, nodes, plans)
-        for node in nodes:
-            plans[node] = [a for a in plans[node] if (node, a[0]) not in unchanged]
-            result['nodes'][node]['actions'] = [label(*a) for a in plans[node]]
-        result['changed'] = any(plans.values())
-        try:
-            after = confirm(fleet, params, nodes, plans)
-        finally:
-            result['gone'] = sorted(fleet.gone)
-        for node in nodes:
-            result['nodes'][node]['after'] = public(after[node]) if node in after else None
-    finally:
-        control.close()
-
-
-def apply(fleet, params, nodes, plans):
-    """Send each node its commands; returns the (node, command) pairs whose reply says nothing changed.
-
-    If the broker goes away meanwhile, whether the command in flight arrived is unknown: once the
-    broker and the nodes are back (within wait_timeout), what is left is planned again from their
-    state then, so nothing is applied twice (a second pool_grow would grow the pool again).
-    """
-    unchanged = set()
-    todo = list(nodes)
-    actions = dict(plans)
-    while todo:
-        node = todo[0]
-        try:
-            for command, arguments in actions[node]:
-                if command == 'shutdown':
-                    fleet.control.send('shutdown', destination=[node])
-                elif fleet.tell(node, command, arguments).startswith('task events already'):
-                    unchanged.add((node, command))
-        except BrokerError as error:
-            if not error.lost:
-                raise
-            if params['state'] == 'stopped':
-                fleet.rejoin([], error)   # a node that got its shutdown may be gone: sent again, it does no harm
-                continue
-            state = fleet.rejoin(todo, error)
-            actions.update((n, plan(params, state[n])) for n in todo)
-            continue
-        todo.pop(0)
-    return unchanged
-
-
-def confirm(fleet, params, nodes, plans):
-    """Ask again until the change shows; the workers' acknowledgements prove nothing."""
-    changed = [node for node in nodes if plans[node]]
-    if params['state'] == 'stopped':
-        def gone(state):
-            return not any(node in state for node in changed)
-        return fleet.wait(changed, gone, lambda s: 'nodes still answering after shutdown: %s'
-                          % ', '.join(sorted(n for n in changed if n in s)), track_gone=False)
-
-    def applied(state):
-        for node in changed:
-            if node in fleet.gone and params['state'] == 'drained':
-                continue  # a dead node consumes nothing
-            if node in fleet.gone:
-                raise BrokerError('%s stopped answering before the change could be confirmed (killed or crashed?)'
-                                  % node, option='nodes')
-            if node not in state:
-                return False
-            queues = set(state[node]['queues'])
-            for command, arguments in plans[node]:
-                if command in ('add_consumer', 'cancel_consumer') and (
-                        (command == 'add_consumer') != (arguments['queue'] in queues)):
-                    return False
-            if params['concurrency'] is not None and state[node]['autoscale'] is None \
-                    and state[node]['concurrency'] != params['concurrency']:
-                return False
-            if params['autoscale'] is not None and list(state[node]['autoscale'] or []) != params['autoscale']:
-                return False
-        return True
-
-    def describe(state):
-        return '; '.join('%s consumes %s with %s processes%s' % (
-            node, ', '.join(state[node]['queues']) or 'nothing', state[node]['concurrency'],
-            ', autoscale %s' % state[node]['autoscale'] if state[node]['autoscale'] else '')
-            if node in state else '%s stopped answering' % node for node in changed)
-    after = fleet.wait(changed, applied, describe) if changed else fleet.snapshot(nodes)
-    if params['state'] != 'drained':
-        return after
-
-    def idle(state):
-        # A node gone during the drain runs nothing any more: not waited for (reported as gone).
-        return all(node in fleet.gone or (node in state and not state[node]['active'] and not state[node]['reserved'])
-                   for node in nodes)
-
-    def describe_busy(state):
-        return 'nodes still holding tasks: ' + '; '.join(
-            '%s: %s' % (node, ', '.join('%s %s[%s]' % (t['state'], t['name'], t['id'])
-                                        for t in state[node]['tasks']) or 'idle')
-            if node in state else '%s stopped answering (its unacknowledged tasks go back to the queue)' % node
-            for node in nodes)
-    return fleet.wait(nodes, idle, describe_busy)
-
-
 def main():
     argument_spec = broker_argument_spec()
     argument_spec.update(redis_transport_argument_spec())
@@ -511,15 +260,17 @@ def main():
     started = time.monotonic()
     try:
         check_params(module.params)
-        converge(module.params, module.check_mode, result)
+        broker = broker_from_params(module.params)
+        result['broker'] = broker.facts()
+        control = Control(broker, redis_layout(module.params))
+        try:
+            converge(control, module.params, module.check_mode, result)
+        finally:
+            control.close()
         if result['gone']:
             module.warn('stopped answering during the drain, so not waited for (killed or crashed?); their '
                         'unacknowledged tasks go back to the queue: %s' % ', '.join(result['gone']))
     except BrokerError as error:
-        if 'last_state' in error.details:
-            last = error.details.pop('last_state')
-            for node, info in result['nodes'].items():
-                info['after'] = public(last[node]) if node in last else None
         fail_from_error(module, error, **result)
     result['elapsed'] = round(time.monotonic() - started, 3)
     module.exit_json(**result)

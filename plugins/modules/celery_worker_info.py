@@ -158,6 +158,7 @@ from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
     missing_library, redis_layout, redis_transport_argument_spec)
 from ansible_collections.celeryops.fleet.plugins.module_utils._wait import (
     check_wait_params, wait_argument_spec, wait_until)
+from ansible_collections.celeryops.fleet.plugins.module_utils._workers import node_state
 
 
 def check_params(params):
@@ -196,8 +197,8 @@ def gather(params, result):
         for node, value in replies.first(section).items():
             workers.setdefault(node, {})[section] = redact_secrets(value, broker.password)
     for node, info in workers.items():
-        if isinstance(info.get('active_queues'), list):
-            info['queues'] = sorted(q.get('name') for q in info['active_queues'] if isinstance(q, dict))
+        if 'active_queues' in info:
+            info['queues'] = redact_secrets(node_state(replies, node)['queues'], broker.password)
     result.update(workers=workers, online=sorted(online), missing=expectation.missing(online),
                   unexpected=expectation.unexpected(online), duplicates=replies.duplicates(), count=len(online),
                   undecodable=control.undecodable, elapsed=round(replies.elapsed, 3))

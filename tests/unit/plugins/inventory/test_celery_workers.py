@@ -5,15 +5,27 @@
 
 from ansible_collections.celeryops.fleet.plugins.inventory.celery_workers import (
     hosts_of, is_host_name, node_facts, refusal)
+from ansible_collections.celeryops.fleet.plugins.module_utils._control import Replies
+from ansible_collections.celeryops.fleet.plugins.module_utils._workers import node_state
+
+
+def facts(node, stats, active_queues):
+    """node_facts of the node's state read from replies holding ``stats`` and ``active_queues`` (None: not answered)."""
+    replies = Replies(['ping', 'stats', 'active_queues'])
+    replies.add('ping', node, {'ok': 'pong'})
+    for command, value in (('stats', stats), ('active_queues', active_queues)):
+        if value is not None:
+            replies.add(command, node, value)
+    return node_facts(node_state(replies, node))
 
 
 def test_node_facts_from_stats_and_active_queues():
     stats = {'pid': 42, 'pool': {'max-concurrency': 4, 'processes': [43, 44]}}
     queues = [{'name': 'b', 'routing_key': 'b'}, {'name': 'a'}, {'name': 'a'}, 'junk', {'exchange': 'x'}]
-    assert node_facts('w1@web1', stats, queues) == dict(name='w1@web1', queues=['a', 'b'], concurrency=4, pid=42)
+    assert facts('w1@web1', stats, queues) == dict(name='w1@web1', queues=['a', 'b'], concurrency=4, pid=42)
     # A node that did not answer a section still gets a host.
-    assert node_facts('w1@web1', None, None) == dict(name='w1@web1', queues=[], concurrency=None, pid=None)
-    assert node_facts('w1@web1', {'pool': 'N/A'}, [])['concurrency'] is None
+    assert facts('w1@web1', None, None) == dict(name='w1@web1', queues=[], concurrency=None, pid=None)
+    assert facts('w1@web1', {'pool': 'N/A'}, [])['concurrency'] is None
 
 
 def test_hosts_group_nodes_by_the_part_after_the_first_at():

@@ -7,7 +7,7 @@ import pytest
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError
 from ansible_collections.celeryops.fleet.plugins.module_utils._control import Replies
-from ansible_collections.celeryops.fleet.plugins.modules import celery_worker
+from ansible_collections.celeryops.fleet.plugins.module_utils import _workers
 
 
 class ScriptedControl(object):
@@ -44,9 +44,9 @@ def params(state='drained', **overrides):
 
 def confirm(script, state='drained', plans=None):
     control = ScriptedControl(script)
-    fleet = celery_worker.Fleet(control, params(state))
+    fleet = _workers.Fleet(control, params(state))
     plans = plans or {'a@h': [('cancel_consumer', {'queue': 'q'})], 'b@h': [('cancel_consumer', {'queue': 'q'})]}
-    return fleet, control, celery_worker.confirm(fleet, params(state), ['a@h', 'b@h'], plans)
+    return fleet, control, _workers.confirm(fleet, params(state), ['a@h', 'b@h'], plans)
 
 
 def test_node_killed_during_the_drain_is_gone_and_the_other_drains():
@@ -124,8 +124,8 @@ def test_broker_lost_during_a_command_plans_again_from_the_state_after(arrived, 
     # pool_grow is not idempotent: sent again after it arrived, it would grow the pool twice.
     control = FlakyControl(fail_on=1, pool_after=4 if arrived else 2)
     options = params(None, nodes=['a@h'], concurrency=4)
-    fleet = celery_worker.Fleet(control, options)
-    unchanged = celery_worker.apply(fleet, options, ['a@h'], {'a@h': [('pool_grow', {'n': 2})]})
+    fleet = _workers.Fleet(control, options)
+    unchanged = _workers.apply(fleet, options, ['a@h'], {'a@h': [('pool_grow', {'n': 2})]})
     assert control.reconnects == 1 and unchanged == set()
     assert control.commands == ['pool_grow'] + resent
     assert control.pool == 4
@@ -134,6 +134,6 @@ def test_broker_lost_during_a_command_plans_again_from_the_state_after(arrived, 
 def test_broker_lost_during_shutdown_sends_it_again():
     control = FlakyControl(fail_on=1, pool_after=2)
     options = params('stopped', nodes=['a@h'])
-    fleet = celery_worker.Fleet(control, options)
-    celery_worker.apply(fleet, options, ['a@h'], {'a@h': [('shutdown', {})]})
+    fleet = _workers.Fleet(control, options)
+    _workers.apply(fleet, options, ['a@h'], {'a@h': [('shutdown', {})]})
     assert control.reconnects == 1 and control.commands == ['shutdown', 'shutdown']
