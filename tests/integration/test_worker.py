@@ -115,12 +115,48 @@ def test_drain_timeout_reports_what_is_still_held(redis_env, ansible, workers):
     assert result['nodes']['busy@fleet']['after']['queues'] == []
 
 
+def test_drain_of_a_live_and_an_absent_node_drains_one_and_names_the_other(broker, ansible, workers):
+    """A node that does not answer is already drained: one call, no asking first who answers."""
+    url = broker.url
+    workers.start(url, 'live@fleet', ['q1', 'q2'])
+    workers.start(url, 'bystander@fleet', ['q1'])
+    drain = {'celeryops.fleet.celery_worker': dict(broker_url=url, nodes=['live@fleet', 'absent@fleet'],
+                                                   state='drained', wait_timeout=60)}
+
+    [check] = ansible.play([drain], check=True)
+    assert check['changed'] is True and check['missing'] == ['absent@fleet'], check
+    assert list(check['nodes']) == ['live@fleet'] and check['all_nodes'] is False
+    assert check['nodes']['live@fleet']['actions'] == ['cancel_consumer q1', 'cancel_consumer q2']
+    assert worker_state(ansible, url, 'live@fleet') == ['q1', 'q2']  # check mode sent nothing
+
+    real, again = ansible.play([drain, drain])
+    assert not real.get('failed') and real['changed'] is True and real['missing'] == ['absent@fleet'], real
+    assert list(real['nodes']) == ['live@fleet'] and real['gone'] == []
+    assert real['nodes']['live@fleet']['actions'] == ['cancel_consumer q1', 'cancel_consumer q2']
+    assert real['nodes']['live@fleet']['after']['queues'] == []
+    assert again['changed'] is False and again['missing'] == ['absent@fleet'], again
+    assert again['nodes']['live@fleet']['actions'] == []
+    [check_again] = ansible.play([drain], check=True)
+    assert check_again['changed'] is False and check_again['missing'] == ['absent@fleet'], check_again
+    assert worker_state(ansible, url, 'live@fleet') == [] and worker_state(ansible, url, 'bystander@fleet') == ['q1']
+
+    # Nobody answering (names or patterns): nothing to drain, no change, in check mode or not.
+    nobody = dict(broker_url=url, nodes=['absent@fleet', 'nowhere@*'], state='drained')
+    for checked in (True, False):
+        result = ansible.module('celery_worker', nobody, check=checked)
+        assert not result.get('failed') and result['changed'] is False, result
+        assert result['missing'] == ['absent@fleet', 'nowhere@*'] and result['nodes'] == {}
+
+
 def test_bad_input_on_a_live_fleet(redis_env, ansible, workers):
     """What only a broker and a worker can refuse (the option matrix is in test_bad_input.py)."""
     url = redis_env.url
     workers.start(url, 'here@fleet', ['q1'])
     cases = [
-        (dict(broker_url=url, nodes=['gone@fleet'], state='drained'), 'nodes not online (state drained needs them'),
+        (dict(broker_url=url, nodes=['gone@fleet'], state='consuming', queues=['q1']),
+         'nodes not online (state consuming needs them answering): gone@fleet'),
+        (dict(broker_url=url, nodes=['here@fleet', 'gone@fleet'], state='drained', concurrency=3),
+         'nodes not online (state drained with concurrency needs them answering): gone@fleet'),
         (dict(broker_url='redis://127.0.0.1:1/0', state='stopped'), 'redis 127.0.0.1:1 db 0'),
         (dict(broker_url=url, nodes=['here@fleet'], concurrency=3), 'pool_grow on here@fleet failed'),
     ]
