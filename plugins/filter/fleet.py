@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) celeryops.fleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Filters about the fleet the roles deploy: the node names of a host's workers (docs in the .yml files beside)."""
+"""Filters about the fleet: the node names of a host's workers, and the health check's judgement of the fleet
+(docs in the .yml files beside)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from ansible_collections.celeryops.fleet.plugins.module_utils._messages import k
 
 def _is_list(value):
     return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _text(value):
@@ -51,7 +56,175 @@ def worker_nodes(celery_workers, host):
     return nodes
 
 
+# The columns of the summary table, in order; a row of fleet_health has one key per column.
+COLUMNS = ('host', 'node', 'status', 'queues', 'active', 'depth')
+
+
+def _mapping(value, what):
+    if not isinstance(value, Mapping):
+        raise AnsibleFilterError('fleet_health: %s must be a dict, got %s' % (what, kind(value)))
+    return value
+
+
+def _list(value, what):
+    if value is None:
+        return []
+    if not _is_list(value):
+        raise AnsibleFilterError('fleet_health: %s must be a list, got %s' % (what, kind(value)))
+    return list(value)
+
+
+def _limit(value, what):
+    """A threshold as given (None or '' for none) and as the number compared with; a string is read as an
+    integer, since -e on the command line gives strings."""
+    if value is None or value == '':
+        return None
+    if _is_number(value) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    raise AnsibleFilterError('fleet_health: %s must be a whole number of messages, got %s'
+                             % (what, repr(value) if isinstance(value, str) else kind(value)))
+
+
+def _queue(queue, index):
+    """An entry of celery_queue_info's queues: a name and a number of ready messages at least."""
+    _mapping(queue, 'queues[%d]' % index)
+    if not _text(queue.get('name')):
+        raise AnsibleFilterError('fleet_health: queues[%d].name must be a non-empty string, got %s' % (index, _shown(queue.get('name'))))
+    if not _is_number(queue.get('messages')):
+        raise AnsibleFilterError('fleet_health: queues[%d].messages must be a number, got %s' % (index, kind(queue.get('messages'))))
+    return queue
+
+
+def _depth(queues, depths):
+    """Ready messages in these queues, as far as they were read."""
+    return sum(depths.get(name, 0) for name in queues)
+
+
+def _node_rows(expected, answered, failed_on, depths):
+    """One row per expected node: answering, consuming what it should, under a name of its own, no failed tasks."""
+    rows = []
+    for index, entry in enumerate(expected):
+        entry = _mapping(entry, 'expected[%d]' % index)
+        node = entry.get('node')
+        if not _text(node):
+            raise AnsibleFilterError('fleet_health: expected[%d].node must be a non-empty string, got %s' % (index, _shown(node)))
+        should_consume = _list(entry.get('queues'), 'expected[%d].queues' % index)
+        reply = _mapping(answered['workers'].get(node) or {}, 'workers.workers[%r]' % node)
+        consumes = _list(reply.get('queues'), 'workers.workers[%r].queues' % node)
+        status = []
+        if node in answered['missing']:
+            status.append('not answering')
+        else:
+            idle = [queue for queue in should_consume if queue not in consumes]
+            if idle:
+                status.append('not consuming ' + ','.join(idle))
+        if node in answered['duplicates']:
+            status.append('name used by several workers')
+        if node in failed_on:
+            status.append('%d failed task(s)' % failed_on.count(node))
+        rows.append({'host': entry.get('host'), 'node': node, 'ok': not status, 'status': '; '.join(status) or 'ok',
+                     'queues': ','.join(consumes) if 'queues' in reply else '-',
+                     'active': len(_list(reply['active'], 'workers.workers[%r].active' % node)) if 'active' in reply else '-',
+                     'depth': _depth(should_consume or consumes, depths)})
+    return rows
+
+
+def _unexpected_rows(answered, fail_on_unexpected, depths):
+    """One row per node that answered without being expected: a problem only with fail_on_unexpected."""
+    rows = []
+    for node in answered['unexpected']:
+        reply = _mapping(answered['workers'].get(node) or {}, 'workers.workers[%r]' % node)
+        consumes = _list(reply.get('queues'), 'workers.workers[%r].queues' % node)
+        rows.append({'host': '-', 'node': node, 'ok': not fail_on_unexpected, 'status': 'unexpected',
+                     'queues': ','.join(consumes), 'active': len(_list(reply.get('active'), 'workers.workers[%r].active' % node)),
+                     'depth': _depth(consumes, depths)})
+    return rows
+
+
+def _queue_rows(queues, max_messages, queue_max_messages):
+    """One row per queue read: no more ready messages than its threshold (its own, or max_messages)."""
+    rows = []
+    for queue in queues:
+        name = queue.get('name')
+        if name in queue_max_messages:
+            limit, what = queue_max_messages[name], 'queue_max_messages[%r]' % name
+        else:
+            limit, what = max_messages, 'max_messages'
+        number = _limit(limit, what)
+        over = number is not None and queue['messages'] > number
+        rows.append({'name': name, 'messages': queue['messages'], 'unacked': queue.get('unacked'), 'limit': limit,
+                     'ok': not over, 'status': '%d ready messages, more than %s' % (queue['messages'], limit) if over else 'ok'})
+    return rows
+
+
+def _events_row(events, failures, events_window):
+    """The event window, when there was one: no task failed while it listened."""
+    if events is None:
+        return None
+    total = events.get('failures_total') or 0
+    if not total:
+        return {'failures': total, 'ok': True, 'status': 'ok'}
+    seen = []
+    for failure in failures:
+        where = '%s on %s' % (failure.get('name'), failure.get('hostname'))
+        if where not in seen:
+            seen.append(where)
+    status = '%d task(s) failed in the last %s s: %s' % (total, events_window, ', '.join(seen))
+    return {'failures': total, 'ok': False, 'status': status}
+
+
+def _table(rows, queue_rows, problems):
+    """The summary as lines: the node table with aligned columns, one line per queue, one per problem."""
+    header = dict((column, column.upper()) for column in COLUMNS)
+    widths = [max(len(str(row[column])) for row in [header] + rows) for column in COLUMNS]
+    lines = ['  '.join('%-*s' % (width, row[column]) for column, width in zip(COLUMNS, widths)).strip()
+             for row in [header] + rows]
+    for queue in queue_rows:
+        lines.append('queue %s: %d ready, %s unacked%s' % (queue['name'], queue['messages'],
+                                                          '?' if queue['unacked'] is None else queue['unacked'],
+                                                          '' if queue['ok'] else ' - ' + queue['status']))
+    lines.extend('UNHEALTHY ' + problem for problem in problems)
+    return lines
+
+
+def fleet_health(expected, workers, queues=None, events=None, max_messages=None, queue_max_messages=None,
+                 fail_on_unexpected=False, events_window=10):
+    """The health check's judgement of the fleet: a row per node (expected, then unexpected), per queue and for the
+    event window, the problems in words, and the summary table. Pure: the modules have asked the broker already."""
+    expected = _list(expected, 'expected (the expected nodes)')
+    workers = _mapping(workers, 'workers (the result of celery_worker_info)')
+    answered = {'workers': _mapping(workers.get('workers') or {}, 'workers.workers')}
+    for key in ('missing', 'duplicates', 'unexpected'):
+        answered[key] = _list(workers.get(key), 'workers.' + key)
+    queues = _list(queues, 'queues')
+    queue_max_messages = _mapping(queue_max_messages or {}, 'queue_max_messages')
+    if not isinstance(fail_on_unexpected, bool):
+        raise AnsibleFilterError('fleet_health: fail_on_unexpected must be a boolean, got %s' % kind(fail_on_unexpected))
+    if events is not None:
+        events = _mapping(events, 'events (the result of celery_events_info)')
+    failures = _list(events.get('failures'), 'events.failures') if events else []
+    failed_on = [_mapping(failure, 'events.failures[%d]' % index).get('hostname') for index, failure in enumerate(failures)]
+
+    queues = [_queue(queue, index) for index, queue in enumerate(queues)]
+    depths = dict((queue['name'], queue['messages']) for queue in queues)
+    rows = _node_rows(expected, answered, failed_on, depths) + _unexpected_rows(answered, fail_on_unexpected, depths)
+    queue_rows = _queue_rows(queues, max_messages, queue_max_messages)
+    event_row = _events_row(events, failures, events_window)
+
+    problems = ['%s (host %s): %s' % (row['node'], row['host'], row['status']) for row in rows if not row['ok']]
+    problems += ['queue %s: %s' % (row['name'], row['status']) for row in queue_rows if not row['ok']]
+    if event_row and not event_row['ok']:
+        problems.append(event_row['status'])
+    return {'healthy': not problems, 'rows': rows, 'queues': queue_rows, 'events': event_row, 'problems': problems,
+            'table': _table(rows, queue_rows, problems)}
+
+
 class FilterModule(object):
 
     def filters(self):
-        return {'worker_nodes': worker_nodes}
+        return {'fleet_health': fleet_health, 'worker_nodes': worker_nodes}
