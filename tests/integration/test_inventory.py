@@ -97,3 +97,18 @@ def test_cache_and_bad_input(redis_env, workers, tmp_path):
         assert out.returncode != 0, (options, out.stdout)
         assert 'celeryops.fleet.celery_workers: ' + expected in out.stderr, (options, out.stderr)
         assert secret not in out.stdout + out.stderr and 'Traceback' not in out.stderr
+
+
+def test_the_inventory_celery_worker_info_and_celery_worker_read_a_node_alike(redis_env, workers, ansible, tmp_path):
+    """One reading of a node's replies (_workers.node_state) serves all three: same queues, same pool size."""
+    url = redis_env.url
+    worker = workers.start(url, 'same@fleet-c', ['zq', 'aq', 'mq'], concurrency=3)
+    [node] = listing(inventory_file(tmp_path, 'same', broker_url=url, expected_count=1, timeout=20))[
+        '_meta']['hostvars']['fleet-c']['celery_nodes']
+    assert node == dict(name='same@fleet-c', queues=['aq', 'mq', 'zq'], concurrency=3, pid=worker.process.pid)
+    info = ansible.module('celery_worker_info', dict(broker_url=url, expected_nodes=['same@fleet-c'], timeout=5))
+    assert info['workers']['same@fleet-c']['queues'] == node['queues']
+    assert info['workers']['same@fleet-c']['stats']['pid'] == node['pid']
+    check = ansible.module('celery_worker', dict(broker_url=url, nodes=['same@fleet-c'], state='drained'), check=True)
+    assert check['nodes']['same@fleet-c']['before'] == dict(queues=node['queues'], active=0, reserved=0,
+                                                           concurrency=3, autoscale=None), check
