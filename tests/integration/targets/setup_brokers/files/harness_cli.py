@@ -1,13 +1,14 @@
-"""What the integration targets do to the brokers and workers besides calling the modules under test, through the
-pytest harness (tests/integration/harness.py): both kinds of test prepare brokers and start workers one way.
+"""The pytest harness (tests/integration/harness.py) as a command, for what the integration targets do besides calling
+the modules under test: both kinds of test prepare brokers, publish and start workers one way.
 
-    brokers.py prepare REDIS_DB VHOST               empty the Redis database, make the vhost (for guest)
-    brokers.py cleanup REDIS_DB VHOST               empty the Redis database, delete the vhost
-    brokers.py publish URL QUEUE COUNT TASK [ARG...] send COUNT messages of TASK (numbers as arguments)
-    brokers.py start QUEUE LOGDIR WORKERS           start a Celery worker of the test app (task events on) per
-                                                    {url, node, pidfile} of the JSON list WORKERS, in the background;
-                                                    write each pid to its pidfile; return once all are ready
-    brokers.py stop WORKERS                         kill those workers, where a pid is still its worker's
+    harness_cli.py prepare REDIS_DB VHOST       empty the Redis database, make the vhost (for guest)
+    harness_cli.py cleanup REDIS_DB VHOST       empty the Redis database, delete the vhost
+    harness_cli.py publish URL QUEUE COUNT TASK [ARG...]
+                                                send COUNT messages of TASK (numbers as arguments)
+    harness_cli.py start QUEUE LOGDIR WORKERS   start a Celery worker of the test app (task events on) per
+                                                {url, node, pidfile} of the JSON list WORKERS, in the background;
+                                                write each pid to its pidfile; return once all are ready
+    harness_cli.py stop WORKERS                 kill those workers, where a pid is still its worker's
 """
 
 import json
