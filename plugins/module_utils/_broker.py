@@ -1,19 +1,15 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) celeryops.fleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Broker URLs: parsing, redaction, timeouts and the one error type.
+"""Broker URLs: parsing, redaction, the TLS context, and the error types of every layer.
 
 Private to celeryops.fleet; the API may change between releases.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
-import threading
-import time
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from ansible.module_utils.basic import env_fallback
@@ -41,7 +37,7 @@ _CERT_REQS = {'required': True, 'cert_required': True, 'optional': True, 'cert_o
 
 
 class BrokerError(Exception):
-    """The one failure type of the layer: a message fit for an operator, plus context.
+    """The failure type of the layers: a message fit for an operator, plus context.
 
     ``option`` names the module option at fault, ``endpoint`` the redacted endpoint;
     modules turn it into a single ``fail_json``. ``lost`` marks a broker that went away
@@ -60,11 +56,20 @@ class BrokerError(Exception):
         return self.msg
 
 
+class Refused(BrokerError):
+    """Refused before anything was read or changed (a read that would change a queue): not a failure part way."""
+
+
+class OptionError(BrokerError):
+    """An option's value cannot work, found without asking the broker; ``option`` names it. A BrokerError too,
+    so that every caller that turns those into a failure (modules, plugins) handles it as well."""
+
+
 def check_seconds(value, option):
     """Refuse a duration option that is not a finite number above 0: NaN slips through ``<= 0`` and
     would never end a wait, ``inf`` waits forever (or overflows a clock)."""
     if value is None or not 0 < value < float('inf'):
-        raise BrokerError('%s must be a positive number of seconds, got %s' % (option, value), option=option)
+        raise OptionError('%s must be a positive number of seconds, got %s' % (option, value), option=option)
     return value
 
 
@@ -140,53 +145,53 @@ class BrokerURL(object):
 def _tls_verify_from_query(value):
     key = value.strip().lower()
     if key not in _CERT_REQS:
-        raise BrokerError("broker_url: ssl_cert_reqs must be one of required, optional or none, got '%s'" % value,
+        raise OptionError("broker_url: ssl_cert_reqs must be one of required, optional or none, got '%s'" % value,
                           option='broker_url')
     return _CERT_REQS[key]
 
 
 def parse_broker_url(url, password=None, timeout=DEFAULT_CONNECT_TIMEOUT, tls_ca_file=None,
                      tls_cert_file=None, tls_key_file=None, tls_verify=None):
-    """Parse a Celery/kombu broker URL into a BrokerURL, or raise BrokerError naming the fault.
+    """Parse a Celery/kombu broker URL into a BrokerURL, or raise OptionError naming the fault.
 
     Accepts kombu's own forms, e.g. ``amqp://guest:guest@host:5672//`` for the default vhost.
     """
     if not url:
-        raise BrokerError('broker_url is required: set the option or the CELERY_BROKER_URL environment variable',
+        raise OptionError('broker_url is required: set the option or the CELERY_BROKER_URL environment variable',
                           option='broker_url')
     check_seconds(timeout, 'connect_timeout')
     if '://' not in url:
-        raise BrokerError("broker_url must look like redis://host:6379/0 or amqp://user@host:5672/vhost "
+        raise OptionError("broker_url must look like redis://host:6379/0 or amqp://user@host:5672/vhost "
                           "(no '://' found)", option='broker_url')
     scheme = url.split('://', 1)[0].lower()
     if scheme not in _SCHEMES:
         if not _SCHEME_RE.match(scheme) or len(scheme) > 20:
             # Not a scheme at all (e.g. 'user:password@host://'): do not echo it, it may hold the password.
-            raise BrokerError("broker_url must start with redis://, rediss://, amqp:// or amqps:// "
+            raise OptionError("broker_url must start with redis://, rediss://, amqp:// or amqps:// "
                               "(what precedes '://' is not a URL scheme)", option='broker_url')
-        raise BrokerError("broker_url: unsupported scheme '%s'; use redis://, rediss://, amqp:// or amqps://"
+        raise OptionError("broker_url: unsupported scheme '%s'; use redis://, rediss://, amqp:// or amqps://"
                           % scheme, option='broker_url')
     transport, tls = _SCHEMES[scheme]
     # The messages of urlsplit may quote the netloc, which can hold the password: never pass them on.
     try:
         parts = urlsplit(url)
     except ValueError:
-        raise BrokerError("broker_url: malformed URL (an IPv6 host goes in brackets, as in redis://[::1]:6379/0)",
-                          option='broker_url')
+        raise OptionError("broker_url: malformed URL (an IPv6 host goes in brackets, as in redis://[::1]:6379/0)",
+                          option='broker_url') from None
     if '@' in parts.path or '@' in parts.query or '@' in parts.fragment:
         # A password with an unencoded '/', '?' or '#' cuts the URL short: the rest of the password
         # would end up in the port, database, vhost or query, and be echoed or connected to.
-        raise BrokerError("broker_url: '@' after the host; if the password holds '/', '?', '#' or '@', "
+        raise OptionError("broker_url: '@' after the host; if the password holds '/', '?', '#' or '@', "
                           "percent-encode them (%2F, %3F, %23, %40)", option='broker_url')
     try:
         port = parts.port
     except ValueError:
-        raise BrokerError('broker_url: the port must be a number from 1 to 65535', option='broker_url')
+        raise OptionError('broker_url: the port must be a number from 1 to 65535', option='broker_url') from None
     host = parts.hostname or 'localhost'
     if port is None:
         port = _DEFAULT_PORTS[(transport, tls)]
     if port == 0:
-        raise BrokerError('broker_url: port 0 is not a valid broker port', option='broker_url')
+        raise OptionError('broker_url: port 0 is not a valid broker port', option='broker_url')
     user = unquote(parts.username) if parts.username else None
     url_password = unquote(parts.password) if parts.password is not None else None
     query = dict((k, v[-1]) for k, v in parse_qs(parts.query).items())
@@ -196,7 +201,7 @@ def parse_broker_url(url, password=None, timeout=DEFAULT_CONNECT_TIMEOUT, tls_ca
     if transport == 'redis':
         db_text = path.lstrip('/') or query.get('db') or query.get('virtual_host') or '0'
         if not re.match(r'^\d+$', db_text):
-            raise BrokerError("broker_url: the Redis database must be a number (as in redis://host:6379/0), got '%s'"
+            raise OptionError("broker_url: the Redis database must be a number (as in redis://host:6379/0), got '%s'"
                               % db_text[:40], option='broker_url')
         db = int(db_text)
     else:
@@ -214,13 +219,13 @@ def parse_broker_url(url, password=None, timeout=DEFAULT_CONNECT_TIMEOUT, tls_ca
     key_file = tls_key_file or query.get('ssl_keyfile')
     if not tls and (ca_file or cert_file or key_file):
         # Also when they came from the URL query (ssl_ca_certs, ssl_certfile, ssl_keyfile): TLS was meant.
-        raise BrokerError('tls_ca_file, tls_cert_file and tls_key_file need a TLS broker_url (rediss:// or amqps://); '
+        raise OptionError('tls_ca_file, tls_cert_file and tls_key_file need a TLS broker_url (rediss:// or amqps://); '
                           'refusing to connect in plaintext to %s' % scheme, option='broker_url')
     for option, path_value in (('tls_ca_file', ca_file), ('tls_cert_file', cert_file), ('tls_key_file', key_file)):
         if path_value and not os.path.isfile(path_value):
-            raise BrokerError('%s: no such file: %s' % (option, path_value), option=option)
+            raise OptionError('%s: no such file: %s' % (option, path_value), option=option)
     if key_file and not cert_file:
-        raise BrokerError('tls_key_file needs tls_cert_file', option='tls_key_file')
+        raise OptionError('tls_key_file needs tls_cert_file', option='tls_key_file')
 
     return BrokerURL(transport, tls, host, port, user=user,
                      password=password if password is not None else url_password,
@@ -236,23 +241,24 @@ def broker_from_params(params):
                             tls_verify=params.get('tls_verify'))
 
 
-def ssl_context(broker):
-    """An ssl.SSLContext for a TLS broker, verifying the server unless told not to."""
+def ssl_context(broker, verify=None, client_cert=True):
+    """An ssl.SSLContext for a TLS broker, verifying the server unless told not to (``verify``; by default the
+    broker's tls_verify). Its management API takes ``client_cert=False``: it authenticates with a password."""
     import ssl
     try:
         context = ssl.create_default_context(cafile=broker.tls_ca_file)
     except (ssl.SSLError, OSError) as exc:
-        raise BrokerError('tls_ca_file: cannot load %s as PEM CA certificates: %s' % (broker.tls_ca_file, exc),
+        raise OptionError('tls_ca_file: cannot load %s as PEM CA certificates: %s' % (broker.tls_ca_file, exc),
                           option='tls_ca_file', endpoint=broker.endpoint)
-    if not broker.tls_verify:
+    if not (broker.tls_verify if verify is None else verify):
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    if broker.tls_cert_file:
+    if broker.tls_cert_file and client_cert:
         try:
             context.load_cert_chain(broker.tls_cert_file, broker.tls_key_file)
         except (ssl.SSLError, OSError) as exc:
             key = ' with the key %s' % broker.tls_key_file if broker.tls_key_file else ''
-            raise BrokerError('tls_cert_file: cannot load the client certificate %s%s (a PEM certificate, with its key in '
+            raise OptionError('tls_cert_file: cannot load the client certificate %s%s (a PEM certificate, with its key in '
                               'it or in tls_key_file): %s' % (broker.tls_cert_file, key, exc),
                               option='tls_cert_file', endpoint=broker.endpoint)
     return context
@@ -302,51 +308,20 @@ def fail_from_error(module, error, **result):
     module.fail_json(msg=error.msg, **result)
 
 
-@contextlib.contextmanager
-def time_limit(seconds, what, progress=None):
-    """Raise BrokerError if the block runs longer than ``seconds``.
-
-    Some client calls (pika's blocking RPCs) wait for a reply without any timeout of
-    their own; a broker that accepts the connection and then goes silent must not hang
-    a pipeline. With ``progress`` (a function whose value changes while data arrives, such
-    as a byte count), the limit is on silence instead: a reply queued behind a long stream
-    of deliveries is late, not lost. Uses SIGALRM, so it only guards the main thread (where
-    modules run).
-    """
-    if seconds is None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    seen = [progress() if progress else None]
-
-    def _expired(signum, frame):
-        now = progress() if progress else None
-        if now != seen[0]:
-            seen[0] = now
-            signal.setitimer(signal.ITIMER_REAL, seconds)
-            return
-        raise BrokerError('timed out after %.1fs %s' % (seconds, what), option='connect_timeout', lost=True)
-
-    outer_left = signal.getitimer(signal.ITIMER_REAL)[0]
-    if 0 < outer_left <= seconds:
-        # An enclosing time_limit (or another alarm) fires first anyway: leave it alone.
-        yield
-        return
-    started = time.monotonic()
-    previous = signal.signal(signal.SIGALRM, _expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        if outer_left > 0:
-            # An enclosing time_limit (or another alarm) was running: give it back what it has left.
-            signal.setitimer(signal.ITIMER_REAL, max(outer_left - (time.monotonic() - started), 0.001))
-
-
 # Setting names whose values are secrets (as Celery's own filter_hidden_settings judges them).
 _SECRET_KEY = re.compile(r'pass|secret|token|signature|credential|api_?key|private_?key|security_key', re.IGNORECASE)
 _URL_PASSWORD = re.compile(r'(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]+)(?P<tail>@)', re.IGNORECASE)
+
+
+def passwords_in_urls(text):
+    """The passwords written into URLs in ``text`` (``scheme://user:password@``), and the pieces of each
+    between '/', '?' and '#', where an unencoded one would cut the URL short: what parsing it would echo."""
+    found = set()
+    for match in _URL_PASSWORD.finditer(str(text)):
+        password = match.group('password')
+        found.add(password)
+        found.update(piece for piece in re.split(r'[/?#]', password) if len(piece) >= 6)
+    return sorted(found, key=len, reverse=True)
 
 
 def redact_secrets(value, *secrets):

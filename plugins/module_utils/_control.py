@@ -23,14 +23,15 @@ reply is counted as undecodable and skipped.
 from __future__ import annotations
 
 import fnmatch
-import json
 import re
 import time
 import uuid
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError
+from ansible_collections.celeryops.fleet.plugins.module_utils._celery_names import (
+    PIDBOX_EXCHANGE, REPLY_EXCHANGE, REPLY_QUEUE_EXPIRES, REPLY_QUEUE_TTL, reply_queue)
 from ansible_collections.celeryops.fleet.plugins.module_utils._messages import (
-    NotAnEnvelope, json_body, load_envelope, loads, make_envelope)
+    NotAnEnvelope, json_body, load_envelope, make_envelope)
 
 # Inspect commands and the arguments `celery inspect` sends with them.
 INSPECT_COMMANDS = {
@@ -45,12 +46,6 @@ INSPECT_COMMANDS = {
     'conf': {'with_defaults': False},
     'memdump': {'samples': 10},
 }
-# Celery's defaults: control_exchange 'celery' names both exchanges; the reply queue's
-# control_queue_ttl and control_queue_expires (seconds).
-REQUEST_EXCHANGE = 'celery.pidbox'
-REPLY_EXCHANGE = 'reply.celery.pidbox'
-REPLY_QUEUE_TTL = 300.0
-REPLY_QUEUE_EXPIRES = 10.0
 # After every expected node answered, a moment more to catch a second worker of the same name:
 # as long again as the first complete set of answers took, within these bounds.
 DUPLICATE_GRACE = 0.1
@@ -196,61 +191,48 @@ end
     _BINDING_TTL_MS = 3600 * 1000
 
     def __init__(self, broker, layout):
-        from ansible_collections.celeryops.fleet.plugins.module_utils._redis_queues import RedisQueues
-        self.broker = broker
-        self.queues = RedisQueues(broker, layout)  # connects; maps redis-py's errors
-        self.client = self.queues.client
+        from ansible_collections.celeryops.fleet.plugins.module_utils._redis_connection import RedisConnection
+        self.connection = RedisConnection(broker)  # connects; maps redis-py's errors
         self.layout = layout
-        self.prefix = layout.prefix
-        self.topic = '%s/%d.%s' % (self.prefix, broker.db, REQUEST_EXCHANGE)
+        self.topic = layout.fanout_channel(broker.db, PIDBOX_EXCHANGE)
         self.oid = self.reply_keys = self.member = None
 
     def publish(self, bodies, expires, reply):
         """Publish request bodies (a list); with ``reply``, they carry our reply queue."""
         if reply and self.oid is None:
             self.oid = str(uuid.uuid4())
-            queue = '%s.%s' % (self.oid, REPLY_EXCHANGE)
+            queue = reply_queue(self.oid)
             # A reply goes to the list of its priority step, as any message: every step is read.
             self.reply_keys = [key for _step, key in self.layout.keys(queue)]
-            self.member = self.layout.sep.join([self.oid, '', queue])
+            self.member = self.layout.binding_member(self.oid, queue)
         headers = {'clock': 1, 'expires': expires}
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.connection.pipeline(transaction=False)
         if reply:
             # Bound again with every request, in the same round trip: a Redis restarted between two
             # requests (redis-py reconnects without a word) has forgotten the binding, and the
             # workers' replies would go nowhere.
-            pipe.eval(self._BIND, 2, self.prefix + '_kombu.binding.' + REPLY_EXCHANGE,
-                      self.prefix + '_kombu.binding_deadlines', self.member, REPLY_EXCHANGE, self._BINDING_TTL_MS)
+            pipe.eval(self._BIND, 2, self.layout.binding_key(REPLY_EXCHANGE), self.layout.binding_deadlines,
+                      self.member, REPLY_EXCHANGE, self._BINDING_TTL_MS)
         for body in bodies(self.oid):
-            pipe.publish(self.topic, make_envelope(body, headers, REQUEST_EXCHANGE))
-        self.queues.call(pipe.execute)
+            pipe.publish(self.topic, make_envelope(body, headers, PIDBOX_EXCHANGE))
+        self.connection.call(pipe.execute)
 
     def replies(self, wait):
         """[(ticket, body)] of the replies that came within ``wait`` seconds (all that are there)."""
-        # BRPOP in slices shorter than the socket timeout, which would read as a dead server.
-        first = self.queues.call(self.client.brpop, self.reply_keys,
-                                 timeout=max(0.01, min(wait, self.broker.timeout / 2.0)))
-        if not first:
-            return []
-        pipe = self.client.pipeline(transaction=True)
-        for key in self.reply_keys:
-            pipe.lrange(key, 0, -1)
-        pipe.delete(*self.reply_keys)
-        rest = [raw for chunk in self.queues.call(pipe.execute)[:-1] for raw in reversed(chunk)]
-        return [_reply_of(raw) for raw in [first[1]] + rest]
+        return [_reply_of(raw) for raw in self.connection.take_all(self.reply_keys, wait)]
 
     def close(self):
         try:
-            if self.oid is not None and not self.queues.broken:
+            if self.oid is not None and not self.connection.broken:
                 # What kombu does when the last consumer of an auto-delete queue goes.
-                pipe = self.client.pipeline(transaction=False)
-                pipe.srem(self.prefix + '_kombu.binding.' + REPLY_EXCHANGE, self.member)
-                pipe.srem(self.prefix + '_kombu.binding_permanent.' + REPLY_EXCHANGE, self.member)
+                pipe = self.connection.pipeline(transaction=False)
+                pipe.srem(self.layout.binding_key(REPLY_EXCHANGE), self.member)
+                pipe.srem(self.layout.permanent_binding_key(REPLY_EXCHANGE), self.member)
                 pipe.delete(*self.reply_keys)
                 pipe.execute()
         except Exception:  # best effort: a reply list left behind holds a few small replies
             pass
-        self.queues.close()
+        self.connection.close()
 
     def check(self, timeout, complete):
         """Nothing to do: Redis has no flow control of publishers, and a silent Redis already
@@ -277,68 +259,40 @@ class _AmqpMailbox(object):
     bound to the reply exchange, declared as kombu declares it."""
 
     def __init__(self, broker):
-        from ansible_collections.celeryops.fleet.plugins.module_utils._amqp_queues import AmqpQueues, pika
-        self.pika = pika
-        self.broker = broker
-        self.queues = AmqpQueues(broker)  # connects; maps pika's errors
-        self.rpc = self.queues._rpc
-        self.channel = self.queues._open_channel()
+        from ansible_collections.celeryops.fleet.plugins.module_utils._amqp_connection import AmqpConnection
+        self.connection = AmqpConnection(broker)  # connects; maps pika's errors
         self.oid = None
-        self.received = []
         self.declared = False
-
-    def _bind_reply_queue(self):
-        self.oid = str(uuid.uuid4())
-        queue = '%s.%s' % (self.oid, REPLY_EXCHANGE)
-        channel = self.channel
-        self.rpc(channel.exchange_declare, REPLY_EXCHANGE, 'direct', durable=False, what='declaring on')
-        self.rpc(channel.queue_declare, queue, durable=False, auto_delete=True, what='declaring on',
-                 arguments={'x-expires': int(REPLY_QUEUE_EXPIRES * 1000),
-                            'x-message-ttl': int(REPLY_QUEUE_TTL * 1000)})
-        self.rpc(channel.queue_bind, queue, REPLY_EXCHANGE, routing_key=self.oid, what='binding on')
-
-        def on_message(_channel, _method, properties, body):
-            try:
-                value = loads(body) if properties.content_type == 'application/json' else None
-            except NotAnEnvelope:
-                value = None
-            headers = properties.headers
-            self.received.append(_reply(headers.get('ticket') if isinstance(headers, dict) else None, value))
-        self.rpc(channel.basic_consume, queue, on_message, auto_ack=True, what='consuming on')
 
     def publish(self, bodies, expires, reply):
         if not self.declared:
-            # As Celery declares it (another durability would be refused); only when sending.
-            self.rpc(self.channel.exchange_declare, REQUEST_EXCHANGE, 'fanout', durable=False, what='declaring on')
+            # As Celery declares it; only when sending.
+            self.connection.declare_exchange(PIDBOX_EXCHANGE, 'fanout')
             self.declared = True
         if reply and self.oid is None:
-            self._bind_reply_queue()
-        properties = self.pika.BasicProperties(content_type='application/json', content_encoding='utf-8',
-                                               delivery_mode=1, priority=0,
-                                               headers={'clock': 1, 'expires': expires})
+            self.oid = str(uuid.uuid4())
+            self.connection.declare_exchange(REPLY_EXCHANGE, 'direct')
+            self.connection.listen(reply_queue(self.oid), REPLY_EXCHANGE, self.oid, expires=REPLY_QUEUE_EXPIRES,
+                                   message_ttl=REPLY_QUEUE_TTL, what='the reply queue')
         for body in bodies(self.oid):
-            self.rpc(self.channel.basic_publish, REQUEST_EXCHANGE, '', json.dumps(body).encode('utf-8'),
-                     properties, what='publishing on')
+            self.connection.publish_json(PIDBOX_EXCHANGE, '', body, headers={'clock': 1, 'expires': expires})
 
     def replies(self, wait):
-        if not self.received:
-            self.rpc(self.queues.connection.process_data_events, time_limit=max(0.01, min(wait, self.broker.timeout)))
-        out, self.received = self.received, []
-        return out
+        return [_reply(headers.get('ticket') if isinstance(headers, dict) else None, value)
+                for headers, value in self.connection.receive(wait)]
 
     def check(self, timeout, complete):
         """Missing replies must not pass for missing workers when the broker is at fault: it
         blocks our publishing (a resource alarm), or it stopped answering (pika only notices
         that on a call that waits for an answer)."""
-        if self.queues.blocked:
-            raise self.queues.blocked_error(timeout, 'timeout')
+        if self.connection.blocked:
+            raise self.connection.blocked_error(timeout, 'timeout')
         if not complete and self.oid is not None:
-            self.rpc(self.channel.queue_declare, '%s.%s' % (self.oid, REPLY_EXCHANGE), passive=True,
-                     what='checking the reply queue on')
+            self.connection.check_queue(reply_queue(self.oid), what='checking the reply queue on')
 
     def close(self):
         # The reply queue is auto-delete: it goes with the connection.
-        self.queues.close()
+        self.connection.close()
 
 
 class Control(object):

@@ -8,7 +8,7 @@ one on Redis, as Celery's own ``get_exchange`` decides, which kombu turns into P
 channel ``/<db>.celeryev/<routing key>``. On Redis a pattern subscription reads them and
 leaves nothing behind; on RabbitMQ a queue of our own is bound for the window, as
 ``celery events`` does, exclusive, auto-delete and expiring, and deleted at the end. Both
-are spoken over the connections of the queue layer (redis-py, pika), without kombu.
+are spoken over the connection layer (redis-py, pika), without kombu.
 
 Task events of a prefork worker arrive in batches (routing key ``task.multi``, a list body),
 so task types are filtered here, not by the binding. Only ``task-received`` (and
@@ -26,11 +26,12 @@ import time
 import uuid
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError
+from ansible_collections.celeryops.fleet.plugins.module_utils._celery_names import EVENT_EXCHANGE, EVENT_QUEUE_PREFIX
 from ansible_collections.celeryops.fleet.plugins.module_utils._messages import (
-    NotAnEnvelope, UNKNOWN_TASK, json_body, load_envelope, loads)
+    NotAnEnvelope, UNKNOWN_TASK, json_body, load_envelope)
 
-EVENT_EXCHANGE = 'celeryev'
-QUEUE_PREFIX = 'celeryev.celeryops-fleet.'
+# Our event queue on RabbitMQ: an event receiver's name, as Celery's own start.
+QUEUE_PREFIX = EVENT_QUEUE_PREFIX + 'celeryops-fleet.'
 # Celery's event_queue_expires and a message TTL well past any backlog a live listener keeps.
 QUEUE_EXPIRES = 60.0
 MESSAGE_TTL = 60.0
@@ -245,39 +246,33 @@ class _RedisEvents(object):
     bare channel too, for workers that turned it off)."""
 
     def __init__(self, broker, layout, key):
-        from ansible_collections.celeryops.fleet.plugins.module_utils._redis_queues import RedisQueues
-        self.queues = RedisQueues(broker, layout, client_name=CLIENT_NAME)
-        self.timeout = broker.timeout
-        channel = '/%d.%s' % (broker.db, EVENT_EXCHANGE)
-        # redis-py sends the prefix itself only through kombu's prefixing client: add it here.
-        self.pubsub = self.queues.client.pubsub(ignore_subscribe_messages=True)
-        prefix = self.queues.layout.prefix
-        self.queues.call(self.pubsub.psubscribe, prefix + channel, prefix + channel + '/' + key.replace('#', '*'))
+        from ansible_collections.celeryops.fleet.plugins.module_utils._redis_connection import RedisConnection
+        self.connection = RedisConnection(broker, client_name=CLIENT_NAME)
+        # redis-py sends the prefix itself only through kombu's prefixing client: the layout adds it.
+        channel = layout.fanout_channel(broker.db, EVENT_EXCHANGE)
+        self.subscription = self.connection.subscribe([channel, channel + '/' + key.replace('#', '*')])
 
     def exists(self):
         return True
 
     def alive(self):
-        self.queues.call(self.queues.client.ping)
+        self.connection.ping()
 
     def receive(self, wait):
         """Bodies of the events that came within ``wait`` seconds; None for an undecodable one."""
-        message = self.queues.call(self.pubsub.get_message, timeout=max(0.01, min(wait, self.timeout / 2.0)))
         out = []
-        while message is not None:
-            if message.get('type') == 'pmessage':
-                try:
-                    out.append(json_body(load_envelope(message['data']), (dict, list)))
-                except NotAnEnvelope:
-                    out.append(None)
-            message = self.queues.call(self.pubsub.get_message, timeout=0)
+        for data in self.subscription.receive(wait):
+            try:
+                out.append(json_body(load_envelope(data), (dict, list)))
+            except NotAnEnvelope:
+                out.append(None)
         return out
 
     def close(self):
         try:
-            self.pubsub.close()
+            self.subscription.close()
         finally:
-            self.queues.close()
+            self.connection.close()
 
 
 class _AmqpEvents(object):
@@ -285,58 +280,30 @@ class _AmqpEvents(object):
     creating it is the workers' business)."""
 
     def __init__(self, broker, key):
-        from ansible_collections.celeryops.fleet.plugins.module_utils._amqp_queues import AmqpQueues, pika_exceptions
-        self.queues = AmqpQueues(broker)
-        self.rpc = self.queues._rpc
-        self.timeout = broker.timeout
-        self.closed_by_broker = pika_exceptions.ChannelClosedByBroker
+        from ansible_collections.celeryops.fleet.plugins.module_utils._amqp_connection import AmqpConnection
+        self.connection = AmqpConnection(broker)
         self.key = key
         self.queue = None
-        self.received = []
 
     def exists(self):
         """Bind our queue, or False when the event exchange does not exist on this vhost."""
-        channel = self.queues._open_channel()
-
-        def passive():
-            try:
-                channel.exchange_declare(EVENT_EXCHANGE, 'topic', passive=True)
-                return True
-            except self.closed_by_broker as exc:
-                if exc.reply_code == 404:
-                    return False
-                raise
-        if not self.rpc(passive, what='looking up the event exchange on'):
+        if not self.connection.exchange_exists(EVENT_EXCHANGE, 'topic'):
             return False
-        channel = self.queues._open_channel()
-        queue = self.queue = QUEUE_PREFIX + str(uuid.uuid4())
-        self.rpc(channel.queue_declare, queue, durable=False, exclusive=True, auto_delete=True,
-                 arguments={'x-expires': int(QUEUE_EXPIRES * 1000), 'x-message-ttl': int(MESSAGE_TTL * 1000)},
-                 what='declaring the event queue on')
-        self.rpc(channel.queue_bind, queue, EVENT_EXCHANGE, routing_key=self.key, what='binding the event queue on')
-
-        def on_message(_channel, _method, properties, body):
-            try:
-                value = loads(body) if properties.content_type == 'application/json' else None
-            except NotAnEnvelope:
-                value = None
-            self.received.append(value if isinstance(value, (dict, list)) else None)
-        self.rpc(channel.basic_consume, queue, on_message, auto_ack=True, what='consuming on')
+        self.queue = QUEUE_PREFIX + str(uuid.uuid4())
+        self.connection.listen(self.queue, EVENT_EXCHANGE, self.key, expires=QUEUE_EXPIRES, message_ttl=MESSAGE_TTL,
+                               exclusive=True, what='the event queue')
         return True
 
     def alive(self):
-        self.rpc(self.queues._open_channel().queue_declare, self.queue, passive=True, what='checking the event queue on')
+        self.connection.check_queue(self.queue, what='checking the event queue on')
 
     def receive(self, wait):
-        if not self.received:
-            self.rpc(self.queues.connection.process_data_events,
-                     time_limit=max(0.01, min(wait, self.timeout)), what='listening for events on')
-        out, self.received = self.received, []
-        return out
+        return [value if isinstance(value, (dict, list)) else None
+                for _headers, value in self.connection.receive(wait, what='listening for events on')]
 
     def close(self):
         # The queue is exclusive: it goes with the connection.
-        self.queues.close()
+        self.connection.close()
 
 
 def listen(broker, summary, duration, max_events=None, types=None, layout=None):

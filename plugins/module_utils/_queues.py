@@ -8,18 +8,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, broker_from_params
-from ansible_collections.celeryops.fleet.plugins.module_utils import _redis_queues
-
-
-class Refused(BrokerError):
-    """Refused before anything was read or changed (a read that would change a queue): not a failure part way."""
-
-
-def _amqp():
-    """The AMQP layer, imported only for a RabbitMQ broker: pika and Ansible's HTTP client
-    are a good part of a Redis check's start-up time otherwise."""
-    from ansible_collections.celeryops.fleet.plugins.module_utils import _amqp_queues
-    return _amqp_queues
+from ansible_collections.celeryops.fleet.plugins.module_utils import _redis_connection, _redis_queues
 
 
 def redis_transport_argument_spec():
@@ -57,10 +46,13 @@ def queue_options_argument_spec():
 def missing_library(params):
     """(library name, import traceback) the broker of ``params`` needs but cannot import, else None."""
     url = (params.get('broker_url') or '').lower()
-    if url.startswith(('redis', 'rediss')) and not _redis_queues.HAS_REDIS:
-        return 'redis', _redis_queues.REDIS_IMPORT_ERROR
-    if url.startswith(('amqp', 'pyamqp')) and not _amqp().HAS_PIKA:
-        return 'pika', _amqp().PIKA_IMPORT_ERROR
+    if url.startswith(('redis', 'rediss')) and not _redis_connection.HAS_REDIS:
+        return 'redis', _redis_connection.REDIS_IMPORT_ERROR
+    if url.startswith(('amqp', 'pyamqp')):
+        # Imported only for a RabbitMQ broker: pika is a good part of a Redis check's start-up time otherwise.
+        from ansible_collections.celeryops.fleet.plugins.module_utils import _amqp_connection
+        if not _amqp_connection.HAS_PIKA:
+            return 'pika', _amqp_connection.PIKA_IMPORT_ERROR
     return None
 
 
@@ -72,10 +64,12 @@ def open_queues(params):
         check_management_url(params['management_url'])
     if broker.transport == 'redis':
         return _redis_queues.RedisQueues(broker, layout)
-    amqp = _amqp()
-    management = amqp.Management(broker, params.get('management_url'), params.get('management_user'),
-                                 params.get('management_password'), params.get('management_validate_certs', True))
-    return amqp.AmqpQueues(broker, management)
+    # Imported only for a RabbitMQ broker, as above.
+    from ansible_collections.celeryops.fleet.plugins.module_utils._amqp_queues import AmqpQueues
+    from ansible_collections.celeryops.fleet.plugins.module_utils._management import Management
+    management = Management(broker, params.get('management_url'), params.get('management_user'),
+                            params.get('management_password'), params.get('management_validate_certs', True))
+    return AmqpQueues(broker, management)
 
 
 def check_management_url(url):

@@ -22,30 +22,20 @@ from __future__ import annotations
 import json
 import os
 import re
-import traceback
 import uuid
 from functools import lru_cache
 
-try:
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-    HAS_REDIS = True
-    REDIS_IMPORT_ERROR = None
-except ImportError:  # guarded: the module reports missing_required_lib
-    HAS_REDIS = False
-    REDIS_IMPORT_ERROR = traceback.format_exc()
-
-from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
-    BrokerError, scrub, ssl_context, tls_failure)
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, Refused
+from ansible_collections.celeryops.fleet.plugins.module_utils._celery_names import is_internal_queue
 from ansible_collections.celeryops.fleet.plugins.module_utils._messages import (
     NotAnEnvelope, UNKNOWN_TASK, count_task_names, decode_envelope, task_name_of)
+from ansible_collections.celeryops.fleet.plugins.module_utils._redis_connection import RedisConnection, WatchError
 
 DEFAULT_SEP = '\x06\x16'
 DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
 BINDING_PREFIXES = ('_kombu.binding.', '_kombu.binding_permanent.')
-# Exchanges Celery uses for remote control, replies and events: their queues are internals.
-INTERNAL_EXCHANGES = ('celery.pidbox', 'reply.celery.pidbox', 'celeryev')
+# kombu 5.7: when each binding set was last renewed (a zset), so that stale ones can be swept.
+BINDING_DEADLINES = '_kombu.binding_deadlines'
 
 # Keys a SCAN step looks at: a keyspace of millions (result backend keys) in few round trips,
 # each step still short for the server.
@@ -59,8 +49,6 @@ TRIM_CHUNK = 10000
 # of a list takes one element, and each read at most GROWTH times as many as the one before.
 CHUNK_BYTES = 4 * 1024 * 1024
 GROWTH = 8
-# Shown in Redis CLIENT LIST (as the connection name in RabbitMQ), so an operator can tell us apart.
-CLIENT_NAME = 'celeryops.fleet'
 # Attempts at a filtered purge of a queue that producers or consumers keep changing.
 REWRITE_ATTEMPTS = 5
 # A filtered purge builds the kept list under a key of its own; should the module die, the key expires.
@@ -75,12 +63,6 @@ _SMEMBERS_ALL = "local out = {} for i, key in ipairs(KEYS) do out[i] = redis.cal
 # The fields of a hash and the length of each value, without the values (the unacked hash holds whole messages).
 _HASH_SIZES = ("local out = {} for i, field in ipairs(redis.call('HKEYS', KEYS[1])) do "
                "out[2 * i - 1] = field out[2 * i] = redis.call('HSTRLEN', KEYS[1], field) end return out")
-
-
-def is_internal_queue(name, exchange=None):
-    """Queues of Celery's remote control, replies and event stream."""
-    return (exchange in INTERNAL_EXCHANGES or name.endswith('.pidbox') or name.startswith('celeryev.')
-            or name.startswith('amq.gen-'))
 
 
 class RedisLayout(object):
@@ -111,8 +93,6 @@ class RedisLayout(object):
         """Refuse a name kombu reads as another queue's priority list; before anything is read or changed."""
         misread = self.priority_list_of(name)
         if misread:
-            # Imported here: _queues imports this module.
-            from ansible_collections.celeryops.fleet.plugins.module_utils._queues import Refused
             raise Refused('queues: %r holds the priority separator sep (%r) followed by a digit: kombu keeps '
                           'priority step %s of queue %r under that name, so it cannot name a queue of its own'
                           % (name, self.sep, misread[1], misread[0]), option='queues')
@@ -120,6 +100,26 @@ class RedisLayout(object):
     @property
     def unacked(self):
         return self.prefix + 'unacked'
+
+    def binding_key(self, exchange):
+        """The set of ``exchange``'s bindings (members: see binding_member)."""
+        return self.prefix + BINDING_PREFIXES[0] + exchange
+
+    def permanent_binding_key(self, exchange):
+        """kombu 5.7's second set of ``exchange``'s bindings, with the same members."""
+        return self.prefix + BINDING_PREFIXES[1] + exchange
+
+    @property
+    def binding_deadlines(self):
+        return self.prefix + BINDING_DEADLINES
+
+    def binding_member(self, routing_key, queue, pattern=''):
+        """A member of a binding set: ``routing_key + sep + pattern + sep + queue``, split by every worker."""
+        return self.sep.join([routing_key, pattern, queue])
+
+    def fanout_channel(self, db, exchange):
+        """The PUB/SUB channel of a fanout exchange (kombu's fanout prefix ``/<db>.``), as the workers see it."""
+        return '%s/%d.%s' % (self.prefix, db, exchange)
 
     def binding_pattern(self):
         """One SCAN pattern for both kinds of binding sets: they share their start. It also matches
@@ -235,86 +235,25 @@ class RedisQueues(object):
     """Queue state and changes on a Redis broker."""
 
     transport = 'redis'
+    # Nothing here needs the management API of RabbitMQ.
+    management_error = None
 
-    def __init__(self, broker, layout, client_name=CLIENT_NAME):
-        if not HAS_REDIS:
-            raise BrokerError('the redis Python library is needed for %s' % broker.endpoint)
+    def __init__(self, broker, layout):
+        self.connection = RedisConnection(broker)
         self.broker = broker
         self.layout = layout
-        self.broken = False
-        kwargs = dict(host=broker.host, port=broker.port, db=broker.db, username=broker.user,
-                      password=broker.password, socket_timeout=broker.timeout,
-                      socket_connect_timeout=broker.timeout, retry=Retry(NoBackoff(), 0), client_name=client_name)
-        if broker.tls:
-            kwargs.update(ssl=True, ssl_ca_certs=broker.tls_ca_file, ssl_certfile=broker.tls_cert_file,
-                          ssl_keyfile=broker.tls_key_file, ssl_check_hostname=broker.tls_verify,
-                          ssl_cert_reqs='required' if broker.tls_verify else 'none')
-            ssl_context(broker)  # fails early and clearly on unreadable TLS files
-        self.client = redis.Redis(**kwargs)
-        self.connected = False   # once the broker answered, a connection error means it went away
-        self.call(self.client.ping)
-        self.connected = True
-        self._llen_all = self.client.register_script(_LLEN_ALL)
-        self._smembers_all = self.client.register_script(_SMEMBERS_ALL)
-        self._hash_sizes = self.client.register_script(_HASH_SIZES)
+        self.client = self.connection.client   # redis-py's, called through self.call
+        self.call = self.connection.call
+        self._llen_all = self.connection.script(_LLEN_ALL)
+        self._smembers_all = self.connection.script(_SMEMBERS_ALL)
+        self._hash_sizes = self.connection.script(_HASH_SIZES)
 
     def close(self):
-        self.client.close()
+        self.connection.close()
 
     def reconnect(self):
         """Drop the pooled connections and check that the broker answers again."""
-        self.client.connection_pool.disconnect()
-        self.connected = False
-        self.call(self.client.ping)
-        self.connected, self.broken = True, False
-
-    # -- errors -----------------------------------------------------------------------------
-
-    def call(self, func, *args, **kwargs):
-        """Run one redis-py call, turning its failures into a BrokerError that names the endpoint."""
-        try:
-            return func(*args, **kwargs)
-        except redis.WatchError:
-            raise  # a watched key changed: the caller tries again
-        except redis.AuthenticationError as exc:
-            raise self._error('authentication failed at %s: %s (check the password in broker_url or broker_password)'
-                              % (self.broker.endpoint, self._reason(exc)), option='broker_password')
-        except redis.TimeoutError as exc:
-            raise self._error('timed out after %ss talking to %s (connect_timeout): %s%s'
-                              % (self.broker.timeout, self.broker.endpoint, self._reason(exc),
-                                 ' (does the port speak TLS?)' if self.broker.tls else ''),
-                              option='connect_timeout', lost=True)
-        except redis.ConnectionError as exc:
-            reason = self._reason(exc)
-            if self.connected:
-                raise self._error('lost the connection to %s: %s (the broker went away: restarted, stopped or cut off)'
-                                  % (self.broker.endpoint, reason), option='broker_url', lost=True)
-            failure = tls_failure(self.broker, reason)
-            if failure:  # a certificate problem: not something a retry fixes
-                raise self._error('cannot connect to %s: %s' % (self.broker.endpoint, failure[0]), option=failure[1])
-            hint = ''
-            if self.broker.tls is False and ('reset' in reason.lower() or 'closed' in reason.lower()):
-                hint = ' (does the server want TLS? use rediss://)'
-            raise self._error('cannot connect to %s: %s%s' % (self.broker.endpoint, reason, hint), option='broker_url',
-                              lost=True)
-        except redis.ResponseError as exc:
-            reason = self._reason(exc)
-            if 'DB index' in reason:
-                raise self._error('broker_url: Redis database %s does not exist at %s (%s)'
-                                  % (self.broker.db, self.broker.endpoint, reason), option='broker_url')
-            if 'NOAUTH' in reason or 'WRONGPASS' in reason or 'AUTH' in reason:
-                raise self._error('authentication failed at %s: %s' % (self.broker.endpoint, reason),
-                                  option='broker_password')
-            raise self._error('%s answered an error: %s' % (self.broker.endpoint, reason))
-        except redis.RedisError as exc:
-            raise self._error('%s: %s' % (self.broker.endpoint, self._reason(exc)))
-
-    def _reason(self, exc):
-        return scrub(exc, self.broker.password) or type(exc).__name__
-
-    def _error(self, msg, option=None, lost=False):
-        self.broken = self.broken or lost  # nothing more to tidy up on this connection
-        return BrokerError(msg, option=option, endpoint=self.broker.endpoint, lost=lost)
+        self.connection.reconnect()
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -413,23 +352,16 @@ class RedisQueues(object):
         """
         if limit is not None and limit <= 0:
             return
-        pool = self.client.connection_pool
-        try:
-            connection = self.call(pool.get_connection)
-        except TypeError:  # redis-py before 5.3 wants a command name
-            connection = self.call(pool.get_connection, 'LRANGE')
-        pending = False  # a reply is on its way: the connection is not fit for others until it is read
+        stream = self.connection.stream('LRANGE')
 
         def send(done, length):
             span = (-(done + length), -(done + 1)) if from_tail else (done, done + length - 1)
-            self.call(connection.send_command, 'LRANGE', key, *span)
+            stream.send(key, *span)
         try:
             done, length = 0, 1
             send(done, length)
-            pending = True
             while True:
-                chunk = self.call(self.client.parse_response, connection, 'LRANGE')
-                pending = False
+                chunk = stream.read()
                 done += len(chunk)
                 more = len(chunk) == length and (limit is None or done < limit)
                 if more:
@@ -437,15 +369,12 @@ class RedisQueues(object):
                     if limit is not None:
                         length = min(length, limit - done)
                     send(done, length)
-                    pending = True
                 if chunk:
                     yield chunk[::-1] if from_tail else chunk
                 if not more:
                     return
         finally:
-            if pending:
-                connection.disconnect()
-            pool.release(connection)
+            stream.close()
 
     def breakdown(self, name):
         """task name -> number of ready messages, over every priority step."""
@@ -469,7 +398,7 @@ class RedisQueues(object):
             else:
                 # LLEN and UNLINK in one transaction: the count is exactly what went, and
                 # UNLINK frees a long list in the background instead of blocking the server.
-                pipe = self.client.pipeline(transaction=True)
+                pipe = self.connection.pipeline(transaction=True)
                 pipe.llen(key)
                 pipe.unlink(key)
                 removed += self.call(pipe.execute)[0]
@@ -485,7 +414,7 @@ class RedisQueues(object):
         is retried.
         """
         for _attempt in range(REWRITE_ATTEMPTS):
-            pipe = self.client.pipeline(transaction=True)
+            pipe = self.connection.pipeline(transaction=True)
             kept_key = None
             try:
                 self.call(pipe.watch, key)
@@ -515,11 +444,11 @@ class RedisQueues(object):
                 self.call(pipe.execute)
                 kept_key = None  # it is the list now
                 return removed
-            except redis.WatchError:
+            except WatchError:
                 continue
             finally:
                 pipe.reset()
-                if kept_key is not None and not self.broken:
+                if kept_key is not None and not self.connection.broken:
                     self.call(self.client.unlink, kept_key)
         raise BrokerError('the queue key %r kept changing while it was being filtered (%d attempts); nothing was '
                           'removed from it. Stop its producers or consumers, or purge without task_names'
@@ -527,7 +456,7 @@ class RedisQueues(object):
 
     def _push(self, key, elements):
         """Append to one of our keys, renewing its expiry; the number appended."""
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.connection.pipeline(transaction=False)
         pipe.rpush(key, *elements)
         pipe.pexpire(key, FILTER_TTL_MS)
         self.call(pipe.execute)
@@ -551,7 +480,7 @@ class RedisQueues(object):
                 n = min(excess, TRIM_CHUNK, depths[step])
                 if n <= 0:
                     break
-                pipe = self.client.pipeline(transaction=True)
+                pipe = self.connection.pipeline(transaction=True)
                 pipe.llen(key)
                 if drop == 'newest':
                     pipe.ltrim(key, n, -1)  # the head holds the newest

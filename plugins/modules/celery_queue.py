@@ -162,9 +162,9 @@ diff:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
-    BrokerError, broker_argument_spec, fail_from_error)
+    BrokerError, Refused, broker_argument_spec, fail_from_error)
 from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
-    Refused, check_queue_names, missing_library, open_queues, queue_options_argument_spec, queue_states,
+    check_queue_names, missing_library, open_queues, queue_options_argument_spec, queue_states,
     redis_transport_argument_spec, refuse_unsafe)
 
 

@@ -275,8 +275,8 @@ def describe(params, result):
         else:
             states = queue_states(queues, names, params['include_internal'])
         result['queues'] = states
-        if queues.transport == 'amqp' and queues.management.error:
-            result['management_error'] = queues.management.error
+        if queues.management_error:
+            result['management_error'] = queues.management_error
         problems = unmet_thresholds(states, params)
         if problems:
             # Each phrase ends with '(option value)': name the option of the first one.

@@ -5,8 +5,8 @@
 
 import pytest
 
-from ansible_collections.celeryops.fleet.plugins.module_utils._amqp_queues import default_management_url
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import parse_broker_url
+from ansible_collections.celeryops.fleet.plugins.module_utils._management import default_management_url
 
 
 @pytest.mark.parametrize('url, management', [

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) celeryops.fleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""How _AmqpQueues settles received messages: one multiple ack or nack per run of neighbours."""
+"""How AmqpQueues settles received messages: one multiple ack or nack per run of neighbours."""
 
 import pytest
 
@@ -20,12 +20,26 @@ class RecordingChannel(object):
         self.frames.append(('nack' if requeue else 'drop', delivery_tag, multiple))
 
 
+class RecordingConnection(object):
+    """An AmqpConnection's calls run at once on one recording channel."""
+
+    def __init__(self):
+        self.recorder = RecordingChannel()
+
+    def channel(self):
+        return self.recorder
+
+    def call(self, func, *args, **kwargs):
+        kwargs.pop('what', None)
+        return func(*args, **kwargs)
+
+
 def settle(received, going):
-    queues = object.__new__(AmqpQueues)   # no connection: only the settling logic
+    queues = object.__new__(AmqpQueues)   # no broker: only the settling logic
     queues.broker = parse_broker_url('amqp://127.0.0.1/')
-    queues.broken, queues.connection, queues.channel = False, None, RecordingChannel()
+    queues.connection = RecordingConnection()
     queues._settle(received, set(going))
-    return queues.channel.frames
+    return queues.connection.recorder.frames
 
 
 @pytest.mark.parametrize('received, going, frames', [

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError
+from ansible_collections.celeryops.fleet.plugins.module_utils._celery_names import is_internal_queue
 from ansible_collections.celeryops.fleet.plugins.module_utils._redis_queues import (
-    BINDING_PREFIXES, DEFAULT_PRIORITY_STEPS, DEFAULT_SEP, Bindings, RedisLayout, is_internal_queue, route,
-    topic_matches)
+    BINDING_PREFIXES, DEFAULT_PRIORITY_STEPS, DEFAULT_SEP, Bindings, RedisLayout, route, topic_matches)
 
 SEP = '\x06\x16'
 

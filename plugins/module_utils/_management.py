@@ -1,0 +1,88 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) celeryops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The RabbitMQ management HTTP API, through the standard library (Ansible's HTTP client costs start-up time
+every task would pay): what AMQP cannot tell, such as unacknowledged counts and queue types.
+
+Private to celeryops.fleet; the API may change between releases.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from http.client import HTTPException
+from urllib.error import HTTPError, URLError
+from urllib.parse import quote
+from urllib.request import HTTPSHandler, ProxyHandler, Request, build_opener
+
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, scrub, ssl_context
+
+MANAGEMENT_PORT = 15672
+MANAGEMENT_TLS_PORT = 15671
+
+
+def default_management_url(broker):
+    """Same host as the broker, the management port (never the AMQP port)."""
+    host = ('[%s]' % broker.host) if ':' in broker.host else broker.host
+    if broker.tls:
+        return 'https://%s:%d' % (host, MANAGEMENT_TLS_PORT)
+    return 'http://%s:%d' % (host, MANAGEMENT_PORT)
+
+
+class Management(object):
+    """The RabbitMQ management HTTP API, or why it cannot be used (``error``, kept after a failed request)."""
+
+    def __init__(self, broker, url=None, user=None, password=None, validate_certs=True):
+        self.broker = broker
+        self.url = (url or default_management_url(broker)).rstrip('/')
+        self.user = user if user is not None else (broker.user or 'guest')
+        self.password = password if password is not None else (broker.password or 'guest')
+        self.validate_certs = validate_certs
+        self.error = None
+        self._tls = None   # the TLS context, made on the first https request
+
+    def get(self, path):
+        try:
+            answer = json.loads(self._open(path))
+            self.error = None
+            return answer
+        except HTTPError as exc:
+            # The AMQP connection already proved the vhost exists: a 404 means that management_url
+            # is not the management API (another web server, a missing path prefix). Reading it as
+            # "no queues" would report zero unacked messages with confidence.
+            reason = 'HTTP %s%s' % (exc.code, {
+                401: ' (check management_user and management_password)',
+                403: ' (check management_user and management_password)',
+                404: ' (is management_url the RabbitMQ management API, with its path prefix if any?)',
+            }.get(exc.code, ''))
+        except (URLError, OSError, ValueError, HTTPException) as exc:
+            # HTTPException: something that is not HTTP answered (BadStatusLine from the AMQP
+            # port, Flower's trap); URLError also wraps TLS validation failures.
+            reason = scrub(getattr(exc, 'reason', None) or exc, self.password) or type(exc).__name__
+        except BrokerError as exc:   # the CA file would not load
+            reason = exc.msg
+        self.error = 'management API at %s: %s' % (self.url, reason)
+        raise BrokerError(self.error, option='management_url', endpoint=self.url)
+
+    def _open(self, path):
+        """The body of one GET, with basic auth, no proxy (the API is next to the broker)."""
+        handlers = [ProxyHandler({})]
+        if self.url.startswith('https:'):
+            if self._tls is None:
+                self._tls = ssl_context(self.broker, verify=self.validate_certs, client_cert=False)
+            handlers.append(HTTPSHandler(context=self._tls))
+        credentials = base64.b64encode(('%s:%s' % (self.user, self.password)).encode('utf-8')).decode('ascii')
+        request = Request(self.url + path, headers={'Authorization': 'Basic ' + credentials,
+                                                    'Accept': 'application/json'})
+        with build_opener(*handlers).open(request, timeout=self.broker.timeout) as response:
+            return response.read()
+
+    def queues(self, vhost):
+        """name -> the queue's record, for every queue of the vhost, in one request."""
+        columns = 'name,type,messages_ready,messages_unacknowledged,consumers,memory'
+        records = self.get('/api/queues/%s?columns=%s' % (quote(vhost, safe=''), columns))
+        if not isinstance(records, list) or not all(isinstance(r, dict) and 'name' in r for r in records):
+            self.error = 'management API at %s: the answer is not a list of queues' % self.url
+            raise BrokerError(self.error, option='management_url', endpoint=self.url)
+        return dict((r['name'], r) for r in records)

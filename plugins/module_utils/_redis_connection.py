@@ -1,0 +1,203 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) celeryops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One connection to a Redis broker (redis-py): connecting, every call bounded by the socket timeout and its
+failures turned into a BrokerError that names the endpoint and the option to look at, reconnecting, closing;
+and what the queue, control and event layers do with it beyond single commands: read a list with commands
+sent ahead (CommandStream), take everything delivered to lists of ours, listen on PUB/SUB channels.
+
+Private to celeryops.fleet; the API may change between releases.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+try:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+    HAS_REDIS = True
+    REDIS_IMPORT_ERROR = None
+    WatchError = redis.WatchError
+except ImportError:  # guarded: the module reports missing_required_lib
+    HAS_REDIS = False
+    REDIS_IMPORT_ERROR = traceback.format_exc()
+
+    class WatchError(Exception):
+        """Stands in for redis.WatchError, which nothing raises without redis-py."""
+
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
+    BrokerError, scrub, ssl_context, tls_failure)
+
+# Shown in Redis CLIENT LIST (as the connection name in RabbitMQ), so an operator can tell us apart.
+CLIENT_NAME = 'celeryops.fleet'
+
+
+class RedisConnection(object):
+    """A redis-py client for one broker, checked with a PING. ``client`` is redis-py's; call it through
+    ``call()``, which maps its failures. ``broken``: the broker went away, nothing more to tidy up on it."""
+
+    def __init__(self, broker, client_name=CLIENT_NAME):
+        if not HAS_REDIS:
+            raise BrokerError('the redis Python library is needed for %s' % broker.endpoint)
+        self.broker = broker
+        self.broken = False
+        kwargs = dict(host=broker.host, port=broker.port, db=broker.db, username=broker.user,
+                      password=broker.password, socket_timeout=broker.timeout,
+                      socket_connect_timeout=broker.timeout, retry=Retry(NoBackoff(), 0), client_name=client_name)
+        if broker.tls:
+            kwargs.update(ssl=True, ssl_ca_certs=broker.tls_ca_file, ssl_certfile=broker.tls_cert_file,
+                          ssl_keyfile=broker.tls_key_file, ssl_check_hostname=broker.tls_verify,
+                          ssl_cert_reqs='required' if broker.tls_verify else 'none')
+            ssl_context(broker)  # fails early and clearly on unreadable TLS files
+        self.client = redis.Redis(**kwargs)
+        self.connected = False   # once the broker answered, a connection error means it went away
+        self.ping()
+        self.connected = True
+
+    def ping(self):
+        self.call(self.client.ping)
+
+    def close(self):
+        self.client.close()
+
+    def reconnect(self):
+        """Drop the pooled connections and check that the broker answers again."""
+        self.client.connection_pool.disconnect()
+        self.connected = False
+        self.ping()
+        self.connected, self.broken = True, False
+
+    def script(self, source):
+        """A Lua script registered with the client: call it through ``call()`` (keys=..., args=...)."""
+        return self.client.register_script(source)
+
+    def pipeline(self, transaction=True):
+        """A redis-py pipeline: run it with ``call(pipe.execute)``."""
+        return self.client.pipeline(transaction=transaction)
+
+    # -- errors -----------------------------------------------------------------------------
+
+    def call(self, func, *args, **kwargs):
+        """Run one redis-py call, turning its failures into a BrokerError that names the endpoint."""
+        try:
+            return func(*args, **kwargs)
+        except redis.WatchError:
+            raise  # a watched key changed: the caller tries again
+        except redis.AuthenticationError as exc:
+            raise self._error('authentication failed at %s: %s (check the password in broker_url or broker_password)'
+                              % (self.broker.endpoint, self._reason(exc)), option='broker_password')
+        except redis.TimeoutError as exc:
+            raise self._error('timed out after %ss talking to %s (connect_timeout): %s%s'
+                              % (self.broker.timeout, self.broker.endpoint, self._reason(exc),
+                                 ' (does the port speak TLS?)' if self.broker.tls else ''),
+                              option='connect_timeout', lost=True)
+        except redis.ConnectionError as exc:
+            reason = self._reason(exc)
+            if self.connected:
+                raise self._error('lost the connection to %s: %s (the broker went away: restarted, stopped or cut off)'
+                                  % (self.broker.endpoint, reason), option='broker_url', lost=True)
+            failure = tls_failure(self.broker, reason)
+            if failure:  # a certificate problem: not something a retry fixes
+                raise self._error('cannot connect to %s: %s' % (self.broker.endpoint, failure[0]), option=failure[1])
+            hint = ''
+            if self.broker.tls is False and ('reset' in reason.lower() or 'closed' in reason.lower()):
+                hint = ' (does the server want TLS? use rediss://)'
+            raise self._error('cannot connect to %s: %s%s' % (self.broker.endpoint, reason, hint), option='broker_url',
+                              lost=True)
+        except redis.ResponseError as exc:
+            reason = self._reason(exc)
+            if 'DB index' in reason:
+                raise self._error('broker_url: Redis database %s does not exist at %s (%s)'
+                                  % (self.broker.db, self.broker.endpoint, reason), option='broker_url')
+            if 'NOAUTH' in reason or 'WRONGPASS' in reason or 'AUTH' in reason:
+                raise self._error('authentication failed at %s: %s' % (self.broker.endpoint, reason),
+                                  option='broker_password')
+            raise self._error('%s answered an error: %s' % (self.broker.endpoint, reason))
+        except redis.RedisError as exc:
+            raise self._error('%s: %s' % (self.broker.endpoint, self._reason(exc)))
+
+    def _reason(self, exc):
+        return scrub(exc, self.broker.password) or type(exc).__name__
+
+    def _error(self, msg, option=None, lost=False):
+        self.broken = self.broken or lost  # nothing more to tidy up on this connection
+        return BrokerError(msg, option=option, endpoint=self.broker.endpoint, lost=lost)
+
+    # -- what the layers above share --------------------------------------------------------
+
+    def stream(self, command):
+        """A CommandStream of ``command`` (such as 'LRANGE') on a connection of the pool of its own."""
+        return CommandStream(self, command)
+
+    def take_all(self, keys, wait):
+        """Every element of the lists ``keys`` (where kombu delivers to a queue of ours), removed: waits up to
+        ``wait`` seconds for the first one, then takes the rest in one transaction. [] if none came."""
+        # BRPOP in slices shorter than the socket timeout, which would read as a dead server.
+        first = self.call(self.client.brpop, keys, timeout=max(0.01, min(wait, self.broker.timeout / 2.0)))
+        if not first:
+            return []
+        pipe = self.pipeline(transaction=True)
+        for key in keys:
+            pipe.lrange(key, 0, -1)
+        pipe.delete(*keys)
+        rest = [raw for chunk in self.call(pipe.execute)[:-1] for raw in reversed(chunk)]
+        return [first[1]] + rest
+
+    def subscribe(self, patterns):
+        """A Subscription to the PUB/SUB channels matching ``patterns``."""
+        return Subscription(self, patterns)
+
+
+class CommandStream(object):
+    """Commands sent ahead of reading their replies, on a connection of the pool held for this stream alone:
+    the server builds the next reply while the caller works on this one. ``close()`` gives the connection
+    back (dropping it if a reply is still on its way: it is not fit for others until read)."""
+
+    def __init__(self, connection, command):
+        self.connection = connection
+        self.command = command
+        self.pool = connection.client.connection_pool
+        try:
+            self.wire = connection.call(self.pool.get_connection)
+        except TypeError:  # redis-py before 5.3 wants a command name
+            self.wire = connection.call(self.pool.get_connection, command)
+        self.pending = 0
+
+    def send(self, *args):
+        self.connection.call(self.wire.send_command, self.command, *args)
+        self.pending += 1
+
+    def read(self):
+        reply = self.connection.call(self.connection.client.parse_response, self.wire, self.command)
+        self.pending -= 1
+        return reply
+
+    def close(self):
+        if self.pending:
+            self.wire.disconnect()
+        self.pool.release(self.wire)
+
+
+class Subscription(object):
+    """A pattern subscription: ``receive()`` gives the data of the messages published meanwhile."""
+
+    def __init__(self, connection, patterns):
+        self.connection = connection
+        self.pubsub = connection.client.pubsub(ignore_subscribe_messages=True)
+        connection.call(self.pubsub.psubscribe, *patterns)
+
+    def receive(self, wait):
+        """The data of the messages that came within ``wait`` seconds (all that are there)."""
+        call, timeout = self.connection.call, self.connection.broker.timeout
+        message = call(self.pubsub.get_message, timeout=max(0.01, min(wait, timeout / 2.0)))
+        out = []
+        while message is not None:
+            if message.get('type') == 'pmessage':
+                out.append(message['data'])
+            message = call(self.pubsub.get_message, timeout=0)
+        return out
+
+    def close(self):
+        self.pubsub.close()
