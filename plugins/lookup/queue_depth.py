@@ -60,9 +60,9 @@ _raw:
 from ansible.errors import AnsibleLookupError
 from ansible.plugins.lookup import LookupBase
 
-from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError
-from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
-    check_queue_names, missing_library, open_queues, queue_states)
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, OptionError
+from ansible_collections.celeryops.fleet.plugins.module_utils._module import missing_library
+from ansible_collections.celeryops.fleet.plugins.module_utils._queues import check_queue_names, open_queues, queue_states
 
 OPTIONS = ('broker_url', 'broker_password', 'connect_timeout', 'tls_ca_file', 'tls_cert_file', 'tls_key_file',
            'tls_verify', 'global_keyprefix', 'priority_steps', 'sep', 'management_url', 'management_user',
@@ -81,7 +81,7 @@ class LookupModule(LookupBase):
         try:
             check_queue_names(names, option='queue names')
             if not names:
-                raise BrokerError('name at least one queue')
+                raise OptionError('name at least one queue')
             queues = open_queues(params)
             try:
                 states = queue_states(queues, names)

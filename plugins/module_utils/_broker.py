@@ -299,13 +299,10 @@ def scrub(text, *secrets):
 
 
 def fail_from_error(module, error, **result):
-    """Turn a BrokerError into the module's single fail_json."""
-    if error.endpoint:
-        result.setdefault('endpoint', error.endpoint)
-    if error.option:
-        result.setdefault('option', error.option)
-    result.update(error.details)
-    module.fail_json(msg=error.msg, **result)
+    """Moved to _module (FleetModule.fail_from_error, which also passes a scrubbed traceback); kept until
+    celery_worker and celery_worker_info use the harness."""
+    from ansible_collections.celeryops.fleet.plugins.module_utils._module import fail_from_error as moved
+    moved(module, error, **result)
 
 
 # Setting names whose values are secrets (as Celery's own filter_hidden_settings judges them).

@@ -27,7 +27,7 @@ import re
 import time
 import uuid
 
-from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import OptionError
 from ansible_collections.celeryops.fleet.plugins.module_utils._celery_names import (
     PIDBOX_EXCHANGE, REPLY_EXCHANGE, REPLY_QUEUE_EXPIRES, REPLY_QUEUE_TTL, reply_queue)
 from ansible_collections.celeryops.fleet.plugins.module_utils._messages import (
@@ -83,16 +83,16 @@ def check_node_names(nodes, option):
     """Node names look like worker1@host; glob patterns (*@host) are taken as they are."""
     for node in nodes or []:
         if not node or not node.strip():
-            raise BrokerError('%s: a node name is empty' % option, option=option)
+            raise OptionError('%s: a node name is empty' % option, option=option)
         if node != node.strip():
             # It would never match the name a worker answers with.
-            raise BrokerError("%s: '%s' starts or ends with whitespace" % (option, node), option=option)
+            raise OptionError("%s: '%s' starts or ends with whitespace" % (option, node), option=option)
         if re.search(r'\[[^\]]*$', node):
             # fnmatch would take the '[' literally and match nothing, silently.
-            raise BrokerError("%s: '%s' is not a valid pattern: '[' without a closing ']'" % (option, node),
+            raise OptionError("%s: '%s' is not a valid pattern: '[' without a closing ']'" % (option, node),
                               option=option)
         if not is_pattern(node) and ('@' not in node or node.startswith('@') or node.endswith('@')):
-            raise BrokerError("%s: '%s' is not a node name like worker1@host (or a pattern like *@host)"
+            raise OptionError("%s: '%s' is not a node name like worker1@host (or a pattern like *@host)"
                               % (option, node), option=option)
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, broker_from_params
-from ansible_collections.celeryops.fleet.plugins.module_utils import _redis_connection, _redis_queues
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import OptionError, broker_from_params
+from ansible_collections.celeryops.fleet.plugins.module_utils import _redis_queues
 
 
 def redis_transport_argument_spec():
@@ -22,13 +22,13 @@ def redis_transport_argument_spec():
 
 
 def redis_layout(params):
-    """The RedisLayout of the options of redis_transport_argument_spec(), checked; raises BrokerError."""
+    """The RedisLayout of the options of redis_transport_argument_spec(), checked; raises OptionError."""
     steps = params.get('priority_steps')
     if steps is not None and (not steps or any(s < 0 or s > 255 for s in steps)):
-        raise BrokerError('priority_steps must be a non-empty list of numbers from 0 to 255, got %s' % steps,
+        raise OptionError('priority_steps must be a non-empty list of numbers from 0 to 255, got %s' % steps,
                           option='priority_steps')
     if params.get('sep') == '':
-        raise BrokerError('sep must not be empty', option='sep')
+        raise OptionError('sep must not be empty', option='sep')
     return _redis_queues.RedisLayout(params.get('global_keyprefix') or '', steps or _redis_queues.DEFAULT_PRIORITY_STEPS,
                                      params.get('sep') or _redis_queues.DEFAULT_SEP)
 
@@ -44,27 +44,21 @@ def queue_options_argument_spec():
 
 
 def missing_library(params):
-    """(library name, import traceback) the broker of ``params`` needs but cannot import, else None."""
-    url = (params.get('broker_url') or '').lower()
-    if url.startswith(('redis', 'rediss')) and not _redis_connection.HAS_REDIS:
-        return 'redis', _redis_connection.REDIS_IMPORT_ERROR
-    if url.startswith(('amqp', 'pyamqp')):
-        # Imported only for a RabbitMQ broker: pika is a good part of a Redis check's start-up time otherwise.
-        from ansible_collections.celeryops.fleet.plugins.module_utils import _amqp_connection
-        if not _amqp_connection.HAS_PIKA:
-            return 'pika', _amqp_connection.PIKA_IMPORT_ERROR
-    return None
+    """Moved to _module.missing_library; kept until celery_worker, celery_worker_info and the celery_workers
+    inventory plugin import it from there."""
+    from ansible_collections.celeryops.fleet.plugins.module_utils._module import missing_library as moved
+    return moved(params)
 
 
 def open_queues(params):
-    """A RedisQueues or AmqpQueues for the module's options; raises BrokerError."""
+    """A RedisQueues or AmqpQueues for the module's options; raises OptionError or BrokerError."""
     broker = broker_from_params(params)
     layout = redis_layout(params)
     if params.get('management_url'):
         check_management_url(params['management_url'])
     if broker.transport == 'redis':
         return _redis_queues.RedisQueues(broker, layout)
-    # Imported only for a RabbitMQ broker, as above.
+    # Imported only for a RabbitMQ broker: pika is a good part of a Redis check's start-up time otherwise.
     from ansible_collections.celeryops.fleet.plugins.module_utils._amqp_queues import AmqpQueues
     from ansible_collections.celeryops.fleet.plugins.module_utils._management import Management
     management = Management(broker, params.get('management_url'), params.get('management_user'),
@@ -73,7 +67,7 @@ def open_queues(params):
 
 
 def check_management_url(url):
-    """An http(s) URL with a host and a valid port, or BrokerError naming management_url. The value
+    """An http(s) URL with a host and a valid port, or OptionError naming management_url. The value
     is not echoed: it may hold credentials."""
     try:
         parts = urlsplit(url)
@@ -81,17 +75,17 @@ def check_management_url(url):
     except ValueError:
         port = 0
     if port == 0:
-        raise BrokerError('management_url: malformed URL (a port from 1 to 65535; an IPv6 host in brackets)',
+        raise OptionError('management_url: malformed URL (a port from 1 to 65535; an IPv6 host in brackets)',
                           option='management_url')
     if parts.scheme.lower() not in ('http', 'https') or not parts.hostname:
-        raise BrokerError('management_url must be an http:// or https:// URL with a host, such as '
+        raise OptionError('management_url must be an http:// or https:// URL with a host, such as '
                           'http://rabbit.internal:15672 (the management API, not the AMQP URL)', option='management_url')
 
 
 def check_queue_names(names, option='queues', what='queue'):
     for name in names or []:
         if not name or not name.strip():
-            raise BrokerError('%s: a %s name is empty' % (option, what), option=option)
+            raise OptionError('%s: a %s name is empty' % (option, what), option=option)
 
 
 def queue_states(queues, names=None, include_internal=False):

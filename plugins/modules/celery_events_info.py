@@ -176,40 +176,31 @@ broker:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
-    BrokerError, broker_argument_spec, broker_from_params, check_seconds, fail_from_error)
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import OptionError, broker_from_params, check_seconds
 from ansible_collections.celeryops.fleet.plugins.module_utils._events import EVENT_TYPES, EventSummary, listen
-from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
-    missing_library, redis_layout, redis_transport_argument_spec)
+from ansible_collections.celeryops.fleet.plugins.module_utils._module import FleetModule
+from ansible_collections.celeryops.fleet.plugins.module_utils._queues import redis_layout
 
 
 def check_params(params):
+    """What the argument spec cannot say; raises OptionError."""
     check_seconds(params['duration'], 'duration')
     if params['max_events'] is not None and params['max_events'] < 1:
-        raise BrokerError('max_events must be 1 or more, got %d' % params['max_events'], option='max_events')
+        raise OptionError('max_events must be 1 or more, got %d' % params['max_events'], option='max_events')
     if params['max_failures'] < 0:
-        raise BrokerError('max_failures must be 0 or more, got %d' % params['max_failures'], option='max_failures')
+        raise OptionError('max_failures must be 0 or more, got %d' % params['max_failures'], option='max_failures')
 
 
 def main():
-    argument_spec = broker_argument_spec()
-    argument_spec.update(redis_transport_argument_spec())
-    argument_spec.update(
+    module = FleetModule(argument_spec=dict(
         duration=dict(type='float', default=10.0),
         max_events=dict(type='int'),
         types=dict(type='list', elements='str', choices=list(EVENT_TYPES)),
         max_failures=dict(type='int', default=20),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    missing = missing_library(module.params)
-    if missing:
-        module.fail_json(msg=missing_required_lib(missing[0]), exception=missing[1])
-
+    ))
     result = dict(changed=False)
     params = module.params
-    try:
+    with module.fail_on_error(result):
         check_params(params)
         broker = broker_from_params(params)
         result['broker'] = broker.facts()
@@ -217,8 +208,6 @@ def main():
         elapsed, ended = listen(broker, summary, params['duration'], params['max_events'], params['types'],
                                 redis_layout(params))
         result.update(summary.result(), elapsed=round(elapsed, 3), ended=ended)
-    except BrokerError as error:
-        fail_from_error(module, error, **result)
     if result['hint']:
         module.warn(result['hint'])
     module.exit_json(**result)

@@ -159,31 +159,30 @@ diff:
   sample: {"before": {"reports": 120}, "after": {"reports": 0}}
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
-    BrokerError, Refused, broker_argument_spec, fail_from_error)
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, OptionError, Refused
+from ansible_collections.celeryops.fleet.plugins.module_utils._module import FleetModule
 from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
-    check_queue_names, missing_library, open_queues, queue_options_argument_spec, queue_states,
-    redis_transport_argument_spec, refuse_unsafe)
+    check_queue_names, open_queues, queue_states, refuse_unsafe)
+
+# Checked by Ansible, worded by the harness: 'keep is required with state: trimmed'.
+REQUIRED_IF = [('state', 'trimmed', ['keep'])]
 
 
 def check_params(params):
+    """What the argument spec cannot say; raises OptionError."""
     check_queue_names(params['queues'])
     if not params['queues']:
-        raise BrokerError('queues must name at least one queue', option='queues')
+        raise OptionError('queues must name at least one queue', option='queues')
     if params['state'] == 'trimmed':
-        if params['keep'] is None:
-            raise BrokerError('keep is required with state: trimmed', option='keep')
-        if params['keep'] < 0:
-            raise BrokerError('keep must be 0 or more, got %d' % params['keep'], option='keep')
+        if params['keep'] < 0:   # given: REQUIRED_IF
+            raise OptionError('keep must be 0 or more, got %d' % params['keep'], option='keep')
         if params['task_names']:
-            raise BrokerError('task_names only goes with state: purged', option='task_names')
+            raise OptionError('task_names only goes with state: purged', option='task_names')
     elif params['keep'] is not None:
-        raise BrokerError('keep only goes with state: trimmed, not state: %s' % params['state'], option='keep')
+        raise OptionError('keep only goes with state: trimmed, not state: %s' % params['state'], option='keep')
     # An empty variable must not widen a filtered purge to every message.
     if params['state'] == 'purged' and params['task_names'] == []:
-        raise BrokerError('task_names is an empty list: it names no task, so nothing would be kept; omit task_names '
+        raise OptionError('task_names is an empty list: it names no task, so nothing would be kept; omit task_names '
                           'to purge every message', option='task_names')
     check_queue_names(params['task_names'], option='task_names', what='task')
 
@@ -241,27 +240,21 @@ def changes(queues, params, check_mode, result, warn, current):
 
 
 def main():
-    argument_spec = broker_argument_spec()
-    argument_spec.update(redis_transport_argument_spec())
-    argument_spec.update(queue_options_argument_spec())
-    argument_spec.update(
-        queues=dict(type='list', elements='str', required=True),
-        state=dict(type='str', default='purged', choices=['purged', 'trimmed']),
-        task_names=dict(type='list', elements='str'),
-        keep=dict(type='int', no_log=False),
-        drop=dict(type='str', default='oldest', choices=['oldest', 'newest']),
+    module = FleetModule(
+        argument_spec=dict(
+            queues=dict(type='list', elements='str', required=True),
+            state=dict(type='str', default='purged', choices=['purged', 'trimmed']),
+            task_names=dict(type='list', elements='str'),
+            keep=dict(type='int', no_log=False),
+            drop=dict(type='str', default='oldest', choices=['oldest', 'newest']),
+        ),
+        queue_options=True,
+        required_if=REQUIRED_IF,
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    missing = missing_library(module.params)
-    if missing:
-        module.fail_json(msg=missing_required_lib(missing[0]), exception=missing[1])
-
     result = dict(changed=False, queues=[])
-    try:
+    with module.fail_on_error(result):
         check_params(module.params)
         apply(module.params, module.check_mode, result, module.warn)
-    except BrokerError as error:
-        fail_from_error(module, error, **result)
     if module._diff:
         result['diff'] = dict(before=dict((q['name'], q['before']) for q in result['queues']),
                               after=dict((q['name'], q['after']) for q in result['queues']))

@@ -210,48 +210,49 @@ waited:
   type: float
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from collections import namedtuple
 
-from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
-    BrokerError, broker_argument_spec, fail_from_error)
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, OptionError
 from ansible_collections.celeryops.fleet.plugins.module_utils._messages import UNDECODABLE
+from ansible_collections.celeryops.fleet.plugins.module_utils._module import FleetModule
 from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
-    check_queue_names, missing_library, open_queues, queue_options_argument_spec, queue_states,
-    redis_transport_argument_spec, refuse_unsafe)
-from ansible_collections.celeryops.fleet.plugins.module_utils._wait import (
-    check_wait_params, wait_argument_spec, wait_until)
+    check_queue_names, open_queues, queue_states, refuse_unsafe)
+from ansible_collections.celeryops.fleet.plugins.module_utils._wait import check_wait_params, wait_until
 
 MAX_PEEK = 10000
+# A threshold that does not hold: the option that sets it, and a phrase for the operator.
+Problem = namedtuple('Problem', 'option text')
 
 
 def unmet_thresholds(states, params):
-    """What keeps the thresholds from holding, one phrase per queue and threshold."""
+    """What keeps the thresholds from holding: a Problem per queue and threshold, in order."""
     problems = []
     for state in states:
         name = state['name']
         if params['max_messages'] is not None and state['messages'] > params['max_messages']:
-            problems.append("queue '%s' has %d ready messages (max_messages %d)"
-                            % (name, state['messages'], params['max_messages']))
+            problems.append(Problem('max_messages', "queue '%s' has %d ready messages (max_messages %d)"
+                                    % (name, state['messages'], params['max_messages'])))
         if params['max_unacked'] is not None and state['unacked'] is None:
-            problems.append("queue '%s' has an unknown number of unacked messages: the management API could not be "
-                            "used (max_unacked %d)" % (name, params['max_unacked']))
+            problems.append(Problem('max_unacked', "queue '%s' has an unknown number of unacked messages: the "
+                                    "management API could not be used (max_unacked %d)" % (name, params['max_unacked'])))
         elif params['max_unacked'] is not None and state['unacked'] > params['max_unacked']:
-            problems.append("queue '%s' has %d unacked messages (max_unacked %d)"
-                            % (name, state['unacked'], params['max_unacked']))
+            problems.append(Problem('max_unacked', "queue '%s' has %d unacked messages (max_unacked %d)"
+                                    % (name, state['unacked'], params['max_unacked'])))
         if params['min_consumers'] is not None and (state['consumers'] or 0) < params['min_consumers']:
-            problems.append("queue '%s' has %d consumers (min_consumers %d)"
-                            % (name, state['consumers'] or 0, params['min_consumers']))
+            problems.append(Problem('min_consumers', "queue '%s' has %d consumers (min_consumers %d)"
+                                    % (name, state['consumers'] or 0, params['min_consumers'])))
     return problems
 
 
 def check_params(params):
+    """What the argument spec cannot say; raises OptionError."""
     check_wait_params(params)
     check_queue_names(params['queues'])
     if params['peek'] < 0 or params['peek'] > MAX_PEEK:
-        raise BrokerError('peek must be between 0 and %d, got %d' % (MAX_PEEK, params['peek']), option='peek')
+        raise OptionError('peek must be between 0 and %d, got %d' % (MAX_PEEK, params['peek']), option='peek')
     for option in ('max_messages', 'max_unacked', 'min_consumers'):
         if params[option] is not None and params[option] < 0:
-            raise BrokerError('%s must be 0 or more, got %d' % (option, params[option]), option=option)
+            raise OptionError('%s must be 0 or more, got %d' % (option, params[option]), option=option)
 
 
 def describe(params, result):
@@ -259,7 +260,7 @@ def describe(params, result):
     result['broker'] = queues.broker.facts()
     try:
         if queues.transport == 'redis' and params['min_consumers'] is not None:
-            raise BrokerError('min_consumers: Redis cannot count consumers of a queue; use it with RabbitMQ, or check '
+            raise OptionError('min_consumers: Redis cannot count consumers of a queue; use it with RabbitMQ, or check '
                               'workers with celeryops.fleet.celery_worker_info', option='min_consumers')
         names = params['queues'] or None  # None: discover them on every poll
         thresholds = any(params[o] is not None for o in ('max_messages', 'max_unacked', 'min_consumers'))
@@ -269,8 +270,15 @@ def describe(params, result):
             return not unmet_thresholds(states, params), states
 
         if params['wait'] and thresholds:
-            states, waited = wait_until(probe, params['wait_timeout'], params['wait_sleep'],
-                                        lambda s: '; '.join(unmet_thresholds(s, params)), reconnect=queues.reconnect)
+            try:
+                states, waited = wait_until(probe, params['wait_timeout'], params['wait_sleep'],
+                                            lambda s: '; '.join(p.text for p in unmet_thresholds(s, params)),
+                                            reconnect=queues.reconnect)
+            except BrokerError as error:
+                # The states last seen are what the result returns, not a detail of the failure.
+                if 'last_state' in error.details:
+                    result['queues'] = error.details.pop('last_state')
+                raise
             result['waited'] = round(waited, 3)
         else:
             states = queue_states(queues, names, params['include_internal'])
@@ -279,9 +287,7 @@ def describe(params, result):
             result['management_error'] = queues.management_error
         problems = unmet_thresholds(states, params)
         if problems:
-            # Each phrase ends with '(option value)': name the option of the first one.
-            option = problems[0].rsplit('(', 1)[1].split()[0]
-            raise BrokerError('thresholds not met: ' + '; '.join(problems), option=option)
+            raise BrokerError('thresholds not met: ' + '; '.join(p.text for p in problems), option=problems[0].option)
         if params['peek'] or params['breakdown']:
             refuse_unsafe(queues, states, 'peek' if params['peek'] else 'breakdown')
         for state in states:
@@ -299,33 +305,24 @@ def describe(params, result):
 
 
 def main():
-    argument_spec = broker_argument_spec()
-    argument_spec.update(redis_transport_argument_spec())
-    argument_spec.update(queue_options_argument_spec())
-    argument_spec.update(wait_argument_spec())
-    argument_spec.update(
-        queues=dict(type='list', elements='str'),
-        include_internal=dict(type='bool', default=False),
-        peek=dict(type='int', default=0),
-        peek_arguments=dict(type='bool', default=True),
-        breakdown=dict(type='bool', default=False),
-        max_messages=dict(type='int'),
-        max_unacked=dict(type='int'),
-        min_consumers=dict(type='int'),
+    module = FleetModule(
+        argument_spec=dict(
+            queues=dict(type='list', elements='str'),
+            include_internal=dict(type='bool', default=False),
+            peek=dict(type='int', default=0),
+            peek_arguments=dict(type='bool', default=True),
+            breakdown=dict(type='bool', default=False),
+            max_messages=dict(type='int'),
+            max_unacked=dict(type='int'),
+            min_consumers=dict(type='int'),
+        ),
+        queue_options=True,
+        wait_options=True,
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    missing = missing_library(module.params)
-    if missing:
-        module.fail_json(msg=missing_required_lib(missing[0]), exception=missing[1])
-
     result = dict(changed=False, queues=[])
-    try:
+    with module.fail_on_error(result):
         check_params(module.params)
         describe(module.params, result)
-    except BrokerError as error:
-        if 'last_state' in error.details:
-            result['queues'] = error.details.pop('last_state')
-        fail_from_error(module, error, **result)
     module.exit_json(**result)
 
 

@@ -5,8 +5,8 @@
 
 import pytest
 
-from ansible_collections.celeryops.fleet.plugins.module_utils import _queues
-from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError
+from ansible_collections.celeryops.fleet.plugins.module_utils import _module, _queues
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, OptionError
 from ansible_collections.celeryops.fleet.plugins.modules import celery_queue, celery_queue_info
 
 
@@ -33,45 +33,53 @@ def failure(check, params):
     return info.value
 
 
+def unmet_thresholds(states, params):
+    """The phrases of celery_queue_info's unmet thresholds; each problem's option is the one its phrase names."""
+    problems = celery_queue_info.unmet_thresholds(states, params)
+    for problem in problems:
+        assert problem.text.endswith('(%s %d)' % (problem.option, params[problem.option])), problem
+    return [problem.text for problem in problems]
+
+
 # -- unmet_thresholds ---------------------------------------------------------------------------
 
 def test_no_thresholds_nothing_unmet():
-    assert celery_queue_info.unmet_thresholds([state(messages=10 ** 6, unacked=5, consumers=0)], info_params()) == []
+    assert unmet_thresholds([state(messages=10 ** 6, unacked=5, consumers=0)], info_params()) == []
 
 
 def test_max_messages():
     params = info_params(max_messages=0)
-    assert celery_queue_info.unmet_thresholds([state(messages=0)], params) == []
-    assert celery_queue_info.unmet_thresholds([state('emails', messages=5)], params) == [
+    assert unmet_thresholds([state(messages=0)], params) == []
+    assert unmet_thresholds([state('emails', messages=5)], params) == [
         "queue 'emails' has 5 ready messages (max_messages 0)"]
 
 
 def test_max_messages_is_inclusive():
-    assert celery_queue_info.unmet_thresholds([state(messages=10)], info_params(max_messages=10)) == []
-    assert celery_queue_info.unmet_thresholds([state(messages=11)], info_params(max_messages=10)) == [
+    assert unmet_thresholds([state(messages=10)], info_params(max_messages=10)) == []
+    assert unmet_thresholds([state(messages=11)], info_params(max_messages=10)) == [
         "queue 'q' has 11 ready messages (max_messages 10)"]
 
 
 def test_max_unacked():
     params = info_params(max_unacked=2)
-    assert celery_queue_info.unmet_thresholds([state(unacked=2)], params) == []
-    assert celery_queue_info.unmet_thresholds([state(unacked=3)], params) == [
+    assert unmet_thresholds([state(unacked=2)], params) == []
+    assert unmet_thresholds([state(unacked=3)], params) == [
         "queue 'q' has 3 unacked messages (max_unacked 2)"]
 
 
 def test_min_consumers():
     params = info_params(min_consumers=2)
-    assert celery_queue_info.unmet_thresholds([state(consumers=2)], params) == []
-    assert celery_queue_info.unmet_thresholds([state(consumers=1)], params) == [
+    assert unmet_thresholds([state(consumers=2)], params) == []
+    assert unmet_thresholds([state(consumers=1)], params) == [
         "queue 'q' has 1 consumers (min_consumers 2)"]
-    assert celery_queue_info.unmet_thresholds([state(consumers=None)], params) == [
+    assert unmet_thresholds([state(consumers=None)], params) == [
         "queue 'q' has 0 consumers (min_consumers 2)"]
 
 
 def test_every_queue_and_threshold_in_order():
     params = info_params(max_messages=0, max_unacked=0, min_consumers=1)
     states = [state('a', messages=3, unacked=1, consumers=0), state('b'), state('c', messages=1, consumers=4)]
-    assert celery_queue_info.unmet_thresholds(states, params) == [
+    assert unmet_thresholds(states, params) == [
         "queue 'a' has 3 ready messages (max_messages 0)",
         "queue 'a' has 1 unacked messages (max_unacked 0)",
         "queue 'a' has 0 consumers (min_consumers 1)",
@@ -83,15 +91,15 @@ def test_every_queue_and_threshold_in_order():
 def test_thresholds_of_zero_are_thresholds():
     # 0 is a real threshold, not "unset".
     params = info_params(max_messages=0, max_unacked=0, min_consumers=0)
-    assert celery_queue_info.unmet_thresholds([state(messages=1)], params) == [
+    assert unmet_thresholds([state(messages=1)], params) == [
         "queue 'q' has 1 ready messages (max_messages 0)"]
 
 
 def test_unknown_unacked_does_not_meet_max_unacked():
     # RabbitMQ without the management API cannot tell: max_unacked must not pass unchecked.
-    assert celery_queue_info.unmet_thresholds([state('q', unacked=None)], info_params(max_unacked=0)) == [
+    assert unmet_thresholds([state('q', unacked=None)], info_params(max_unacked=0)) == [
         "queue 'q' has an unknown number of unacked messages: the management API could not be used (max_unacked 0)"]
-    assert celery_queue_info.unmet_thresholds([state('q', unacked=None)], info_params(max_messages=0)) == []
+    assert unmet_thresholds([state('q', unacked=None)], info_params(max_messages=0)) == []
 
 
 # -- celery_queue_info.check_params ------------------------------------------------------------
@@ -124,6 +132,18 @@ def test_info_params_errors(overrides, option, msg):
     assert error.option == option
 
 
+def test_problems_name_their_option():
+    params = info_params(max_messages=0, max_unacked=0, min_consumers=1)
+    states = [state('a', messages=3, unacked=None, consumers=0)]
+    assert [p.option for p in celery_queue_info.unmet_thresholds(states, params)] == [
+        'max_messages', 'max_unacked', 'min_consumers']
+
+
+def test_option_errors_are_option_errors():
+    assert isinstance(failure(celery_queue_info.check_params, info_params(peek=-1)), OptionError)
+    assert isinstance(failure(celery_queue.check_params, queue_params(keep=3)), OptionError)
+
+
 def test_info_wait_options_checked_first():
     error = failure(celery_queue_info.check_params, info_params(wait_timeout=-1, peek=-1, queues=['']))
     assert error.option == 'wait_timeout'
@@ -146,7 +166,6 @@ def test_queue_params_ok(overrides):
     (dict(queues=[]), 'queues', 'queues must name at least one queue'),
     (dict(queues=None), 'queues', 'queues must name at least one queue'),
     (dict(queues=['q', '']), 'queues', 'queues: a queue name is empty'),
-    (dict(state='trimmed'), 'keep', 'keep is required with state: trimmed'),
     (dict(state='trimmed', keep=-1), 'keep', 'keep must be 0 or more, got -1'),
     (dict(state='trimmed', keep=5, task_names=['t']), 'task_names', 'task_names only goes with state: purged'),
     (dict(keep=3), 'keep', 'keep only goes with state: trimmed, not state: purged'),
@@ -156,6 +175,15 @@ def test_queue_params_errors(overrides, option, msg):
     error = failure(celery_queue.check_params, queue_params(**overrides))
     assert error.msg == msg
     assert error.option == option
+
+
+def test_keep_is_required_with_state_trimmed():
+    # Declared to Ansible (required_if); the harness words the failure. An explicit null counts as left out.
+    for params in (queue_params(state='trimmed'), queue_params(state='trimmed', keep=None)):
+        msg, option = _module.unmet_constraint(params, {}, required_if=celery_queue.REQUIRED_IF)
+        assert msg == 'keep is required with state: trimmed'
+        assert option == 'keep'
+    assert _module.unmet_constraint(queue_params(), {}, required_if=celery_queue.REQUIRED_IF) is None
 
 
 def test_queue_empty_task_name():
