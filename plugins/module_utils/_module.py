@@ -165,7 +165,7 @@ class FleetModule(AnsibleModule):
         if unmet:
             self.fail_json(msg=unmet[0], option=unmet[1])
 
-    def fail_json(self, msg, **kwargs):
+    def fail_json(self, *args, **kwargs):
         """AnsibleModule's, except that a declared constraint the options break is told in this collection's
         words, naming the option (Ansible's: 'state is trimmed but all of the following are missing: keep')."""
         validation = getattr(self, 'validation_result', None)
@@ -174,8 +174,9 @@ class FleetModule(AnsibleModule):
             self._validating = False
             unmet = self._unmet_constraint()
             if unmet:
-                msg, kwargs['option'] = unmet
-        super(FleetModule, self).fail_json(msg, **kwargs)
+                args = ()
+                kwargs.update(msg=unmet[0], option=unmet[1])
+        super(FleetModule, self).fail_json(*args, **kwargs)
 
     def secrets(self):
         """What must never show: the values of no_log options, and the password inside broker_url (also when

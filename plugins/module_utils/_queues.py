@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from ansible_collections.celeryops.fleet.plugins.module_utils._broker import OptionError, broker_from_params
+# BrokerError: what open_queues and the queue objects raise, for callers that import it from here.
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (  # noqa: F401 pylint: disable=unused-import
+    BrokerError, OptionError, broker_from_params)
 from ansible_collections.celeryops.fleet.plugins.module_utils import _redis_queues
 
 
