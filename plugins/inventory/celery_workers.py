@@ -98,11 +98,12 @@ from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructa
 from ansible.utils.display import Display
 from ansible.utils.unsafe_proxy import wrap_var
 
-from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, check_seconds, parse_broker_url
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
+    BrokerError, OptionError, broker_argument_spec, broker_from_params, check_seconds)
 from ansible_collections.celeryops.fleet.plugins.module_utils._control import (
     INSPECT_COMMANDS, Control, Expectation)
-from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
-    missing_library, redis_layout, redis_transport_argument_spec)
+from ansible_collections.celeryops.fleet.plugins.module_utils._module import missing_library
+from ansible_collections.celeryops.fleet.plugins.module_utils._queues import redis_layout, redis_transport_argument_spec
 from ansible_collections.celeryops.fleet.plugins.module_utils._workers import node_state
 
 ALL_GROUP = 'celery_workers'
@@ -176,22 +177,18 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
 
     def _discover(self):
         """Every node that answers: [node_facts(...)], sorted by name."""
-        missing = missing_library({'broker_url': self.get_option('broker_url')})
+        # The broker and transport options, read as the modules read theirs.
+        options = dict((name, self.get_option(name))
+                       for name in list(broker_argument_spec()) + list(redis_transport_argument_spec()))
+        missing = missing_library(options)
         if missing:
             raise AnsibleParserError('%s needs the %s Python library on the controller' % (self.NAME, missing[0]))
         try:
             timeout, count = self.get_option('timeout'), self.get_option('expected_count')
             check_seconds(timeout, 'timeout')
             if count is not None and count < 1:
-                raise BrokerError('expected_count must be 1 or more, got %s' % count)
-            broker = parse_broker_url(self.get_option('broker_url'), password=self.get_option('broker_password'),
-                                      timeout=self.get_option('connect_timeout'),
-                                      tls_ca_file=self.get_option('tls_ca_file'),
-                                      tls_cert_file=self.get_option('tls_cert_file'),
-                                      tls_key_file=self.get_option('tls_key_file'),
-                                      tls_verify=self.get_option('tls_verify'))
-            control = Control(broker, redis_layout(dict((option, self.get_option(option))
-                                                        for option in redis_transport_argument_spec())))
+                raise OptionError('expected_count must be 1 or more, got %s' % count, option='expected_count')
+            control = Control(broker_from_params(options), redis_layout(options))
             try:
                 replies = control.request(dict((s, INSPECT_COMMANDS[s]) for s in SECTIONS), Expectation(count=count),
                                           timeout=timeout)

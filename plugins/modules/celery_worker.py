@@ -187,91 +187,79 @@ elapsed:
 
 import time
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
-    BrokerError, broker_argument_spec, broker_from_params, check_seconds, fail_from_error)
+from ansible_collections.celeryops.fleet.plugins.module_utils._broker import OptionError, broker_from_params, check_seconds
 from ansible_collections.celeryops.fleet.plugins.module_utils._control import Control, check_node_names
-from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
-    missing_library, redis_layout, redis_transport_argument_spec)
+from ansible_collections.celeryops.fleet.plugins.module_utils._module import FleetModule
+from ansible_collections.celeryops.fleet.plugins.module_utils._queues import redis_layout
 from ansible_collections.celeryops.fleet.plugins.module_utils._workers import ALL_NODES, converge
 
 
 def check_params(params):
+    """What the argument spec cannot say; raises OptionError."""
     # An empty list (from an empty variable) must never widen to every node. (A null is refused
     # by Ansible itself: with a default, nodes must be a list.)
     if not params['nodes']:
-        raise BrokerError('nodes: the list is empty, so there is no node to act on (omit nodes to act on every node '
+        raise OptionError('nodes: the list is empty, so there is no node to act on (omit nodes to act on every node '
                           'that answers)', option='nodes')
     check_node_names(params['nodes'], 'nodes')
     if params['queues'] == []:
         # Nor to every queue (state: drained).
-        raise BrokerError('queues: the list is empty, so there is no queue to act on (omit queues to drain every '
+        raise OptionError('queues: the list is empty, so there is no queue to act on (omit queues to drain every '
                           'queue)', option='queues')
     for queue in params['queues'] or []:
         if not queue or not queue.strip():
-            raise BrokerError('queues: a queue name is empty', option='queues')
-    if params['state'] == 'consuming' and not params['queues']:
-        raise BrokerError('queues is required with state: consuming', option='queues')
-    if not params['state'] and params['concurrency'] is None and params['autoscale'] is None \
-            and params['events'] is None:
-        raise BrokerError('nothing to do: give state, concurrency, autoscale or events', option='state')
+            raise OptionError('queues: a queue name is empty', option='queues')
     if params['state'] == 'stopped' and (params['concurrency'] is not None or params['autoscale'] is not None
                                          or params['events'] is not None):
-        raise BrokerError('state: stopped goes with neither concurrency, autoscale nor events', option='state')
+        raise OptionError('state: stopped goes with neither concurrency, autoscale nor events', option='state')
     if params['concurrency'] is not None and params['concurrency'] < 1:
-        raise BrokerError('concurrency must be 1 or more, got %d' % params['concurrency'], option='concurrency')
+        raise OptionError('concurrency must be 1 or more, got %d' % params['concurrency'], option='concurrency')
     if params['autoscale'] is not None:
         if len(params['autoscale']) != 2 or min(params['autoscale']) < 0:
-            raise BrokerError('autoscale must be [max, min], two numbers of 0 or more, got %s' % params['autoscale'],
+            raise OptionError('autoscale must be [max, min], two numbers of 0 or more, got %s' % params['autoscale'],
                               option='autoscale')
         if params['autoscale'][0] < params['autoscale'][1] or params['autoscale'][0] < 1:
-            raise BrokerError('autoscale: max (%d) must be at least min (%d) and at least 1'
+            raise OptionError('autoscale: max (%d) must be at least min (%d) and at least 1'
                               % tuple(params['autoscale']), option='autoscale')
-        if params['concurrency'] is not None:
-            raise BrokerError('concurrency and autoscale exclude each other', option='autoscale')
     if params['exclusive'] and params['state'] != 'consuming':
-        raise BrokerError('exclusive only goes with state: consuming', option='exclusive')
+        raise OptionError('exclusive only goes with state: consuming', option='exclusive')
     for option in ('timeout', 'wait_timeout', 'wait_sleep'):
         check_seconds(params[option], option)
 
 
 def main():
-    argument_spec = broker_argument_spec()
-    argument_spec.update(redis_transport_argument_spec())
-    argument_spec.update(
-        nodes=dict(type='list', elements='str', default=list(ALL_NODES)),
-        state=dict(type='str', choices=['consuming', 'drained', 'stopped']),
-        concurrency=dict(type='int'),
-        autoscale=dict(type='list', elements='int'),
-        events=dict(type='bool'),
-        queues=dict(type='list', elements='str'),
-        exclusive=dict(type='bool', default=False),
-        timeout=dict(type='float', default=2.0),
-        wait_timeout=dict(type='float', default=300.0),
-        wait_sleep=dict(type='float', default=0.5),
+    module = FleetModule(
+        argument_spec=dict(
+            nodes=dict(type='list', elements='str', default=list(ALL_NODES)),
+            state=dict(type='str', choices=['consuming', 'drained', 'stopped']),
+            concurrency=dict(type='int'),
+            autoscale=dict(type='list', elements='int'),
+            events=dict(type='bool'),
+            queues=dict(type='list', elements='str'),
+            exclusive=dict(type='bool', default=False),
+            timeout=dict(type='float', default=2.0),
+            wait_timeout=dict(type='float', default=300.0),
+            wait_sleep=dict(type='float', default=0.5),
+        ),
+        mutually_exclusive=[('concurrency', 'autoscale')],
+        required_one_of=[('state', 'concurrency', 'autoscale', 'events')],
+        required_if=[('state', 'consuming', ['queues'])],
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    missing = missing_library(module.params)
-    if missing:
-        module.fail_json(msg=missing_required_lib(missing[0]), exception=missing[1])
-
-    result = dict(changed=False, all_nodes=module.params['nodes'] == ALL_NODES, nodes={}, missing=[], gone=[])
+    params = module.params
+    result = dict(changed=False, all_nodes=params['nodes'] == ALL_NODES, nodes={}, missing=[], gone=[])
     started = time.monotonic()
-    try:
-        check_params(module.params)
-        broker = broker_from_params(module.params)
+    with module.fail_on_error(result):
+        check_params(params)
+        broker = broker_from_params(params)
         result['broker'] = broker.facts()
-        control = Control(broker, redis_layout(module.params))
+        control = Control(broker, redis_layout(params))
         try:
-            converge(control, module.params, module.check_mode, result)
+            converge(control, params, module.check_mode, result)
         finally:
             control.close()
-        if result['gone']:
-            module.warn('stopped answering during the drain, so not waited for (killed or crashed?); their '
-                        'unacknowledged tasks go back to the queue: %s' % ', '.join(result['gone']))
-    except BrokerError as error:
-        fail_from_error(module, error, **result)
+    if result['gone']:
+        module.warn('stopped answering during the drain, so not waited for (killed or crashed?); their '
+                    'unacknowledged tasks go back to the queue: %s' % ', '.join(result['gone']))
     result['elapsed'] = round(time.monotonic() - started, 3)
     module.exit_json(**result)
 

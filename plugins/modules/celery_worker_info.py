@@ -148,27 +148,26 @@ broker:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
-    BrokerError, broker_argument_spec, broker_from_params, check_seconds, fail_from_error, redact_secrets)
+    OptionError, broker_from_params, check_seconds, redact_secrets)
 from ansible_collections.celeryops.fleet.plugins.module_utils._control import (
     INSPECT_COMMANDS, Control, Expectation, check_node_names)
-from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
-    missing_library, redis_layout, redis_transport_argument_spec)
-from ansible_collections.celeryops.fleet.plugins.module_utils._wait import (
-    check_wait_params, wait_argument_spec, wait_until)
+from ansible_collections.celeryops.fleet.plugins.module_utils._module import FleetModule
+from ansible_collections.celeryops.fleet.plugins.module_utils._queues import redis_layout
+from ansible_collections.celeryops.fleet.plugins.module_utils._wait import check_wait_params, wait_until
 from ansible_collections.celeryops.fleet.plugins.module_utils._workers import node_state
 
 
 def check_params(params):
+    """What the argument spec cannot say; raises OptionError."""
     check_wait_params(params)
     check_node_names(params['expected_nodes'], 'expected_nodes')
     if params['expected_count'] is not None and params['expected_count'] < 0:
-        raise BrokerError('expected_count must be 0 or more, got %d' % params['expected_count'], option='expected_count')
+        raise OptionError('expected_count must be 0 or more, got %d' % params['expected_count'], option='expected_count')
     check_seconds(params['timeout'], 'timeout')
+    # Not a required_if: an empty list or a count of 0 is given, to Ansible, and leaves nothing to wait for too.
     if params['wait'] and not (params['expected_nodes'] or params['expected_count']):
-        raise BrokerError('wait needs expected_nodes or expected_count: there is nothing to wait for', option='wait')
+        raise OptionError('wait needs expected_nodes or expected_count: there is nothing to wait for', option='wait')
 
 
 def gather(params, result):
@@ -205,27 +204,17 @@ def gather(params, result):
 
 
 def main():
-    argument_spec = broker_argument_spec()
-    argument_spec.update(redis_transport_argument_spec())
-    argument_spec.update(wait_argument_spec())
-    argument_spec.update(
+    module = FleetModule(argument_spec=dict(
         expected_nodes=dict(type='list', elements='str'),
         expected_count=dict(type='int'),
         include=dict(type='list', elements='str', choices=sorted(INSPECT_COMMANDS),
                      default=['ping', 'stats', 'active_queues']),
         timeout=dict(type='float', default=1.0),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    missing = missing_library(module.params)
-    if missing:
-        module.fail_json(msg=missing_required_lib(missing[0]), exception=missing[1])
-
+    ), wait_options=True)
     result = dict(changed=False, workers={}, online=[], missing=[], unexpected=[], duplicates=[], count=0, undecodable=0)
-    try:
+    with module.fail_on_error(result):
         check_params(module.params)
         gather(module.params, result)
-    except BrokerError as error:
-        fail_from_error(module, error, **result)
     module.exit_json(**result)
 
 
