@@ -298,13 +298,6 @@ def scrub(text, *secrets):
     return text
 
 
-def fail_from_error(module, error, **result):
-    """Moved to _module (FleetModule.fail_from_error, which also passes a scrubbed traceback); kept until
-    celery_worker and celery_worker_info use the harness."""
-    from ansible_collections.celeryops.fleet.plugins.module_utils._module import fail_from_error as moved
-    moved(module, error, **result)
-
-
 # Setting names whose values are secrets (as Celery's own filter_hidden_settings judges them).
 _SECRET_KEY = re.compile(r'pass|secret|token|signature|credential|api_?key|private_?key|security_key', re.IGNORECASE)
 _URL_PASSWORD = re.compile(r'(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]+)(?P<tail>@)', re.IGNORECASE)

@@ -124,12 +124,6 @@ def failure(error, **result):
     return result
 
 
-def fail_from_error(module, error, **result):
-    """Turn a BrokerError (or an OptionError) into ``module``'s single fail_json, without a traceback.
-    FleetModule.fail_from_error adds a scrubbed one; this remains for modules not yet on the harness."""
-    module.fail_json(**failure(error, **result))
-
-
 class FleetModule(AnsibleModule):
     """An AnsibleModule with the shared options, the library check and one failure path (see the top)."""
 

@@ -45,13 +45,6 @@ def queue_options_argument_spec():
     )
 
 
-def missing_library(params):
-    """Moved to _module.missing_library; kept until celery_worker, celery_worker_info and the celery_workers
-    inventory plugin import it from there."""
-    from ansible_collections.celeryops.fleet.plugins.module_utils._module import missing_library as moved
-    return moved(params)
-
-
 def open_queues(params):
     """A RedisQueues or AmqpQueues for the module's options; raises OptionError or BrokerError."""
     broker = broker_from_params(params)

@@ -9,7 +9,7 @@ import pytest
 
 from ansible_collections.celeryops.fleet.plugins.module_utils import _broker
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
-    BrokerError, BrokerURL, broker_argument_spec, broker_from_params, fail_from_error, parse_broker_url, scrub,
+    BrokerError, BrokerURL, broker_argument_spec, broker_from_params, parse_broker_url, scrub,
     ssl_context)
 
 # Distinctive, so that finding it anywhere means it leaked. Only URL-safe characters, so it can
@@ -599,31 +599,6 @@ def test_broker_error():
     assert str(error) == 'boom' and error.msg == 'boom'
     assert (error.option, error.endpoint, error.details) == ('broker_url', 'redis h:6379 db 0', dict(a=1))
     assert BrokerError('x').details == {}
-
-
-class FakeModule(object):
-    def __init__(self):
-        self.failed = None
-
-    def fail_json(self, **kwargs):
-        self.failed = kwargs
-        raise SystemExit(1)
-
-
-def test_fail_from_error():
-    module = FakeModule()
-    error = BrokerError('cannot connect', option='broker_url', endpoint='redis h:1 db 0', details=dict(extra=2))
-    with pytest.raises(SystemExit):
-        fail_from_error(module, error, queues=[], changed=False)
-    assert module.failed == dict(msg='cannot connect', option='broker_url', endpoint='redis h:1 db 0', extra=2,
-                                 queues=[], changed=False)
-
-
-def test_fail_from_error_keeps_given_values():
-    module = FakeModule()
-    with pytest.raises(SystemExit):
-        fail_from_error(module, BrokerError('x'), option='mine')
-    assert module.failed == dict(msg='x', option='mine')
 
 
 @pytest.mark.parametrize('reason,option,text', [

@@ -152,11 +152,14 @@ def test_an_option_error_is_a_broker_error_for_callers_that_catch_those():
     assert issubclass(OptionError, BrokerError)
 
 
-def test_fail_from_error_without_the_harness_adds_no_traceback():
-    module = FakeModule()
-    with pytest.raises(SystemExit):
-        _module.fail_from_error(module, BrokerError('x', option='o'), changed=False)
-    assert module.failed == dict(msg='x', option='o', changed=False)
+def test_failure():
+    error = BrokerError('cannot connect', option='broker_url', endpoint='redis h:1 db 0', details=dict(extra=2))
+    assert _module.failure(error, queues=[], changed=False) == dict(
+        msg='cannot connect', option='broker_url', endpoint='redis h:1 db 0', extra=2, queues=[], changed=False)
+
+
+def test_failure_keeps_given_values():
+    assert _module.failure(BrokerError('x'), option='mine') == dict(msg='x', option='mine')
 
 
 def test_missing_library_is_none_when_the_library_imports():
