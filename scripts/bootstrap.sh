@@ -18,7 +18,8 @@ log() { printf '==> %s\n' "$*" >&2; }
 
 _python() {
   for candidate in python3.13 python3.12 python3.11 python3.10 python3; do
-    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+    # 2>/dev/null: a pyenv shim for a version that is not active fails with "pyenv: python3.13: command not found".
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
       echo "$candidate"; return 0
     fi
   done

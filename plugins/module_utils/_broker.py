@@ -132,14 +132,26 @@ class BrokerURL(object):
         path = str(self.db) if self.transport == 'redis' else ('' if self.vhost == '/' else quote(self.vhost, safe=''))
         return '%s://%s%s:%s/%s' % (self.scheme, auth, host, self.port, path)
 
+    @property
+    def user_hidden(self):
+        """Whether ``facts()`` leaves the user name out (null) because the password is that name or part of it
+        (guest/guest): shown, it would show the password, and Ansible would mask it anyway (any output value
+        equal to a no_log option's, broker_password's, reads ``VALUE_SPECIFIED_IN_NO_LOG_PARAMETER``)."""
+        return bool(self.user and self.password and self.password in self.user)
+
     def facts(self):
-        """What modules return about the broker: no password, no URL."""
-        out = dict(transport=self.transport, tls=self.tls, host=self.host, port=self.port, user=self.user)
+        """What modules return about the broker: no password, no URL; ``user`` is null when ``user_hidden``."""
+        out = dict(transport=self.transport, tls=self.tls, host=self.host, port=self.port,
+                   user=None if self.user_hidden else self.user)
         if self.transport == 'redis':
             out['db'] = self.db
         else:
             out['vhost'] = self.vhost
         return out
+
+
+USER_HIDDEN_WARNING = ('broker.user is null: the broker password is the user name (or part of it), so showing the '
+                       'user would show the password. Give the broker user a password of its own.')
 
 
 def _tls_verify_from_query(value):

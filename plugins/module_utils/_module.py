@@ -33,7 +33,7 @@ from ansible.module_utils.errors import (
     MutuallyExclusiveError, RequiredByError, RequiredIfError, RequiredOneOfError, RequiredTogetherError)
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
-    BrokerError, broker_argument_spec, broker_from_params, passwords_in_urls, redact_secrets)
+    USER_HIDDEN_WARNING, BrokerError, broker_argument_spec, broker_from_params, passwords_in_urls, redact_secrets)
 from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
     queue_options_argument_spec, redis_transport_argument_spec)
 from ansible_collections.celeryops.fleet.plugins.module_utils._wait import wait_argument_spec
@@ -171,6 +171,16 @@ class FleetModule(AnsibleModule):
                 args = ()
                 kwargs.update(msg=unmet[0], option=unmet[1])
         super(FleetModule, self).fail_json(*args, **kwargs)
+
+    def exit_json(self, **kwargs):
+        """AnsibleModule's, with a warning when the broker facts leave the user out (see BrokerURL.user_hidden)."""
+        try:
+            user_hidden = broker_from_params(self.params).user_hidden
+        except BrokerError:
+            user_hidden = False
+        if user_hidden:
+            self.warn(USER_HIDDEN_WARNING)
+        super(FleetModule, self).exit_json(**kwargs)
 
     def secrets(self):
         """What must never show: the values of no_log options, and the password inside broker_url (also when

@@ -149,6 +149,21 @@ def test_user_and_password():
     assert (broker.user, broker.password, broker.host, broker.vhost) == ('celery', SECRET, 'rabbit', 'prod')
 
 
+@pytest.mark.parametrize('url, password, user', [
+    ('amqp://guest:guest@h//', None, None),              # guest/guest: the user would show the password
+    ('amqp://guest@h//', 'guest', None),                  # the same through broker_password
+    ('redis://celery-prod:celery@h:6379/0', None, None),  # the password inside the user name
+    ('amqp://guest:guest2@h//', None, 'guest'),           # the user inside the password: nothing to hide
+    ('amqp://guest@h//', None, 'guest'),
+    ('amqp://guest:@h//', None, 'guest'),                 # an empty password is in every name; hides nothing
+])
+def test_the_user_is_left_out_of_the_facts_when_it_holds_the_password(url, password, user):
+    broker = parse(url, password=password)
+    assert broker.facts()['user'] == user
+    assert broker.user_hidden is (user is None)
+    assert broker.user == 'guest' or broker.user == 'celery-prod'   # still used to log in
+
+
 def test_password_only_redis_url():
     broker = parse('redis://:%s@h:6379/0' % SECRET)
     assert broker.user is None
