@@ -3,8 +3,10 @@ ansible-playbook, ansible-inventory and ansible as users run them, against real 
 
 import json
 import os
+import re
 import subprocess
 import sys
+import urllib.parse
 import uuid
 
 from harness import publish
@@ -132,8 +134,20 @@ def test_queue_report_keeps_task_arguments_out_of_the_log(redis_env, tmp_path):
 
     # At -v Ansible prints the module's whole result too: the module leaves the arguments out as well.
     quiet = report('-v')
-    assert 'reports: 2 ready' in quiet and 'fleet_tasks.mail' in quiet and task_id in quiet, quiet
+    # One table row per queue: name, ready, unacked, consumers (Redis cannot count them), source, by priority step.
+    assert re.search(r'"QUEUE +READY +UNACKED +CONSUMERS +SOURCE +PRIORITIES"', quiet), quiet
+    assert re.search(r'"reports +2 +0 +n/a +redis +0=2 3=0 6=0 9=0"', quiet), quiet
+    assert 'fleet_tasks.mail' in quiet and task_id in quiet and '<not a Celery task>[?]' in quiet, quiet
     assert secret not in quiet, quiet
 
     shown = report(queue_report_peek_arguments=True)
     assert task_id in shown and secret in shown and secret + '-kw' in shown, shown
+
+
+def test_queue_report_on_an_empty_vhost_says_so(rabbit_env):
+    out = run(['ansible-playbook', '-i', 'localhost,', '-c', 'local', 'celeryops.fleet.queue_report',
+               '-e', json.dumps({'celery_broker_url': rabbit_env.url})])
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    vhost = urllib.parse.unquote(rabbit_env.qvhost)
+    assert '"no Celery queues found on amqp 127.0.0.1:5672 vhost %s"' % vhost in out.stdout, out.stdout
+    assert 'QUEUE' not in out.stdout, out.stdout

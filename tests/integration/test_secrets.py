@@ -286,3 +286,33 @@ def test_roles_and_playbooks_never_show_the_password(secret_deployment, redis_us
         assert any(secret in text for secret in secrets), path
     assert scan(deployment.base, secrets, allowed) == []
     assert scan(str(quiet_files), secrets) == []
+
+
+def test_a_user_named_like_its_password_is_left_out_not_masked(rabbit_env, ansible):
+    """guest/guest through broker_password: Ansible would print the user as VALUE_SPECIFIED_IN_NO_LOG_PARAMETER
+    (it masks any value equal to a no_log option's), and showing it would show the password. The facts say null
+    and a warning says why, through ansible-playbook against RabbitMQ; a user with a password of its own shows."""
+    publish(rabbit_env.url, ADD, 'guest_q', args=(1, 2), count=2)
+    by_password = {'celery_broker_url': rabbit_env.url.replace('guest:guest@', 'guest@'), 'celery_broker_password': 'guest',
+                   'queue_report_queues': ['guest_q']}
+    for settings in (by_password, {'celery_broker_url': rabbit_env.url, 'queue_report_queues': ['guest_q']}):
+        described = ansible.playbook('queue_report', settings)['Describe the queues']
+        output = ansible.last['stdout'] + ansible.last['stderr']
+        assert ansible.last['rc'] == 0, output[-3000:]
+        assert described['broker']['user'] is None, described['broker']
+        assert described['queues'][0]['messages'] == 2, described
+        assert any(warning.startswith('broker.user is null: the broker password is the user name')
+                   for warning in described['warnings']), described.get('warnings')
+        # The module's arguments (invocation) stay masked, as they should; the facts hold no masked value.
+        assert 'VALUE_SPECIFIED_IN_NO_LOG_PARAMETER' not in json.dumps([described['broker'], described['queues']])
+
+    name = 'fleet-test-%s' % uuid.uuid4().hex[:8]
+    management('PUT', '/api/users/%s' % name, {'password': WRONG_PASSWORD, 'tags': ''})
+    try:
+        management('PUT', '/api/permissions/%s/%s' % (rabbit_env.qvhost, name), {'configure': '.*', 'write': '.*', 'read': '.*'})
+        own = ansible.playbook('queue_report', dict(by_password, celery_broker_url=by_password['celery_broker_url'].replace(
+            'guest@', '%s@' % name), celery_broker_password=WRONG_PASSWORD))['Describe the queues']
+        assert ansible.last['rc'] == 0 and own['broker']['user'] == name, own
+        assert not own.get('warnings'), own['warnings']
+    finally:
+        management('DELETE', '/api/users/%s' % name)
