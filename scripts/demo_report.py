@@ -111,8 +111,9 @@ def queue_section(facts, where, transport):
         if with_tasks:
             row.append(', '.join('%s %d' % item for item in sorted(queue.get('tasks', {}).items())) or '-')
         rows.append(row)
-        out.append({'name': queue['name'], 'ready': queue['messages'], 'unacked': queue.get('unacked'),
-                    'consumers': consumers, 'priorities': queue.get('priorities'), 'tasks': queue.get('tasks')})
+        fact = {'name': queue['name'], 'ready': queue['messages'], 'unacked': queue.get('unacked'), 'consumers': consumers}
+        fact.update((key, queue[key]) for key in ('priorities', 'tasks') if queue.get(key) is not None)
+        out.append(fact)
     lines += table(header, rows)
     lines += ['  ' + source for source in SOURCES.get(transport, [])]
     if facts['queues'].get('management_error'):
@@ -126,14 +127,14 @@ def queue_section(facts, where, transport):
 
 def worker_section(facts, now, own):
     workers = facts['workers']
-    timeout = '' if own else ' within 2 s'
-    lines = ['', 'WORKERS (%d answered the ping%s)' % (workers['count'], timeout)]
+    lines = ['', 'WORKERS']
     out = []
     if not workers['count']:
-        lines.append('  no worker answered%s: celery_worker_info asked every worker on the broker' % timeout)
+        lines.append('  no worker answered the ping within 2 s (celery_worker_info sends it to every worker on the broker)')
     rows = []
     for node, state in sorted(workers.get('workers', {}).items()):
         active = state.get('active') or []
+        reserved = state.get('reserved') or []
         started = [task for task in active if task.get('time_start')]
         longest = min(started, key=lambda task: task['time_start']) if started else None
         longest_text, longest_fact = '-', None
@@ -142,18 +143,20 @@ def worker_section(facts, now, own):
             longest_text = '%s[%s] for %.1f s' % (longest.get('name'), short_id(longest.get('id')), seconds)
             longest_fact = {'task': longest.get('name'), 'id': longest.get('id'), 'seconds': round(seconds, 1)}
         queues = state.get('queues', [])
-        rows.append([node, ','.join(queues) or '-', str(len(active)), str(len(state.get('reserved') or [])), longest_text])
-        out.append({'node': node, 'queues': queues, 'active': len(active), 'reserved': len(state.get('reserved') or []),
+        rows.append([node, ','.join(queues) or '-', str(len(active)), str(len(reserved)), longest_text])
+        out.append({'node': node, 'queues': queues, 'active': len(active), 'reserved': len(reserved),
                     'running_longest': longest_fact})
     if rows:
         lines += table(['node', 'queues', 'active', 'reserved', 'running longest'], rows)
+        lines.append('  from celery_worker_info: active_queues, active (running) and reserved (prefetched, waiting to run)'
+                     + ('' if own else '; %d answered the ping within 2 s' % workers['count']))
     for what in ('missing', 'unexpected', 'duplicates'):
         if workers.get(what):
             lines.append('  %s: %s' % (what, ', '.join(workers[what])))
     return lines, out
 
 
-def purge_section(facts):
+def purge_section(facts, own):
     purge = facts['purge']
     lines = ['', 'PURGE PREVIEW (celery_queue in check mode: it reports what a purge WOULD remove; nothing was removed)']
     if purge.get('skipped'):
@@ -163,18 +166,21 @@ def purge_section(facts):
     for queue in purge['queues']:
         rows.append([queue['name'], str(queue['removed']), shown(queue.get('unacked'))])
         out.append({'name': queue['name'], 'would_remove': queue['removed'], 'unacked_kept': queue.get('unacked')})
-    lines += table(['queue', 'would remove', 'kept: unacked, held by workers'], rows)
-    names = [queue['name'] for queue in purge['queues']]
-    lines.append("  to purge for real: ansible-playbook celeryops.fleet.purge -e '%s'"
-                 % json.dumps({'purge_queues': names, 'purge_confirm': True}))
+    lines += table(['queue', 'would remove', 'unacked (a purge never removes them)'], rows)
+    if not own:
+        names = [queue['name'] for queue in purge['queues']]
+        lines.append("  to purge for real: ansible-playbook celeryops.fleet.purge -e '%s'"
+                     % json.dumps({'purge_queues': names, 'purge_confirm': True}))
     return lines, out
 
 
 def not_done(own, transport, where):
     if own:
-        return ['Nothing was purged (the purge was a preview). The demo\'s Redis and workers are removed now.']
-    done = ['Read only: nothing was published, consumed, purged or changed on %s, and no worker was started or '
-            'stopped; the purge above is a preview (check mode).' % where]
+        return ['Nothing was purged: the purge above is a preview. The demo\'s Redis and workers are removed now.']
+    done = ['Read only: no task was published, consumed or purged on %s, and no worker was started or stopped; '
+            'the purge above is a preview (check mode).' % where,
+            'What it did send: a ping to every worker through Celery\'s remote control, as `celery inspect ping` does'
+            + (' (on RabbitMQ that declares Celery\'s control exchanges where they are missing).' if transport == 'amqp' else '.')]
     if transport != 'redis':
         done.append('Messages were not read (no next messages, no backlog by task): on RabbitMQ a message read '
                     'comes back marked redelivered.')
@@ -211,7 +217,7 @@ def main(argv=None):
     lines = ['', 'celeryops.fleet on %s (%s)' % (where, what)]
     queue_lines, queues = queue_section(facts, where, transport)
     worker_lines, workers = worker_section(facts, now, own)
-    purge_lines, purge = purge_section(facts)
+    purge_lines, purge = purge_section(facts, own)
     lines += queue_lines + worker_lines + purge_lines + [''] + not_done(own, transport, where)
     summary = {'broker': where, 'queues': queues, 'workers': workers,
                'workers_missing': facts['workers'].get('missing', []), 'purge_preview': purge}
