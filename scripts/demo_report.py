@@ -65,9 +65,15 @@ def load(path, ansible_rc):
         print('scripts/demo: no results from ansible-playbook (rc %s): %s' % (ansible_rc, error), file=sys.stderr)
         return None, None
     facts = finished = None
+    warnings = []
     for play in output.get('plays', []):
         for task in play.get('tasks', []):
             result = task.get('hosts', {}).get('localhost', {})
+            for warning in result.get('warnings') or []:
+                text = warning if isinstance(warning, str) else json.dumps(warning)
+                # The purge preview's table shows these (the unacked column).
+                if 'held unacknowledged by workers' not in text and text not in warnings:
+                    warnings.append(text)
             if result.get('failed') or result.get('unreachable'):
                 print('scripts/demo: the task "%s" failed: %s' % (task['task']['name'], result.get('msg', result)),
                       file=sys.stderr)
@@ -79,6 +85,7 @@ def load(path, ansible_rc):
     if facts is None or ansible_rc:
         print('scripts/demo: ansible-playbook ended with rc %s before the facts were shown' % ansible_rc, file=sys.stderr)
         return None, None
+    facts['warnings'] = warnings
     return facts, finished
 
 
@@ -219,6 +226,8 @@ def main(argv=None):
     worker_lines, workers = worker_section(facts, now, own)
     purge_lines, purge = purge_section(facts, own)
     lines += queue_lines + worker_lines + purge_lines + [''] + not_done(own, transport, where)
+    if facts['warnings']:
+        lines += ['', 'THE MODULES WARNED'] + ['  %s' % text for text in facts['warnings']]
     summary = {'broker': where, 'queues': queues, 'workers': workers,
                'workers_missing': facts['workers'].get('missing', []), 'purge_preview': purge}
     lines += ['', 'THE SAME FACTS AS JSON', compact_json(summary)]
