@@ -14,14 +14,14 @@ import urllib.parse
 
 import pytest
 
-from harness import management, publish, require
+from harness import free_port, management, publish, require
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(ROOT, 'scripts', 'demo')
 BOUND = 120
 
 
-def run_demo(broker_url=None):
+def run_demo(broker_url=None, returncode=0):
     env = dict(os.environ)
     env.pop('CELERY_BROKER_URL', None)
     env.pop('PYTHONWARNINGS', None)
@@ -31,11 +31,11 @@ def run_demo(broker_url=None):
         done = subprocess.run([DEMO], env=env, capture_output=True, text=True, timeout=BOUND, check=False)
     except subprocess.TimeoutExpired as timeout:
         pytest.fail('scripts/demo did not end within %d s:\n%s\n%s' % (BOUND, timeout.stdout, timeout.stderr))
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == returncode, done.stdout + done.stderr
     # No warning the user did not cause: cryptography's DSA notice, a Python probe, Ansible's own.
     for noise in ('Warning:', '[WARNING]', '[DEPRECATION WARNING]', 'pyenv', 'Traceback'):
         assert noise not in done.stdout + done.stderr, done.stdout + done.stderr
-    return done.stdout
+    return done.stdout if returncode == 0 else done.stderr
 
 
 def facts(out):
@@ -136,3 +136,11 @@ def test_demo_on_a_rabbitmq_queue_with_messages(rabbit_env):
     assert found['purge_preview'] == [{'name': 'billing', 'would_remove': 7, 'unacked_kept': 0}], found
     # Read only: every message is still there.
     assert rabbit_env.queue('billing')['messages'] == 7
+
+
+def test_demo_on_a_broker_that_does_not_answer():
+    port = free_port()
+    err = run_demo('redis://:secret-pw@127.0.0.1:%d/0' % port, returncode=1)
+    assert ('scripts/demo: the task "Ask the workers what they consume, run and hold (the demo\'s own are awaited by '
+            'ping)" failed: cannot connect to redis 127.0.0.1:%d db 0' % port) in err, err
+    assert 'secret-pw' not in err, err
