@@ -220,10 +220,10 @@ def redis_queue_info(redis, targets):
     loop_wall_ratio = ratio(variants['llen_loop']['wall'], variants['queue_info']['wall'])
     add('| ratio | value | target |')
     add('|---|---|---|')
-    add('| celery_queue_info task / ping task | **%.2f×** | %s: %s |' % (task_ratio, QUEUE_INFO.shown,
-                                                                      mark(QUEUE_INFO.met(task_ratio))))
-    add('| celery_queue_info wall / ping wall | %.2f× | (%s: %s) |' % (wall_ratio, QUEUE_INFO.shown,
-                                                                     plain_mark(QUEUE_INFO.met(wall_ratio))))
+    add('| celery_queue_info task / ping task | **%.2f×** | %s: %s |' % (
+        task_ratio, QUEUE_INFO.shown, mark(QUEUE_INFO.met(task_ratio))))
+    add('| celery_queue_info wall / ping wall | %.2f× | (%s: %s) |' % (
+        wall_ratio, QUEUE_INFO.shown, plain_mark(QUEUE_INFO.met(wall_ratio))))
     add('| shell loop task / celery_queue_info task | %.2f× (the module is %.1f× faster) | – |' % (
         loop_task_ratio, loop_task_ratio))
     add('| shell loop wall / celery_queue_info wall | %.2f× | – |' % loop_wall_ratio)
@@ -237,8 +237,8 @@ def redis_queue_info(redis, targets):
         floor_ratio = ratio(variants['floor']['task'], variants['ping']['task'])
         add('| floor task / ping task: Ansible\'s cost for this result alone | %.2f× | – |' % floor_ratio)
         add('| floor with redis-py task / ping task: the least any module returning this result over redis-py '
-            'can take | **%.2f×** | %s: %s |' % (floor_redis_ratio, QUEUE_INFO.shown,
-                                                plain_mark(QUEUE_INFO.met(floor_redis_ratio))))
+            'can take | **%.2f×** | %s: %s |' % (
+                floor_redis_ratio, QUEUE_INFO.shown, plain_mark(QUEUE_INFO.met(floor_redis_ratio))))
         add('| celery_queue_info task − floor with redis-py task: the module\'s own share | %.2f s | – |' % (
             variants['queue_info']['task']['median'] - variants['floor_redis']['task']['median']))
     add('| celery_queue_info task − ping task | %.2f s, of which the module\'s broker work is %.3f s |  – |' % (

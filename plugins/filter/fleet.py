@@ -185,9 +185,9 @@ def _table(rows, queue_rows, problems):
     lines = ['  '.join('%-*s' % (width, row[column]) for column, width in zip(COLUMNS, widths)).strip()
              for row in [header] + rows]
     for queue in queue_rows:
-        lines.append('queue %s: %d ready, %s unacked%s' % (queue['name'], queue['messages'],
-                                                          '?' if queue['unacked'] is None else queue['unacked'],
-                                                          '' if queue['ok'] else ' - ' + queue['status']))
+        unacked = '?' if queue['unacked'] is None else queue['unacked']
+        lines.append('queue %s: %d ready, %s unacked%s' % (
+            queue['name'], queue['messages'], unacked, '' if queue['ok'] else ' - ' + queue['status']))
     lines.extend('UNHEALTHY ' + problem for problem in problems)
     return lines
 

@@ -110,5 +110,5 @@ def test_the_inventory_celery_worker_info_and_celery_worker_read_a_node_alike(re
     assert info['workers']['same@fleet-c']['queues'] == node['queues']
     assert info['workers']['same@fleet-c']['stats']['pid'] == node['pid']
     check = ansible.module('celery_worker', dict(broker_url=url, nodes=['same@fleet-c'], state='drained'), check=True)
-    assert check['nodes']['same@fleet-c']['before'] == dict(queues=node['queues'], active=0, reserved=0,
-                                                           concurrency=3, autoscale=None), check
+    assert check['nodes']['same@fleet-c']['before'] == dict(
+        queues=node['queues'], active=0, reserved=0, concurrency=3, autoscale=None), check
