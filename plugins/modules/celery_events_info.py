@@ -171,7 +171,9 @@ ended:
   returned: always
   type: str
 broker:
-  description: The broker listened to, without credentials.
+  description:
+    - The broker listened to, without credentials.
+    - C(user) is V(null), with a warning, when the password is the user name or part of it (showing the user would show the password).
   returned: always
   type: dict
 """

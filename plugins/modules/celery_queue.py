@@ -149,7 +149,9 @@ pending:
   elements: str
   sample: ["reports", "mail"]
 broker:
-  description: The broker that answered, without credentials.
+  description:
+    - The broker that answered, without credentials.
+    - C(user) is V(null), with a warning, when the password is the user name or part of it (showing the user would show the password).
   returned: always
   type: dict
 diff:

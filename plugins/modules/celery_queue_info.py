@@ -196,7 +196,9 @@ queues:
       type: int
       sample: 0
 broker:
-  description: The broker that answered, without credentials.
+  description:
+    - The broker that answered, without credentials.
+    - C(user) is V(null), with a warning, when the password is the user name or part of it (showing the user would show the password).
   returned: always
   type: dict
   sample: {"transport": "redis", "tls": false, "host": "127.0.0.1", "port": 6379, "db": 0, "user": null}

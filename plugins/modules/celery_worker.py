@@ -176,7 +176,9 @@ gone:
   type: list
   elements: str
 broker:
-  description: The broker, without credentials.
+  description:
+    - The broker, without credentials.
+    - C(user) is V(null), with a warning, when the password is the user name or part of it (showing the user would show the password).
   returned: always
   type: dict
 elapsed:

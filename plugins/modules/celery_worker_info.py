@@ -143,7 +143,9 @@ elapsed:
   returned: always
   type: float
 broker:
-  description: The broker that answered, without credentials.
+  description:
+    - The broker that answered, without credentials.
+    - C(user) is V(null), with a warning, when the password is the user name or part of it (showing the user would show the password).
   returned: always
   type: dict
 """
