@@ -174,13 +174,17 @@ class FleetModule(AnsibleModule):
 
     def exit_json(self, **kwargs):
         """AnsibleModule's, with a warning when the broker facts leave the user out (see BrokerURL.user_hidden)."""
-        try:
-            user_hidden = broker_from_params(self.params).user_hidden
-        except BrokerError:
-            user_hidden = False
-        if user_hidden:
+        broker = self._broker()
+        if broker is not None and broker.user_hidden:
             self.warn(USER_HIDDEN_WARNING)
         super(FleetModule, self).exit_json(**kwargs)
+
+    def _broker(self):
+        """The broker the options name, or None when they name none that parses."""
+        try:
+            return broker_from_params(self.params)
+        except BrokerError:
+            return None
 
     def secrets(self):
         """What must never show: the values of no_log options, and the password inside broker_url (also when
@@ -188,12 +192,9 @@ class FleetModule(AnsibleModule):
         found = set(value for value in self.no_log_values if isinstance(value, str) and value)
         for value in list(found):
             found.update(passwords_in_urls(value))
-        try:
-            password = broker_from_params(self.params).password
-        except BrokerError:
-            password = None
-        if password:
-            found.add(password)
+        broker = self._broker()
+        if broker is not None and broker.password:
+            found.add(broker.password)
         return sorted(found, key=len, reverse=True)   # a URL before the password inside it
 
     def fail_from_error(self, error, **result):
