@@ -1,7 +1,9 @@
 # shellcheck shell=bash
 # Sourced by scripts/demo, scripts/test and bench/run: sets up what they need on a fresh
 # Debian machine with only Python, and caches it between runs.
-#  - a virtualenv with requirements-dev.txt, keyed by that file's hash
+#  - a virtualenv with requirements-dev.txt (the newest ansible-core the collection supports, on Python 3.12+),
+#    keyed by the hash of that file and the files it includes; build_venv builds the others scripts/test needs
+#    (the oldest ansible-core, one per ansible-core for sanity) the same way
 #  - the collection placed at $CELERYOPS_BUILD/ansible_collections/celeryops/fleet
 #  - ANSIBLE_COLLECTIONS_PATH and PATH pointing at both
 
@@ -9,40 +11,90 @@ set -euo pipefail
 
 CELERYOPS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CELERYOPS_CACHE="${CELERYOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/celeryops-fleet}"
-_req_hash="$(cat "$CELERYOPS_ROOT/requirements-dev.txt" "$CELERYOPS_ROOT/requirements.txt" | sha256sum | cut -c1-12)"
-CELERYOPS_VENV="${CELERYOPS_VENV:-$CELERYOPS_CACHE/venv-$_req_hash}"
+
+req_files() {  # req_files FILE: FILE and every requirements file it includes with -r, recursively
+  local file=$1 include
+  echo "$file"
+  while read -r include; do
+    req_files "$(dirname "$file")/$include"
+  done < <(sed -n 's/^-r[[:space:]]*//p' "$file")
+}
+
+req_hash() {  # req_hash FILE: the key of a virtualenv built from FILE
+  local files
+  mapfile -t files < <(req_files "$1")
+  cat "${files[@]}" | sha256sum | cut -c1-12
+}
+
+CELERYOPS_VENV="${CELERYOPS_VENV:-$CELERYOPS_CACHE/venv-$(req_hash "$CELERYOPS_ROOT/requirements-dev.txt")}"
 CELERYOPS_BUILD="${CELERYOPS_BUILD:-$CELERYOPS_CACHE/collections-$(printf %s "$CELERYOPS_ROOT" | sha256sum | cut -c1-8)}"
 export CELERYOPS_ROOT CELERYOPS_CACHE CELERYOPS_VENV CELERYOPS_BUILD
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-_python() {
-  for candidate in python3.13 python3.12 python3.11 python3.10 python3; do
-    # 2>/dev/null: a pyenv shim for a version that is not active fails with "pyenv: python3.13: command not found".
-    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
-      echo "$candidate"; return 0
-    fi
+find_python() {  # find_python 3.12 3.13 ...: the path of the first of these Python versions found on this machine
+  local version candidate
+  for version in "$@"; do
+    # python3.X on PATH, then pyenv's installed versions by path: a pyenv shim for a version that is not active
+    # fails ("pyenv: python3.13: command not found"), so each candidate is asked for its version.
+    for candidate in "$(command -v "python$version" 2>/dev/null)" "$(command -v python3 2>/dev/null)" \
+        "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$version".*/bin/python3; do
+      [ -x "$candidate" ] || continue
+      if [ "$("$candidate" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = "$version" ]; then
+        echo "$candidate"; return 0
+      fi
+    done
   done
-  echo "Python 3.10 or newer is needed" >&2; return 1
+  echo "none of Python $* was found (on PATH as python3.X, or below ${PYENV_ROOT:-$HOME/.pyenv}/versions)" >&2
+  return 1
 }
 
-ensure_venv() {
-  if [ -x "$CELERYOPS_VENV/bin/python" ] && [ -f "$CELERYOPS_VENV/.complete" ]; then
+# build_venv DIR "PYTHON_VERSION..." PIP_INSTALL_ARGS...: a virtualenv at DIR made by the first of the Python versions
+# found, with `pip install PIP_INSTALL_ARGS`. Kept once complete; several processes (CI, each developer's tests) share
+# the cache, so one builds it under a lock while the others wait for it.
+build_venv() {
+  local dir=$1 pythons=$2 lock fd
+  shift 2
+  if [ -x "$dir/bin/python" ] && [ -f "$dir/.complete" ]; then
     return 0
   fi
-  log "creating the virtualenv $CELERYOPS_VENV"
-  local py
-  py="$(_python)"
+  mkdir -p "$(dirname "$dir")"
+  lock="$dir.lock"
+  exec {fd}>"$lock" || return 1
+  if ! flock -n "$fd"; then
+    log "waiting for another process to finish building $dir"
+    flock "$fd" || { exec {fd}>&-; return 1; }
+  fi
+  if [ -x "$dir/bin/python" ] && [ -f "$dir/.complete" ]; then
+    exec {fd}>&-
+    return 0
+  fi
+  _build_venv "$dir" "$pythons" "$@"
+  local status=$?
+  exec {fd}>&-
+  return "$status"
+}
+
+_build_venv() {
+  local dir=$1 pythons=$2 py
+  shift 2
+  # shellcheck disable=SC2086  # one word per version
+  py="$(find_python $pythons)" || return 1
+  log "creating the virtualenv $dir (Python $("$py" -c 'import platform; print(platform.python_version())'): pip install $*)"
   if ! "$py" -m venv --help >/dev/null 2>&1 || ! "$py" -c 'import ensurepip' >/dev/null 2>&1; then
     log "installing python3-venv"
-    apt_install python3-venv
+    apt_install python3-venv || return 1
   fi
-  rm -rf "$CELERYOPS_VENV"
-  mkdir -p "$(dirname "$CELERYOPS_VENV")"
-  "$py" -m venv "$CELERYOPS_VENV"
-  "$CELERYOPS_VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade pip
-  "$CELERYOPS_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$CELERYOPS_ROOT/requirements-dev.txt"
-  touch "$CELERYOPS_VENV/.complete"
+  rm -rf "$dir"
+  "$py" -m venv "$dir" \
+    && "$dir/bin/pip" install --quiet --disable-pip-version-check --upgrade pip \
+    && "$dir/bin/pip" install --quiet --disable-pip-version-check "$@" \
+    && touch "$dir/.complete"
+}
+
+# The project's virtualenv: the newest ansible-core, which wants Python 3.12 or newer on the controller.
+ensure_venv() {
+  build_venv "$CELERYOPS_VENV" "3.12 3.13 3.14" -r "$CELERYOPS_ROOT/requirements-dev.txt"
 }
 
 apt_install() {
