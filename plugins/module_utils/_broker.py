@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from ansible.module_utils.basic import env_fallback
@@ -162,6 +163,19 @@ def _tls_verify_from_query(value):
     return _CERT_REQS[key]
 
 
+def _split(url):
+    """urlsplit(url), leaving nothing of ``url`` in urlsplit's cache (an lru_cache from Python 3.11, a dict of
+    urllib.parse before): the URL holds the password, and an interpreter that runs task after task (Mitogen's)
+    would keep it for the tasks that come after."""
+    uncached = getattr(urlsplit, '__wrapped__', None)
+    if uncached is not None:
+        return uncached(url)
+    try:
+        return urlsplit(url)
+    finally:
+        urllib.parse.clear_cache()
+
+
 def parse_broker_url(url, password=None, timeout=DEFAULT_CONNECT_TIMEOUT, tls_ca_file=None,
                      tls_cert_file=None, tls_key_file=None, tls_verify=None):
     """Parse a Celery/kombu broker URL into a BrokerURL, or raise OptionError naming the fault.
@@ -186,7 +200,7 @@ def parse_broker_url(url, password=None, timeout=DEFAULT_CONNECT_TIMEOUT, tls_ca
     transport, tls = _SCHEMES[scheme]
     # The messages of urlsplit may quote the netloc, which can hold the password: never pass them on.
     try:
-        parts = urlsplit(url)
+        parts = _split(url)
     except ValueError:
         raise OptionError("broker_url: malformed URL (an IPv6 host goes in brackets, as in redis://[::1]:6379/0)",
                           option='broker_url') from None

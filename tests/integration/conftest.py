@@ -11,6 +11,11 @@ from harness import (Ansible, RabbitBroker, RedisBroker, close_publishers, manag
 BrokerUser = collections.namedtuple('BrokerUser', 'name password url')
 
 
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'mitogen: also run under Mitogen for Ansible (strategy mitogen_linear): at least '
+                                       'one test per module, plugin, playbook and role, the time limits, TLS and secrets')
+
+
 @pytest.fixture(scope='session')
 def redis_broker():
     require(redis_up(), 'Redis at 127.0.0.1:6379')
