@@ -143,6 +143,7 @@ def test_task_events_off_gives_the_hint_and_ends_on_time(broker, ansible, worker
     assert leftovers(broker) == before
 
 
+@pytest.mark.mitogen
 def test_max_events_types_and_an_empty_broker(redis_env, ansible, workers):
     url = redis_env.url
     fresh = RabbitBroker('celeryops-test-events-%d-%d' % (worker_index(), os.getpid()))

@@ -81,6 +81,7 @@ def behind_proxy(private, transport):
 
 
 @pytest.mark.parametrize('transport', ['redis', 'amqp'])
+@pytest.mark.mitogen
 def test_stalled_broker_every_module_fails_within_its_timeout(transport, private, ansible):
     server, proxy, url, expected = behind_proxy(private, transport)
     proxy.stall()
@@ -92,6 +93,7 @@ def test_stalled_broker_every_module_fails_within_its_timeout(transport, private
 
 @pytest.mark.parametrize('transport', ['redis', 'amqp'])
 @pytest.mark.parametrize('module', ['events', 'workers'])
+@pytest.mark.mitogen
 def test_broker_stalling_mid_way_fails_the_module_soon_after(transport, module, private, ansible):
     """Silence is normal for an event listener and for a node count: the modules must still
     tell a broker that stopped answering from an idle fleet."""

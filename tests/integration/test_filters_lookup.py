@@ -2,6 +2,8 @@
 
 import urllib.parse
 
+import pytest
+
 from harness import management, publish
 
 ADD = 'fleet_tasks.add'
@@ -13,6 +15,7 @@ def debug(ansible, expressions, play_vars=None):
     return ansible.play(tasks, play_extra={'vars': play_vars or {}})
 
 
+@pytest.mark.mitogen
 def test_redis_elements_decoded_and_queue_depth(redis_env, ansible):
     url = redis_env.url
     ids = publish(url, ADD, 'q1', args=(1, 2), count=2, countdown=60, retries=3)
@@ -49,6 +52,7 @@ def test_redis_elements_decoded_and_queue_depth(redis_env, ansible):
     assert 'pw-hidden-7' not in ansible.last['stdout'] + ansible.last['stderr']
 
 
+@pytest.mark.mitogen
 def test_amqp_messages_decoded_and_queue_depth(rabbit_env, ansible):
     url = rabbit_env.url
     ids = publish(url, ADD, 'q1', args=(5, 6), count=3, priority=7)

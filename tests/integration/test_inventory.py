@@ -35,6 +35,7 @@ def hosts(inventory, group):
     return sorted(inventory.get(group, {}).get('hosts', []))
 
 
+@pytest.mark.mitogen
 def test_hosts_groups_constructed_and_a_playbook_on_a_group(broker, workers, tmp_path):
     url = broker.url
     one = workers.start(url, 'w1@fleet-a', ['q1', 'q.2'], concurrency=2)

@@ -98,6 +98,7 @@ def not_management():
 
 # -- celery_queue_info -------------------------------------------------------------------------
 
+@pytest.mark.mitogen
 def test_counts_peek_in_priority_order_breakdown_and_missing(rabbit_env, ansible):
     url = rabbit_env.url
     low = publish(url, ADD, 'work', args=(1, 2), count=3)
@@ -276,6 +277,7 @@ def task_header(message):
     return message['properties']['headers']['task']
 
 
+@pytest.mark.mitogen
 def test_purge_check_real_idempotent_and_nothing_else_touched(rabbit_env, ansible):
     url = rabbit_env.url
     publish(url, ADD, 'junk', args=(1, 1), count=5)
@@ -497,6 +499,7 @@ def test_a_queue_another_consumer_holds_alone_fails_the_read_clearly(rabbit_env,
     assert read_ids_eventually(rabbit_env, 'sac', ['sac-%d' % i for i in range(10)]) == ['sac-%d' % i for i in range(10)]
 
 
+@pytest.mark.mitogen
 def test_a_read_whose_broker_goes_silent_mid_way_fails_soon_after(rabbit_env, ansible, private):
     """Waiting on silence, not on a clock, must still end: a broker that stops sending in the middle of a
     read fails the task about a quiet second plus connect_timeout later, and nothing is removed."""

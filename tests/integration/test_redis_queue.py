@@ -97,6 +97,7 @@ def loaded(redis_env, workers):
     return snapshot
 
 
+@pytest.mark.mitogen
 def test_purge_check_real_idempotent_and_nothing_else_touched(redis_env, loaded, ansible):
     client = redis_env.client
     total = sum(len(lst) for lst in elements(client, 'target').values())

@@ -1,5 +1,7 @@
 """celery_queue_info against a real Redis, with messages published by Celery and real workers."""
 
+import pytest
+
 from harness import publish
 
 ADD = 'fleet_tasks.add'
@@ -11,6 +13,7 @@ def by_name(result):
     return dict((q['name'], q) for q in result['queues'])
 
 
+@pytest.mark.mitogen
 def test_counts_priorities_peek_and_breakdown(redis_env, ansible):
     url = redis_env.url
     first = publish(url, ADD, 'work', args=(1, 2), count=3)

@@ -245,6 +245,7 @@ def test_workers_that_do_not_come_up_are_named(deployment):
         ('did not come up' in message and 'broken@localhost' in message), message
 
 
+@pytest.mark.mitogen
 def test_two_hosts_workers_checked_in_one_broadcast_and_one_beat(deployment, ansible):
     service = deployment.service
     os.chmod(deployment.base, 0o755)  # a private mkdtemp: the account could not reach beat's directory

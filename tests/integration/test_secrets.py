@@ -141,6 +141,7 @@ def check_run(ansible, secrets, where):
 
 
 @pytest.mark.parametrize('kind', ['redis', 'rabbitmq'])
+@pytest.mark.mitogen
 def test_modules_lookup_filter_and_errors_never_show_the_password(kind, request, workers, ansible, quiet_files,
                                                                   monkeypatch):
     user = request.getfixturevalue('redis_user' if kind == 'redis' else 'rabbit_user')
@@ -233,6 +234,7 @@ def secret_deployment(redis_user, quiet_files, monkeypatch):
     shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.mark.mitogen
 def test_roles_and_playbooks_never_show_the_password(secret_deployment, redis_user, redis_env, quiet_files):
     deployment = secret_deployment
     secrets = secrets_of(redis_user.password, FLOWER_PASSWORD, WRONG_PASSWORD)
@@ -288,6 +290,7 @@ def test_roles_and_playbooks_never_show_the_password(secret_deployment, redis_us
     assert scan(str(quiet_files), secrets) == []
 
 
+@pytest.mark.mitogen
 def test_a_user_named_like_its_password_is_left_out_not_masked(rabbit_env, ansible):
     """guest/guest through broker_password: Ansible would print the user as VALUE_SPECIFIED_IN_NO_LOG_PARAMETER
     (it masks any value equal to a no_log option's), and showing it would show the password. The facts say null

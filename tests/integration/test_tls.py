@@ -54,6 +54,7 @@ def check_playbook_tls(ansible, url, tls):
     assert_clean(ansible.last['stdout'] + ansible.last['stderr'], secrets_of(PASSWORD), 'the playbook output')
 
 
+@pytest.mark.mitogen
 def test_redis_over_tls_verified_and_every_failure_clear(private, tls, workers, ansible, redis_env):
     redis = private.redis(tls=tls)
     client = redis.client()
@@ -120,6 +121,7 @@ def test_redis_over_tls_verified_and_every_failure_clear(private, tls, workers, 
     check_playbook_tls(ansible, 'rediss://127.0.0.1:%d/0' % redis.port, tls)
 
 
+@pytest.mark.mitogen
 def test_rabbitmq_over_amqps_verified_and_every_failure_clear(private, tls, workers, ansible):
     rabbit = private.rabbit(tls=tls)
     user = 'tls-user'

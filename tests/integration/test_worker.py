@@ -20,6 +20,7 @@ def worker_state(ansible, url, node):
     return result['workers'].get(node, {}).get('queues')
 
 
+@pytest.mark.mitogen
 def test_consuming_check_mode_real_and_idempotent(broker, ansible, workers):
     url = broker.url
     workers.start(url, 'cons@fleet', ['q1', 'q2'])
