@@ -37,6 +37,25 @@ from ansible_collections.celeryops.fleet.plugins.module_utils._messages import N
 
 # The connection name RabbitMQ shows, so an operator can tell us apart.
 CLIENT_NAME = 'celeryops.fleet'
+
+
+def has_pika():
+    """Whether pika imports. While it did not, it is tried again: an interpreter that runs task after task
+    (Mitogen's) keeps this module from a task that ran before pika was installed (by a task of the same play)."""
+    if not HAS_PIKA:
+        try:
+            import pika as library
+            from pika import exceptions as library_exceptions
+            from pika.adapters.utils.connection_workflow import AMQPConnectorException as connector_exception
+            from pika.adapters.utils.connection_workflow import AMQPConnectorStackTimeout as stack_timeout
+        except ImportError:
+            globals()['PIKA_IMPORT_ERROR'] = traceback.format_exc()
+            return False
+        globals().update(pika=library, pika_exceptions=library_exceptions, AMQPConnectorException=connector_exception,
+                         AMQPConnectorStackTimeout=stack_timeout, HAS_PIKA=True, PIKA_IMPORT_ERROR=None)
+    return True
+
+
 # What a passive declare says of a queue that is exclusive to another connection (405 RESOURCE_LOCKED).
 LOCKED = 'locked'
 

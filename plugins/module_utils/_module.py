@@ -47,15 +47,16 @@ def missing_library(params):
     """(library name, import traceback) the broker of ``params`` needs but cannot import, else None.
 
     Each library is imported (guarded) by its connection module, and only for its own broker: pika is a good
-    part of a Redis check's start-up time otherwise."""
+    part of a Redis check's start-up time otherwise. A library that did not import is tried again (has_redis,
+    has_pika): under Mitogen the connection module may come from an earlier task of the same interpreter."""
     url = (params.get('broker_url') or '').lower()
     if url.startswith(('redis', 'rediss')):
         from ansible_collections.celeryops.fleet.plugins.module_utils import _redis_connection
-        if not _redis_connection.HAS_REDIS:
+        if not _redis_connection.has_redis():
             return 'redis', _redis_connection.REDIS_IMPORT_ERROR
     if url.startswith(('amqp', 'pyamqp')):
         from ansible_collections.celeryops.fleet.plugins.module_utils import _amqp_connection
-        if not _amqp_connection.HAS_PIKA:
+        if not _amqp_connection.has_pika():
             return 'pika', _amqp_connection.PIKA_IMPORT_ERROR
     return None
 

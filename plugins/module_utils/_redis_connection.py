@@ -25,13 +25,30 @@ except ImportError:  # guarded: the module reports missing_required_lib
     REDIS_IMPORT_ERROR = traceback.format_exc()
 
     class WatchError(Exception):
-        """Stands in for redis.WatchError, which nothing raises without redis-py."""
+        """Stands in for redis.WatchError, which nothing raises without redis-py (call() raises this one for it
+        if redis-py is imported later: see has_redis)."""
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (
     BrokerError, scrub, ssl_context, tls_failure)
 
 # Shown in Redis CLIENT LIST (as the connection name in RabbitMQ), so an operator can tell us apart.
 CLIENT_NAME = 'celeryops.fleet'
+
+
+def has_redis():
+    """Whether redis-py imports. While it did not, it is tried again: an interpreter that runs task after task
+    (Mitogen's) keeps this module from a task that ran before redis-py was installed (by a task of the same play)."""
+    if not HAS_REDIS:
+        try:
+            import redis as library
+            from redis.backoff import NoBackoff as no_backoff
+            from redis.retry import Retry as retry
+        except ImportError:
+            globals()['REDIS_IMPORT_ERROR'] = traceback.format_exc()
+            return False
+        # WatchError stays the stand-in the modules imported along with it: call() raises that one.
+        globals().update(redis=library, NoBackoff=no_backoff, Retry=retry, HAS_REDIS=True, REDIS_IMPORT_ERROR=None)
+    return True
 
 
 class RedisConnection(object):
@@ -83,8 +100,10 @@ class RedisConnection(object):
         """Run one redis-py call, turning its failures into a BrokerError that names the endpoint."""
         try:
             return func(*args, **kwargs)
-        except redis.WatchError:
-            raise  # a watched key changed: the caller tries again
+        except redis.WatchError as exc:
+            if WatchError is redis.WatchError:
+                raise  # a watched key changed: the caller tries again
+            raise WatchError(str(exc)) from exc   # the stand-in, when redis-py came after this module (has_redis)
         except redis.AuthenticationError as exc:
             raise self._error('authentication failed at %s: %s (check the password in broker_url or broker_password)'
                               % (self.broker.endpoint, self._reason(exc)), option='broker_password')
