@@ -151,7 +151,30 @@ class AmqpConnection(object):
                 # pika waits for the broker's close-ok without a timeout of its own.
                 with time_limit(self.broker.timeout, 'closing the connection to %s' % self.broker.endpoint):
                     self._connection.close()
+                return
         except Exception:  # closing is best effort; the broker requeues anything still held
+            pass
+        self._abort()
+
+    def _abort(self):
+        """Drop the connection without waiting for the broker (gone, silent or blocking us): its socket, and the
+        pair of sockets pika's I/O loop wakes itself with, are closed now. Left to the garbage collector they
+        stay open until it runs, which in an interpreter that outlives the module (Mitogen's) can be many tasks
+        later, and the broker keeps what the connection holds (unacked messages, exclusive queues) meanwhile."""
+        connection, self._connection, self._channel = self._connection, None, None
+        impl = getattr(connection, '_impl', None)
+        if impl is None:
+            return
+        try:
+            transport = getattr(impl, '_transport', None)
+            if transport is not None:
+                transport.abort()   # closes the socket from the I/O loop, without a word to the broker
+                connection.process_data_events(0)
+        except Exception:  # the connection is beyond use: whatever pika says of it now is moot
+            pass
+        try:
+            impl.ioloop.close()
+        except Exception:
             pass
 
     # -- errors -----------------------------------------------------------------------------

@@ -11,8 +11,10 @@ In the CI step that reruns the ``mitogen`` tests (scripts/test), ANSIBLE_STRATEG
 mitogen_linear; run on its own, this file sets the strategy itself.
 """
 
+import gc
 import json
 import os
+import sys
 import urllib.parse
 
 import pytest
@@ -133,8 +135,9 @@ def handshake_bytes(vhost):
 
 
 def test_one_interpreter_keeps_nothing_of_one_task_for_the_next(redis_user, rabbit_user, rabbit_env, private, ansible):
-    """Redis as user A, then RabbitMQ as user B three times (the time limit fires on a broker that stops
-    answering after the handshake, a wrong password, then a run that works), in one play at -vvv."""
+    """Redis as user A (the URL in an option, then in the task's environment, then nowhere), RabbitMQ as guest
+    (which warns), then RabbitMQ as user B three times (the time limit fires on a broker that stops answering
+    after the handshake, a wrong password, then a run that works), in one play at -vvv."""
     write_probe(ansible)
     stalling = private.proxy(AMQP_PORT)
     stalling.pause_after(handshake_bytes(rabbit_env.vhost), 30)
@@ -148,14 +151,19 @@ def test_one_interpreter_keeps_nothing_of_one_task_for_the_next(redis_user, rabb
     tasks = [
         probe('before'),
         {'name': 'redis as A', 'celeryops.fleet.celery_queue_info': dict(queue, broker_url=redis_user.url)},
+        {'name': 'events as A', 'celeryops.fleet.celery_events_info': dict(duration=1),
+         'environment': dict(CELERY_BROKER_URL=redis_user.url)},
+        {'name': 'no broker_url', 'celeryops.fleet.celery_queue_info': queue},
         probe('after A', redis_user.password, redis_user.url),
+        {'name': 'guest', 'celeryops.fleet.celery_queue_info': dict(queue, broker_url=rabbit_env.url)},
         {'name': 'time limit', 'celeryops.fleet.celery_queue_info': dict(queue, broker_url=stalled_url)},
+        probe('after the time limit'),
         {'name': 'wrong password', 'celeryops.fleet.celery_queue_info': dict(queue, broker_url=wrong_url)},
         {'name': 'rabbitmq as B', 'celeryops.fleet.celery_queue_info': dict(queue, broker_url=b_url)},
         probe('after B', redis_user.password, redis_user.url, rabbit_user.password, wrong),
     ]
     results = ansible.play(tasks, verbosity=3, env=mitogen_env())
-    before, as_a, after_a, timed_out, refused, as_b, after_b = results
+    before, as_a, events_a, no_url, after_a, as_guest, timed_out, after_limit, refused, as_b, after_b = results
     output = ansible.last['stdout'] + ansible.last['stderr']
 
     # One interpreter, on its main thread, ran every task (without Mitogen each task is a process of its own).
@@ -165,6 +173,9 @@ def test_one_interpreter_keeps_nothing_of_one_task_for_the_next(redis_user, rabb
 
     assert not as_a.get('failed'), as_a
     assert as_a['broker']['user'] == redis_user.name
+    # The task's environment (CELERY_BROKER_URL, which broker_url falls back to) is gone for the next task.
+    assert not events_a.get('failed') and events_a['broker']['user'] == redis_user.name, events_a
+    assert no_url.get('failed') and no_url['option'] == 'broker_url' and 'broker_url is required' in no_url['msg'], no_url
     assert timed_out.get('failed') and 'timed out' in timed_out['msg'] and timed_out['option'] == 'connect_timeout', \
         timed_out
     assert refused.get('failed') and 'authentication failed' in refused['msg'], refused
@@ -172,9 +183,15 @@ def test_one_interpreter_keeps_nothing_of_one_task_for_the_next(redis_user, rabb
     assert as_b['broker'] == dict(transport='amqp', tls=False, host='127.0.0.1', port=AMQP_PORT, user=rabbit_user.name,
                                   vhost=rabbit_env.vhost), as_b['broker']
     assert as_b['queues'][0]['name'] == 'mitogen', as_b
+    # The warning of the guest/guest run (the user left out) is its own, not the next runs'.
+    hidden = [w for w in as_guest.get('warnings', []) if 'broker.user is null' in w]
+    assert len(hidden) == 1 and as_guest['broker']['user'] is None, as_guest
+    for result in (timed_out, refused, as_b):
+        assert not any('broker.user is null' in w for w in result.get('warnings', [])), result
 
     # Nothing of A in what came after it: results, warnings, errors.
-    for label, result in (('time limit', timed_out), ('wrong password', refused), ('rabbitmq as B', as_b)):
+    for label, result in (('no broker_url', no_url), ('time limit', timed_out), ('wrong password', refused),
+                          ('rabbitmq as B', as_b)):
         text = json.dumps(result)
         for trace in a_secrets + [redis_user.name, 'redis', str(REDIS_PORT)]:
             assert trace not in text, (label, trace, text)
@@ -187,8 +204,56 @@ def test_one_interpreter_keeps_nothing_of_one_task_for_the_next(redis_user, rabb
 
     # Nothing of A (after A) or of B (at the end) left in the interpreter: module globals, caches, any object;
     # no alarm, handler or socket of the time limit that fired.
-    for state in (after_a, after_b):
+    for state in (after_a, after_limit, after_b):
         assert state['module_globals'] == [] and state['holders'] == [], state
         assert state['itimer'] == [0.0, 0.0], state
         assert state['sigalrm'] == before['sigalrm'] and state['sigterm'] == before['sigterm'], (state, before)
         assert not set(state['sockets']) & set([REDIS_PORT, AMQP_PORT, stalling.port]), state
+
+
+def module_utils():
+    """The collection's _broker and _amqp_connection, imported from the work tree place_collection links."""
+    for path in reversed((os.environ.get('ANSIBLE_COLLECTIONS_PATH') or '').split(os.pathsep)):
+        if path and path not in sys.path:
+            sys.path.insert(0, path)
+    from ansible_collections.celeryops.fleet.plugins.module_utils import _amqp_connection, _broker
+    return _broker, _amqp_connection
+
+
+def tcp_sockets():
+    """(local port, remote port) of this process's TCP sockets."""
+    inodes = set()
+    for fd in os.listdir('/proc/self/fd'):
+        try:
+            target = os.readlink('/proc/self/fd/' + fd)
+        except OSError:
+            continue
+        if target.startswith('socket:['):
+            inodes.add(target[8:-1])
+    with open('/proc/self/net/tcp') as table:
+        return set((int(fields[1].rsplit(':', 1)[1], 16), int(fields[2].rsplit(':', 1)[1], 16))
+                   for fields in (line.split() for line in table.readlines()[1:]) if fields[9] in inodes)
+
+
+def test_a_connection_the_time_limit_gave_up_on_is_closed_at_once(rabbit_env, private):
+    """The time limit fires on a broker that stops answering after the handshake: closing the connection closes its
+    socket and pika's own pair at once, not when the garbage collector runs (which, in Mitogen's interpreter, can
+    be many tasks later, the broker keeping what the connection held meanwhile)."""
+    _broker, _amqp_connection = module_utils()
+    stalling = private.proxy(AMQP_PORT)
+    before = tcp_sockets()
+    stalling.pause_after(handshake_bytes(rabbit_env.vhost), 30)
+    broker = _broker.parse_broker_url(rabbit_env.url.replace(':%d/' % AMQP_PORT, ':%d/' % stalling.port), timeout=1)
+    gc.disable()
+    try:
+        connection = _amqp_connection.AmqpConnection(broker)
+        with pytest.raises(_broker.BrokerError, match='timed out'):
+            connection.declare_passive('nothing')
+        assert connection.broken
+        connection.close()
+        # What the proxy holds (its side of our connection, its connection to RabbitMQ) is the proxy's.
+        left = [(local, remote) for local, remote in tcp_sockets() - before
+                if remote != AMQP_PORT and local != stalling.port]
+        assert left == [], left
+    finally:
+        gc.enable()
