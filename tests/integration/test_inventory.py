@@ -35,7 +35,6 @@ def hosts(inventory, group):
     return sorted(inventory.get(group, {}).get('hosts', []))
 
 
-@pytest.mark.mitogen
 def test_hosts_groups_constructed_and_a_playbook_on_a_group(broker, workers, tmp_path):
     url = broker.url
     one = workers.start(url, 'w1@fleet-a', ['q1', 'q.2'], concurrency=2)
@@ -100,6 +99,7 @@ def test_cache_and_bad_input(redis_env, workers, tmp_path):
         assert secret not in out.stdout + out.stderr and 'Traceback' not in out.stderr
 
 
+@pytest.mark.mitogen
 def test_the_inventory_celery_worker_info_and_celery_worker_read_a_node_alike(redis_env, workers, ansible, tmp_path):
     """One reading of a node's replies (_workers.node_state) serves all three: same queues, same pool size."""
     url = redis_env.url

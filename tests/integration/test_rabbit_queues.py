@@ -499,7 +499,6 @@ def test_a_queue_another_consumer_holds_alone_fails_the_read_clearly(rabbit_env,
     assert read_ids_eventually(rabbit_env, 'sac', ['sac-%d' % i for i in range(10)]) == ['sac-%d' % i for i in range(10)]
 
 
-@pytest.mark.mitogen
 def test_a_read_whose_broker_goes_silent_mid_way_fails_soon_after(rabbit_env, ansible, private):
     """Waiting on silence, not on a clock, must still end: a broker that stops sending in the middle of a
     read fails the task about a quiet second plus connect_timeout later, and nothing is removed."""

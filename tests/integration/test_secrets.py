@@ -290,7 +290,6 @@ def test_roles_and_playbooks_never_show_the_password(secret_deployment, redis_us
     assert scan(str(quiet_files), secrets) == []
 
 
-@pytest.mark.mitogen
 def test_a_user_named_like_its_password_is_left_out_not_masked(rabbit_env, ansible):
     """guest/guest through broker_password: Ansible would print the user as VALUE_SPECIFIED_IN_NO_LOG_PARAMETER
     (it masks any value equal to a no_log option's), and showing it would show the password. The facts say null

@@ -20,7 +20,6 @@ def worker_state(ansible, url, node):
     return result['workers'].get(node, {}).get('queues')
 
 
-@pytest.mark.mitogen
 def test_consuming_check_mode_real_and_idempotent(broker, ansible, workers):
     url = broker.url
     workers.start(url, 'cons@fleet', ['q1', 'q2'])
@@ -104,6 +103,7 @@ def test_drain_stop_start_loses_no_task(broker, ansible, workers, tmp_path, monk
     assert not both, 'ran before the drain and again after the restart: %s' % sorted(both)
 
 
+@pytest.mark.mitogen
 def test_drain_timeout_reports_what_is_still_held(redis_env, ansible, workers):
     url = redis_env.url
     workers.start(url, 'busy@fleet', ['work'], concurrency=1, prefetch=2)

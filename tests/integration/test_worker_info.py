@@ -15,7 +15,6 @@ def info(ansible, **args):
     return ansible.module('celery_worker_info', args)
 
 
-@pytest.mark.mitogen
 def test_expected_workers_answer_at_once_with_every_section(broker, ansible, workers):
     url = broker.url
     workers.start(url, 'alpha@fleet', ['q1', 'q2'], pool='threads', concurrency=2)
