@@ -68,8 +68,11 @@ def time_limit(seconds, what, progress=None):
     their own; a broker that accepts the connection and then goes silent must not hang
     a pipeline. With ``progress`` (a function whose value changes while data arrives, such
     as a byte count), the limit is on silence instead: a reply queued behind a long stream
-    of deliveries is late, not lost. Uses SIGALRM, so it only guards the main thread (where
-    modules run).
+    of deliveries is late, not lost. Uses SIGALRM, so it only guards the main thread, where
+    modules run: under Ansible's own runner, and under Mitogen too (its interpreter runs each task
+    on its main thread; an async task, or one with mitogen_task_isolation=fork, in a forked child,
+    where the forking thread is the main one). The alarm and the handler are restored on the way
+    out, so that an interpreter that runs task after task finds neither.
     """
     if seconds is None or threading.current_thread() is not threading.main_thread():
         yield
