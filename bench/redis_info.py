@@ -45,11 +45,21 @@ def populate():
     return names, ready, unacked
 
 
-def module_main_inprocess(result_file):
+def count_values(value):
+    """The values remove_values() walks in a result: every container and every scalar in it."""
+    if isinstance(value, dict):
+        return 1 + sum(count_values(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return 1 + sum(count_values(v) for v in value)
+    return 1
+
+
+def module_main_inprocess(result_file, args=None):
     """celery_queue_info's main() run in this process as AnsiballZ would run it (ansible-core 2.19's
-    parameter hand-over), with the RedisQueues calls and exit_json timed: where the module's own
-    time goes for this many queues. Writes its result (without `invocation`) to ``result_file`` for
-    the floor variants. Returns {what: [calls, seconds]} or None if it cannot run."""
+    parameter hand-over), with the RedisQueues calls and exit_json timed (and inside it the no_log scrub,
+    remove_values, and on ansible-core 2.19+ the JSON encoding): where the module's own time goes for this
+    many queues. ``args``: module options besides broker_url. Writes its result (without `invocation`) to
+    ``result_file`` for the floor variants. Returns {what: [calls, seconds]} or None if it cannot run."""
     import contextlib
     import io
     from ansible.module_utils import basic
@@ -75,9 +85,12 @@ def module_main_inprocess(result_file):
     for name in ('discover', 'bindings', 'depths', 'unacked_by_queue'):
         timed_method(_redis_queues.RedisQueues, name, 'RedisQueues.' + name)
     timed_method(basic.AnsibleModule, 'exit_json', 'AnsibleModule.exit_json (no_log scrubbing, JSON out)')
+    timed_method(basic, 'remove_values', 'remove_values (the no_log scrub, in exit_json)')
+    if hasattr(basic.AnsibleModule, '_record_module_result'):  # ansible-core 2.19+
+        timed_method(basic.AnsibleModule, '_record_module_result', 'JSON encoding and printing (in exit_json)')
     out = io.StringIO()
     try:
-        basic._ANSIBLE_ARGS = json.dumps({'ANSIBLE_MODULE_ARGS': {'broker_url': lib.REDIS_URL}}).encode()
+        basic._ANSIBLE_ARGS = json.dumps({'ANSIBLE_MODULE_ARGS': dict({'broker_url': lib.REDIS_URL}, **(args or {}))}).encode()
         basic._ANSIBLE_PROFILE = 'legacy'
         start = time.perf_counter()
         with contextlib.redirect_stdout(out):
@@ -90,6 +103,7 @@ def module_main_inprocess(result_file):
         if len(result.get('queues') or []) != N_QUEUES:
             raise RuntimeError('main() returned %r' % out.getvalue()[:300])
         spent['result bytes'] = [1, len(out.getvalue())]
+        spent['result values'] = [1, count_values(result)]
         result.pop('invocation', None)
         with open(result_file, 'w') as f:
             json.dump(result, f)

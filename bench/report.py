@@ -13,18 +13,22 @@ import time
 
 import lib
 
-SECTIONS = ('redis_info', 'amqp_info', 'purge', 'breakdown', 'checks', 'worker_info')
+SECTIONS = ('redis_info', 'floor', 'amqp_info', 'purge', 'breakdown', 'checks', 'worker_info')
 
 
-class Target(collections.namedtuple('Target', 'section, limit, figure, at_most')):
+class Target(collections.namedtuple('Target', 'section, limit, figure, at_most, strict', defaults=(False,))):
     """A performance target of a section: a measured value meets it when at most `limit` (at least, when `at_most`
-    is false). `figure` is the limit as RESULTS.md writes it."""
+    is false; below or above it, when `strict`). `figure` is the limit as RESULTS.md writes it."""
 
     @property
     def shown(self):
+        if self.strict:
+            return ('< ' if self.at_most else '> ') + self.figure
         return ('≤ ' if self.at_most else '≥ ') + self.figure
 
     def met(self, value):
+        if self.strict:
+            return value < self.limit if self.at_most else value > self.limit
         return value <= self.limit if self.at_most else value >= self.limit
 
 
@@ -34,6 +38,10 @@ BREAKDOWN_RATE = Target('4', 300000, '300k msgs/s', False)   # breakdown through
 LONGEST_COMMAND = Target('4', 50, '50 ms', True)             # longest single Redis command during breakdown
 WORKER_INFO_WALL = Target('6', 0.25, '0.25×', True)          # celery_worker_info playbook wall / celery CLI wall
 WORKER_INFO_TASK = Target('6', 0.3, '0.3 s', True)           # celery_worker_info task − ping task, same playbook
+# 1b, per task (N tasks in a playbook, minus the empty playbook), 1,000 Redis queues:
+MITOGEN_OVER_LINEAR_PING = Target('1b', 1.0, '1.0×', True)   # celery_queue_info under mitogen_linear / ping under linear
+MITOGEN_OVER_MITOGEN_PING = Target('1b', 1.6, '1.6×', True)  # celery_queue_info / ping, both under mitogen_linear
+MODULE_SHARE = Target('1b', 0.1, '0.1 s', True, True)        # celery_queue_info − the floor with redis-py, per strategy
 
 
 def load(name):
@@ -85,7 +93,7 @@ def versions():
     out = {}
     try:
         from importlib import metadata
-        for dist in ('ansible-core', 'redis', 'hiredis', 'pika', 'celery', 'kombu'):
+        for dist in ('ansible-core', 'redis', 'hiredis', 'pika', 'celery', 'kombu', 'mitogen'):
             try:
                 out[dist] = metadata.version(dist)
             except metadata.PackageNotFoundError:
@@ -146,21 +154,25 @@ def header(data, elapsed):
         '',
         'Written by `%s` on %s (UTC); the run took %.0f s. **Do not edit: rerun it.**' % (
             'BENCH_QUICK=1 bench/run' if lib.QUICK else 'bench/run',
-            datetime.datetime.utcnow().strftime('%Y-%m-%d %H:%M'), elapsed),
+            datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M'), elapsed),
         '',
         '- Machine: %s; Linux %s; a Python loop of 10,000,000 additions takes %.2f s (best of 3, after the run). '
         'Load average at the start %s, at the end %s (other sessions may share the machine and the brokers).' % (
             machine(), platform.release(), python_speed(), os.environ.get('BENCH_LOAD_START', '?'),
             '%.2f %.2f %.2f' % os.getloadavg()),
-        '- Software: Python %s, ansible-core %s, redis-py %s + hiredis %s, pika %s, celery %s / kombu %s; '
-        'Redis %s, RabbitMQ %s, all on loopback.' % (
+        '- Software: Python %s, ansible-core %s, redis-py %s + hiredis %s, pika %s, celery %s / kombu %s, '
+        'mitogen %s; Redis %s, RabbitMQ %s, all on loopback.' % (
             found.get('python'), found.get('ansible-core'), found.get('redis'), found.get('hiredis'), found.get('pika'),
-            found.get('celery'), found.get('kombu'), found.get('redis-server'), found.get('rabbitmq')),
+            found.get('celery'), found.get('kombu'), found.get('mitogen'), found.get('redis-server'),
+            found.get('rabbitmq')),
         '- Every figure is the **median of %d runs [min–max]**%s%s; a ratio is of medians. Variants take turns '
         'within each round, on the same data.' % (
             lib.REPEAT, ' (quick mode: smaller data)' if lib.QUICK else '',
-            ' (section 6: of %d runs, its rounds are long)' % worker_info['rounds']
-            if worker_info and worker_info['rounds'] != lib.REPEAT else ''),
+            ''.join(note for note in (
+                ' (section 1b: of %d rounds, per-task figures are differences)' % data['floor']['rounds']
+                if data.get('floor') and data['floor']['rounds'] != lib.REPEAT else '',
+                ' (section 6: of %d runs, its rounds are long)' % worker_info['rounds']
+                if worker_info and worker_info['rounds'] != lib.REPEAT else ''))),
         '- Brokers: Redis db %d and RabbitMQ vhost `%s`, both emptied/deleted afterwards.' % (lib.REDIS_DB, lib.VHOST),
         '- **wall** = the whole `ansible-playbook` process; **task** = the one task, from its start to its result '
         'on the controller (the span `ansible.posix.profile_tasks` reports), by the callback '
@@ -273,6 +285,135 @@ def module_main_calls(redis):
     if 'result bytes' in calls:
         lines.append('| (result printed) | – | %.0f kB |' % (calls['result bytes'][1] / 1000.0))
     lines.append('')
+    return lines
+
+
+FLOOR_CALLS = (
+    ('main() in all', 'main() in all'),
+    ('RedisQueues.bindings', 'RedisQueues.bindings'),
+    ('RedisQueues.depths', 'RedisQueues.depths'),
+    ('RedisQueues.unacked_by_queue', 'RedisQueues.unacked_by_queue'),
+    ('AnsibleModule.exit_json (no_log scrubbing, JSON out)', 'AnsibleModule.exit_json'),
+    ('remove_values (the no_log scrub, in exit_json)', '… of which remove_values (the no_log scrub)'),
+    ('JSON encoding and printing (in exit_json)', '… of which JSON encoding and printing'),
+)
+
+
+def floor_inprocess(floor):
+    """Part of 1b: celery_queue_info's main() in process, its default against priorities=all."""
+    calls = floor.get('inprocess') or {}
+    default, every = calls.get('default'), calls.get('all')
+    if not default or not every:
+        return []
+    lines = ['celery_queue_info\'s `main()` in process as AnsiballZ runs it (bench/redis_info.py, '
+             '`module_main_inprocess`), %d runs each, median [min–max]: with the default `priorities` (auto: the '
+             'queues are discovered, so only queues with messages on a priority step other than 0 get their map) '
+             'and with `priorities: all` (every queue its map, as the module returned before):' % (
+                 default['main() in all']['seconds']['n']),
+             '', '| call | default | priorities: all |', '|---|---|---|']
+    for key, label in FLOOR_CALLS:
+        if key in default and key in every:
+            lines.append('| %s | %s | %s |' % (label, spread(default[key]['seconds'], 'ms', 0),
+                                               spread(every[key]['seconds'], 'ms', 0)))
+    for key, label, scale, unit in (('result bytes', 'result printed', 1000.0, 'kB'),
+                                    ('result values', 'values in the result (each one remove_values walks)', 1, '')):
+        if key in default and key in every:
+            lines.append('| %s | %s%s | %s%s |' % (
+                label, ('%.0f ' % (default[key]['seconds']['median'] / scale)) if unit else
+                thousands(int(default[key]['seconds']['median'])), unit,
+                ('%.0f ' % (every[key]['seconds']['median'] / scale)) if unit else
+                thousands(int(every[key]['seconds']['median'])), unit))
+    lines.append('')
+    return lines
+
+
+def per_task_floor(floor, targets):
+    """1b. Per task (N tasks in one playbook, minus the empty playbook): ping, celery_queue_info and its floor, under
+    linear and mitogen_linear."""
+    title = '## 1b. Per task: ping and celery_queue_info over %s Redis queues, under linear and mitogen_linear' % (
+        thousands(floor['n_queues']) if floor else 'N')
+    lines = [title, '']
+    add = lines.append
+    if not floor:
+        add('Not measured: bench/floor.py failed (see the output of bench/run).')
+        for target, comparison in ((MITOGEN_OVER_LINEAR_PING, 'celery_queue_info task (mitogen_linear) / ping task '
+                                    '(linear)'),
+                                   (MITOGEN_OVER_MITOGEN_PING, 'celery_queue_info task / ping task, mitogen_linear'),
+                                   (MODULE_SHARE, 'celery_queue_info task − floor with redis-py task')):
+            targets.append(not_measured(target, comparison))
+        return lines
+    variants = floor['variants']
+    strategies = floor['strategies']
+    mitogen = 'mitogen_linear' in strategies
+    add('Section 1\'s data (%d queues, %d ready messages, %d unacked), celery_queue_info discovering them. Each '
+        'variant is a playbook of **%d identical tasks** (`bench/playbooks/per_task_*.yml`); its cost **per task** '
+        'is (its wall − the wall of the empty playbook `per_task_empty.yml` in the same round, same strategy) / %d, '
+        'median of %d rounds [min–max]; within a round the variants take turns, `linear` then `mitogen_linear`. '
+        'Timed runs use no callback of ours (an untimed warm-up run of each, with the bench_timer callback, checked '
+        'every task: %d queues, %d ready, %d unacked). Run on ansible-core %s, Python %s, %s; load average %s at '
+        'the end of the section.' % (
+            floor['n_queues'], floor['ready'], floor['unacked'], floor['n_tasks'], floor['n_tasks'], floor['rounds'],
+            floor['n_queues'], floor['ready'], floor['unacked'], floor['ansible_core'], floor['python'],
+            ('mitogen %s' % floor['mitogen']) if mitogen else
+            '**no Mitogen** (ansible_mitogen does not import in the virtualenv: requirements-dev.txt)',
+            floor['load_end']))
+    add('')
+    add('The floor: the bench-only module `bench/playbooks/library/bench_result_floor.py` returns the result '
+        'celery_queue_info printed (its default, recorded in process first: %.0f kB; with `priorities: all` '
+        '%.0f kB) after importing redis-py, with no broker work: what Ansible charges for that result plus '
+        'redis-py\'s import. celery_queue_info\'s task minus it is the module\'s own share.' % (
+            (floor['result_bytes'].get('queue_info') or 0) / 1000.0,
+            (floor['result_bytes'].get('queue_info_all') or 0) / 1000.0))
+    add('')
+    labels = (('ping', 'ansible.builtin.ping'),
+              ('queue_info', 'celery_queue_info, default `priorities` (auto)'),
+              ('queue_info_all', 'celery_queue_info, `priorities: all`'),
+              ('floor_redis', 'the floor with redis-py (same result as the default)'),
+              ('empty', 'the empty playbook'))
+    add('| strategy | variant | per task | playbook wall | command |')
+    add('|---|---|---|---|---|')
+    for strategy in strategies:
+        prefix = 'ANSIBLE_STRATEGY=linear ' if strategy == 'linear' else floor['mitogen_env'] + ' '
+        for name, label in labels:
+            entry = variants.get('%s/%s' % (strategy, name))
+            if entry:
+                add('| %s | %s | %s | %s | `%s%s` |' % (
+                    strategy, label, spread(entry['per_task'], 'ms', 0) if 'per_task' in entry else '–',
+                    spread(entry['wall']), prefix, floor['commands'][name]))
+    add('')
+
+    def per_task(strategy, name):
+        return variants['%s/%s' % (strategy, name)]['per_task']['median']
+
+    add('| ratio / figure | value | target |')
+    add('|---|---|---|')
+    rows = []
+    if mitogen:
+        over_linear = per_task('mitogen_linear', 'queue_info') / per_task('linear', 'ping')
+        over_mitogen = per_task('mitogen_linear', 'queue_info') / per_task('mitogen_linear', 'ping')
+        rows.append((MITOGEN_OVER_LINEAR_PING, 'celery_queue_info task under mitogen_linear / ping task under linear',
+                     over_linear, '%.2f×'))
+        rows.append((MITOGEN_OVER_MITOGEN_PING, 'celery_queue_info task / ping task, both under mitogen_linear',
+                     over_mitogen, '%.2f×'))
+    for strategy in strategies:
+        rows.append((MODULE_SHARE, 'celery_queue_info task − floor with redis-py task (the module\'s own share), %s'
+                     % strategy, per_task(strategy, 'queue_info') - per_task(strategy, 'floor_redis'), '%.3f s'))
+    for target, comparison, value, shown in rows:
+        add('| %s | **%s** | %s: %s |' % (comparison, shown % value, target.shown, mark(target.met(value))))
+        targets.append((target.section, '%s, %d Redis queues, per task' % (comparison, floor['n_queues']),
+                        shown % value, target.shown, mark(target.met(value))))
+    if not mitogen:
+        targets.append(not_measured(MITOGEN_OVER_LINEAR_PING, 'celery_queue_info task (mitogen_linear) / ping task '
+                                    '(linear): no Mitogen in the virtualenv'))
+        targets.append(not_measured(MITOGEN_OVER_MITOGEN_PING, 'celery_queue_info task / ping task, mitogen_linear: '
+                                    'no Mitogen in the virtualenv'))
+    for strategy in strategies:
+        add('| celery_queue_info task, `priorities: all` − default, %s | %+.3f s | – |' % (
+            strategy, per_task(strategy, 'queue_info_all') - per_task(strategy, 'queue_info')))
+        add('| celery_queue_info task / ping task, %s | %.2f× | – |' % (
+            strategy, per_task(strategy, 'queue_info') / per_task(strategy, 'ping')))
+    add('')
+    lines.extend(floor_inprocess(floor))
     return lines
 
 
@@ -801,7 +942,9 @@ def reproduce():
         'Other knobs: BENCH_REPEAT, BENCH_REDIS_DB (default 5), BENCH_VHOST (default celeryops-bench), '
         'BENCH_REDIS_QUEUES, BENCH_AMQP_QUEUES, BENCH_REDIS_PURGE, BENCH_AMQP_PURGE, BENCH_BACKLOG, '
         'BENCH_LOOP_KEYS=all, BENCH_SKIP_AMQP_PURGE=1, BENCH_WORKER_ROUNDS (default 3, quick 2), '
-        'BENCH_WORKER_SIZES (default 3,12), BENCH_RESULTS (output file).',
+        'BENCH_WORKER_SIZES (default 3,12), BENCH_FLOOR_ROUNDS (section 1b, default 7, quick 3), BENCH_RESULTS '
+        '(output file), BENCH_SECTIONS (only these sections, e.g. `BENCH_SECTIONS=floor bench/run`: into '
+        'bench/RESULTS.partial.md unless BENCH_RESULTS says).',
         '',
     ]
 
@@ -811,7 +954,8 @@ def main():
     started = float(os.environ.get('BENCH_STARTED') or time.time())
     lines = header(data, time.time() - started)
     targets = []
-    body = (redis_queue_info(data['redis_info'], targets) + amqp_queue_info(data['amqp_info'], targets)
+    body = (redis_queue_info(data['redis_info'], targets) + per_task_floor(data['floor'], targets)
+            + amqp_queue_info(data['amqp_info'], targets)
             + purge(data['purge'], targets) + breakdown(data['breakdown'], targets) + checks(data['checks'], targets)
             + worker_info(data['worker_info'], targets))
     lines += targets_table(targets) + body + findings(data) + reproduce()
