@@ -60,6 +60,20 @@ options:
       - Count the messages of each queue by task name, over the whole backlog.
     type: bool
     default: false
+  priorities:
+    description:
+      - Redis only. Which queues get RV(queues[].priorities), their ready messages per priority step; the others
+        have V(null) there, as on RabbitMQ.
+      - V(used) gives it to a queue that holds messages on a priority step other than 0 (kombu's bare key). For
+        any other queue, an empty one included, the map would only repeat RV(queues[].messages) under step
+        C("0"), with zero under every other step.
+      - V(all) gives it to every queue, zeros included.
+      - V(auto) is V(all) for the queues named in O(queues), and V(used) when the queues are discovered (O(queues)
+        omitted), where a broker of thousands of queues would otherwise return thousands of maps that say nothing
+        more, and Ansible would scrub, encode and pass on every value of them.
+    type: str
+    choices: [auto, all, used]
+    default: auto
   max_messages:
     description:
       - Threshold on ready messages per queue. With O(wait=true) the module waits until every queue has at most
@@ -146,7 +160,11 @@ queues:
       description: Consumers attached (RabbitMQ). V(null) on Redis, which cannot tell.
       type: int
     priorities:
-      description: Redis only. Ready messages per priority step (keys are the steps as strings).
+      description:
+        - Redis only. Ready messages per priority step (keys are the steps as strings), every step included.
+        - V(null) on RabbitMQ, and on Redis for a queue that O(priorities) leaves out. By default (V(auto)) that is
+          a discovered queue with no message on a priority step other than 0, whose map would only say
+          RV(queues[].messages) again under step C("0").
       type: dict
       sample: {"0": 40, "3": 0, "6": 2, "9": 0}
     source:
@@ -218,7 +236,7 @@ from ansible_collections.celeryops.fleet.plugins.module_utils._broker import Bro
 from ansible_collections.celeryops.fleet.plugins.module_utils._messages import UNDECODABLE
 from ansible_collections.celeryops.fleet.plugins.module_utils._module import FleetModule
 from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
-    check_queue_names, open_queues, queue_states, refuse_unsafe)
+    PRIORITIES_ALL, PRIORITIES_USED, check_queue_names, open_queues, queue_states, refuse_unsafe)
 from ansible_collections.celeryops.fleet.plugins.module_utils._wait import check_wait_params, wait_until
 
 MAX_PEEK = 10000
@@ -265,10 +283,13 @@ def describe(params, result):
             raise OptionError('min_consumers: Redis cannot count consumers of a queue; use it with RabbitMQ, or check '
                               'workers with celeryops.fleet.celery_worker_info', option='min_consumers')
         names = params['queues'] or None  # None: discover them on every poll
+        priorities = params['priorities']
+        if priorities == 'auto':
+            priorities = PRIORITIES_ALL if names else PRIORITIES_USED
         thresholds = any(params[o] is not None for o in ('max_messages', 'max_unacked', 'min_consumers'))
 
         def probe():
-            states = queue_states(queues, names, params['include_internal'])
+            states = queue_states(queues, names, params['include_internal'], priorities)
             return not unmet_thresholds(states, params), states
 
         if params['wait'] and thresholds:
@@ -283,7 +304,7 @@ def describe(params, result):
                 raise
             result['waited'] = round(waited, 3)
         else:
-            states = queue_states(queues, names, params['include_internal'])
+            states = queue_states(queues, names, params['include_internal'], priorities)
         result['queues'] = states
         if queues.management_error:
             result['management_error'] = queues.management_error
@@ -314,6 +335,7 @@ def main():
             peek=dict(type='int', default=0),
             peek_arguments=dict(type='bool', default=True),
             breakdown=dict(type='bool', default=False),
+            priorities=dict(type='str', choices=['auto', PRIORITIES_ALL, PRIORITIES_USED], default='auto'),
             max_messages=dict(type='int'),
             max_unacked=dict(type='int'),
             min_consumers=dict(type='int'),
