@@ -257,3 +257,25 @@ def test_a_connection_the_time_limit_gave_up_on_is_closed_at_once(rabbit_env, pr
         assert left == [], left
     finally:
         gc.enable()
+
+
+def test_the_time_limit_fires_in_a_forked_task(rabbit_env, private, ansible):
+    """Mitogen runs a task with mitogen_task_isolation=fork in a forked child (where the forking thread becomes
+    the main one): the time limit (SIGALRM) guards it there too.
+
+    (An async task is forked too, but cut off from the controller before the module runs: it cannot import the
+    collection's module_utils, which Mitogen does not send ahead, and hangs until its async timeout. The README
+    says so; not tested here.)"""
+    write_probe(ansible)
+    stalling = private.proxy(AMQP_PORT)
+    stalling.pause_after(handshake_bytes(rabbit_env.vhost), 60)
+    url = rabbit_env.url.replace(':%d/' % AMQP_PORT, ':%d/' % stalling.port)
+    forked = {'mitogen_task_isolation': 'fork'}
+    tasks = [probe('in the interpreter'),
+             {'name': 'forked', 'vars': forked,
+              'celeryops.fleet.celery_queue_info': dict(broker_url=url, queues=['mitogen'], connect_timeout=2)},
+             dict(probe('forked probe'), vars=forked)]
+    interpreter, stalled, forked_probe = ansible.play(tasks, env=mitogen_env())
+    assert stalled.get('failed') and 'timed out after 2.5s' in stalled['msg'], stalled
+    assert ansible.task_seconds()[1] < 2.5 + 10, ansible.task_seconds()
+    assert forked_probe['pid'] != interpreter['pid'] and forked_probe['main_thread'], (interpreter, forked_probe)
