@@ -21,7 +21,6 @@ the wall of the whole ansible-playbook process, as a user sees it.
 """
 
 import importlib.util
-import json
 import os
 import platform
 
