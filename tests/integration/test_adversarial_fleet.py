@@ -99,7 +99,7 @@ def test_a_hostile_node_name_never_becomes_a_host(redis_env, workers, tmp_path):
     assert listed_hosts(listing) == ['attacker.example', 'good-a.example']
     assert HOSTILE_NODE not in listing.stdout
     assert 'skipped worker node %r' % HOSTILE_NODE in flat(listing.stderr), listing.stderr
-    assert 'not a valid host name' in listing.stderr
+    assert 'not a valid host name' in ' '.join(listing.stderr.split())  # ansible-core 2.16 wraps warnings
 
     # What ansible would hand to ssh: the hostile name is not among the hosts, so no ProxyCommand runs.
     ping = run(['ansible', '-i', path, 'all', '-m', 'ansible.builtin.ping', '-T', '5'], cwd=str(tmp_path),
