@@ -163,7 +163,7 @@ def _tls_verify_from_query(value):
     return _CERT_REQS[key]
 
 
-def _split(url):
+def split_url(url):
     """urlsplit(url), leaving nothing of ``url`` in urlsplit's cache (an lru_cache from Python 3.11, a dict of
     urllib.parse before): the URL holds the password, and an interpreter that runs task after task (Mitogen's)
     would keep it for the tasks that come after."""
@@ -200,7 +200,7 @@ def parse_broker_url(url, password=None, timeout=DEFAULT_CONNECT_TIMEOUT, tls_ca
     transport, tls = _SCHEMES[scheme]
     # The messages of urlsplit may quote the netloc, which can hold the password: never pass them on.
     try:
-        parts = _split(url)
+        parts = split_url(url)
     except ValueError:
         raise OptionError("broker_url: malformed URL (an IPv6 host goes in brackets, as in redis://[::1]:6379/0)",
                           option='broker_url') from None

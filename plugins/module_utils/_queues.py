@@ -5,11 +5,9 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 # BrokerError: what open_queues and the queue objects raise, for callers that import it from here.
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import (  # noqa: F401 pylint: disable=unused-import
-    BrokerError, OptionError, broker_from_params)
+    BrokerError, OptionError, broker_from_params, split_url)
 from ansible_collections.celeryops.fleet.plugins.module_utils import _redis_queues
 
 
@@ -65,7 +63,7 @@ def check_management_url(url):
     """An http(s) URL with a host and a valid port, or OptionError naming management_url. The value
     is not echoed: it may hold credentials."""
     try:
-        parts = urlsplit(url)
+        parts = split_url(url)
         port = parts.port
     except ValueError:
         port = 0

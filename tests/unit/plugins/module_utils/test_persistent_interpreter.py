@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import parse_broker_url
+from ansible_collections.celeryops.fleet.plugins.module_utils._queues import check_management_url
 
 # Runs in a fresh interpreter: the library is made unimportable (None in sys.modules), the module_utils are
 # imported as an earlier task would have, then the library is "installed" (let through) for the next task.
@@ -64,11 +65,17 @@ def test_a_library_installed_after_an_earlier_task_is_found(library, connection,
     assert out.stdout.strip() == 'ok', out.stdout + out.stderr
 
 
-def test_a_parsed_url_leaves_its_password_nowhere():
+def _check_management_url(url):
+    check_management_url(url)   # returns nothing: only the cache may keep the URL
+
+
+@pytest.mark.parametrize('parse', [parse_broker_url, _check_management_url])
+def test_a_parsed_url_leaves_its_password_nowhere(parse):
     password = 'persistent-pw-%s' % os.urandom(8).hex()
-    broker = parse_broker_url('redis://fleet:%s@127.0.0.1:6379/3' % password)
-    assert broker.password == password
-    del broker
+    url = ('redis://fleet:%s@127.0.0.1:6379/3' if parse is parse_broker_url else 'http://admin:%s@127.0.0.1:15672') % password
+    parsed = parse(url)
+    assert parsed is None or parsed.password == password
+    del parsed, url
     gc.collect()
     holders = [type(obj).__name__ for obj in gc.get_objects()
                if isinstance(obj, tuple) and any(isinstance(item, str) and password in item for item in obj)]
