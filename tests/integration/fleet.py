@@ -135,7 +135,7 @@ class Fleet(object):
 
     def host_vars(self, host):
         # The fleet's workers run as root (beside sshd on loopback hosts): not what these tests are about.
-        out = dict(ansible_python_interpreter=sys.executable, celery_workers=self.workers(host), celery_worker_allow_root=True,
+        out = dict(ansible_python_interpreter=sys.executable, celery_workers=self.workers(host), worker_allow_root=True,
                    supervisor_install_method='pip', supervisor_pip_virtualenv=VENV,
                    supervisor_start_method='direct', supervisor_root=self.root(host))
         if host in self.sshds:

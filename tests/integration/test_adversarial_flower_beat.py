@@ -16,8 +16,8 @@ def as_account(account, port):
     """Play variables that run Flower (on PORT) and beat as ACCOUNT, from its virtualenv."""
     return {'flower_port': port, 'flower_basic_auth': ['ops:pw-%d' % port], 'flower_user': account.NAME,
             'flower_celery_executable': account.venv + '/bin/celery', 'flower_environment': account.env,
-            'celery_beat_app': 'fleet_tasks', 'celery_beat_virtualenv': account.venv, 'celery_beat_workdir': APP_DIR,
-            'celery_beat_user': account.NAME, 'celery_beat_environment': account.env}
+            'beat_app': 'fleet_tasks', 'beat_virtualenv': account.venv, 'beat_workdir': APP_DIR,
+            'beat_user': account.NAME, 'beat_environment': account.env}
 
 
 def owner_and_mode(path):
@@ -70,14 +70,14 @@ def test_a_data_directory_on_supervisor_directories_is_refused(deployment):
         'flower_above': ({'flower_data_dir': os.path.dirname(root)}, 'flower_data_dir'),
         'flower_dotdot': ({'flower_data_dir': root + '/flower/..'}, 'flower_data_dir'),
         'flower_db_out': ({'flower_db': root + '/flower.db'}, 'flower_db'),
-        'beat_root': ({'celery_beat_data_dir': root + '/'}, 'celery_beat_data_dir'),
-        'beat_log': ({'celery_beat_data_dir': root + '/log'}, 'celery_beat_data_dir'),
-        'beat_file_out': ({'celery_beat_schedule_file': root + '/celerybeat-schedule'}, 'celery_beat_schedule_file'),
+        'beat_root': ({'beat_data_dir': root + '/'}, 'beat_data_dir'),
+        'beat_log': ({'beat_data_dir': root + '/log'}, 'beat_data_dir'),
+        'beat_file_out': ({'beat_schedule_file': root + '/celerybeat-schedule'}, 'beat_schedule_file'),
     }
     safe = {'flower_port': free_port(), 'flower_basic_auth': ['ops:pw'], 'flower_virtualenv': VENV,
-            'flower_allow_root': True, 'celery_beat_app': 'fleet_tasks', 'celery_beat_allow_root': True,
+            'flower_allow_root': True, 'beat_app': 'fleet_tasks', 'beat_allow_root': True,
             # every host runs beat: not the point here
-            'celery_beat_allow_multiple': True}
+            'beat_allow_multiple': True}
     # Every host shares localhost's supervisor root, so each case aims at the same real directories.
     host_vars = dict((host, dict(case[0], supervisor_root=root)) for host, case in cases.items())
     report = deployment.run(ROLES, safe, hosts=list(cases), host_vars=host_vars, check=True)
@@ -94,18 +94,18 @@ def test_flower_and_beat_do_not_run_as_root_unless_allowed(deployment):
     service = deployment.service
     # supervisord runs as root here (the tests run as root): a program without a user would too.
     cases = {
-        'flower_nouser': ({'flower_user': '', 'celery_beat_user': service.NAME}, 'flower', 'flower_user',
+        'flower_nouser': ({'flower_user': '', 'beat_user': service.NAME}, 'flower', 'flower_user',
                           'flower_allow_root'),
-        'flower_root': ({'flower_user': 'root', 'celery_beat_user': service.NAME}, 'flower', 'flower_user',
+        'flower_root': ({'flower_user': 'root', 'beat_user': service.NAME}, 'flower', 'flower_user',
                         'flower_allow_root'),
-        'beat_nouser': ({'celery_beat_user': '', 'flower_user': service.NAME}, 'celery-beat', 'celery_beat_user',
-                        'celery_beat_allow_root'),
-        'beat_uid0': ({'celery_beat_user': '0', 'flower_user': service.NAME}, 'celery-beat', 'celery_beat_user',
-                      'celery_beat_allow_root'),
+        'beat_nouser': ({'beat_user': '', 'flower_user': service.NAME}, 'celery-beat', 'beat_user',
+                        'beat_allow_root'),
+        'beat_uid0': ({'beat_user': '0', 'flower_user': service.NAME}, 'celery-beat', 'beat_user',
+                      'beat_allow_root'),
     }
     # Play variables outrank the inventory's: the users come from the hosts alone.
-    play_vars = dict(as_account(service, free_port()), celery_beat_allow_multiple=True)
-    del play_vars['flower_user'], play_vars['celery_beat_user']
+    play_vars = dict(as_account(service, free_port()), beat_allow_multiple=True)
+    del play_vars['flower_user'], play_vars['beat_user']
     report = deployment.run(ROLES, play_vars, hosts=list(cases), check=True,
                             host_vars=dict((host, case[0]) for host, case in cases.items()))
     assert deployment.last.returncode != 0
@@ -114,7 +114,7 @@ def test_flower_and_beat_do_not_run_as_root_unless_allowed(deployment):
         assert '%s would run as root' % program in message and user in message and allow in message, (host, message)
 
     # Refused before anything is made for it.
-    report = deployment.run(ROLES, dict(play_vars, flower_user='', celery_beat_user=service.NAME))
+    report = deployment.run(ROLES, dict(play_vars, flower_user='', beat_user=service.NAME))
     assert deployment.last.returncode != 0 and 'flower_allow_root' in failure(report)
     assert not os.path.exists(os.path.join(deployment.root(), 'flower'))
     assert os.listdir(os.path.join(deployment.root(), 'conf.d')) == []

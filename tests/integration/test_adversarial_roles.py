@@ -64,7 +64,7 @@ def test_values_that_would_rewrite_a_program_file_are_refused_before_anything_ch
                                    'supervisor_program_environment.FLEET_NOTE', 'single quote at either end'),
     }
     # One run, one host per case, every host on the supervisord that runs the victim: each stops on its own error.
-    shared = {'supervisor_root': deployment.root(), 'celery_worker_drain_timeout': 5, 'celery_worker_wait_timeout': 5}
+    shared = {'supervisor_root': deployment.root(), 'worker_drain_timeout': 5, 'worker_wait_timeout': 5}
     report = deployment.run(['celeryops.fleet.worker'], hosts=list(cases),
                             host_vars=dict((host, dict(shared, **case[0])) for host, case in cases.items()))
     assert deployment.last.returncode != 0
@@ -101,7 +101,7 @@ def test_a_deploy_that_failed_half_way_is_finished_by_the_next_run(deployment):
 
     # A rotated password: the file is written, then the drain fails (the task outlasts it); the old worker runs on.
     rotated = dict(slow, environment=dict(slow['environment'], FLEET_NOTE='password-2'))
-    report = deployment.run(roles, {'celery_workers': [rotated], 'celery_worker_drain_timeout': 1})
+    report = deployment.run(roles, {'celery_workers': [rotated], 'worker_drain_timeout': 1})
     assert deployment.last.returncode != 0
     assert 'Report a failed drain' in failure(report)
     assert 'FLEET_NOTE="password-2"' in read(program_file(deployment, 'celery-worker-slow'))
@@ -138,10 +138,10 @@ def test_programs_do_not_run_as_root_unless_allowed(deployment):
     for host in cases:
         message = failure(report, host)
         assert 'celery-worker-%s would run as root' % host in message, message
-        assert 'celery_workers[%s].user' % host in message and 'celery_worker_allow_root' in message, message
+        assert 'celery_workers[%s].user' % host in message and 'worker_allow_root' in message, message
 
     # Allowed explicitly, it runs as root.
-    report = deployment.run(roles, {'celery_workers': [cases['nouser']], 'celery_worker_allow_root': True})
+    report = deployment.run(roles, {'celery_workers': [cases['nouser']], 'worker_allow_root': True})
     assert deployment.last.returncode == 0, failure(report)
     assert process_uid(deployment.pid('celery-worker-nouser')) == 0
 

@@ -229,7 +229,7 @@ def test_workers_that_do_not_come_up_are_named(deployment):
     # Runs, but answers under another node name: only the ping check can tell.
     renamed = [worker('ghost', ['roles_g'], extra_args=['--hostname', 'elsewhere@localhost'])]
     report = deployment.run(['celeryops.fleet.worker'],
-                            {'celery_workers': renamed, 'celery_worker_wait_timeout': 5, 'celery_worker_allow_root': True})
+                            {'celery_workers': renamed, 'worker_wait_timeout': 5, 'worker_allow_root': True})
     assert deployment.last.returncode != 0
     assert 'did not come up' in failure(report) and 'ghost@localhost' in failure(report)
     assert deployment.broker_url not in deployment.last.stdout
@@ -238,7 +238,7 @@ def test_workers_that_do_not_come_up_are_named(deployment):
     # import outlasts startsecs on a busy machine, the ping check names it.
     broken = [worker('broken', ['roles_g'], app='no_such_module_anywhere')]
     report = deployment.run(['celeryops.fleet.worker'],
-                            {'celery_workers': broken, 'celery_worker_wait_timeout': 10, 'celery_worker_allow_root': True})
+                            {'celery_workers': broken, 'worker_wait_timeout': 10, 'worker_allow_root': True})
     assert deployment.last.returncode != 0
     message = failure(report)
     assert 'celery-worker-broken (Celery nodes broken@localhost) did not start' in message or \
@@ -249,11 +249,11 @@ def test_workers_that_do_not_come_up_are_named(deployment):
 def test_two_hosts_workers_checked_in_one_broadcast_and_one_beat(deployment, ansible):
     service = deployment.service
     os.chmod(deployment.base, 0o755)  # a private mkdtemp: the account could not reach beat's directory
-    beat_vars = {'celery_beat_app': 'fleet_tasks', 'celery_beat_virtualenv': service.venv, 'celery_beat_workdir': APP_DIR,
-                 'celery_beat_user': service.NAME, 'celery_beat_environment': service.env}
+    beat_vars = {'beat_app': 'fleet_tasks', 'beat_virtualenv': service.venv, 'beat_workdir': APP_DIR,
+                 'beat_user': service.NAME, 'beat_environment': service.env}
     hosts = ('fleet1', 'fleet2')
     host_vars = dict((host, {'celery_workers': [deployment.worker('w', ['roles_%s' % host])]}) for host in hosts)
-    host_vars['fleet2']['celery_beat_enabled'] = False
+    host_vars['fleet2']['beat_enabled'] = False
     report = deployment.run(['celeryops.fleet.worker', 'celeryops.fleet.beat'], beat_vars, hosts=hosts,
                             host_vars=host_vars)
     assert deployment.last.returncode == 0, failure(report, 'fleet1')
@@ -271,31 +271,158 @@ def test_two_hosts_workers_checked_in_one_broadcast_and_one_beat(deployment, ans
         time.sleep(0.5)
 
     # A second beat is refused, naming the hosts, before anything changes.
-    del host_vars['fleet2']['celery_beat_enabled']
+    del host_vars['fleet2']['beat_enabled']
     report = deployment.run(['celeryops.fleet.beat'], beat_vars, hosts=hosts, host_vars=host_vars)
     assert deployment.last.returncode != 0
     message = failure(report, 'fleet1')
-    assert 'celery_beat_enabled' in message and 'fleet1, fleet2' in message
+    assert 'beat_enabled' in message and 'fleet1, fleet2' in message
     assert 'celery-beat' not in deployment.supervisorctl('status', host='fleet2')
 
-    # A play limited to fleet2 sees fleet1's beat through the inventory of celery_beat_group (fleet1 does
-    # not set celery_beat_enabled there: the default, true, counts)...
-    group_vars = dict(beat_vars, celery_beat_group='all')
+    # A play limited to fleet2 sees fleet1's beat through the inventory of beat_group (fleet1 does
+    # not set beat_enabled there: the default, true, counts)...
+    group_vars = dict(beat_vars, beat_group='all')
     report = deployment.run(['celeryops.fleet.beat'], group_vars, hosts=hosts, host_vars=host_vars, limit='fleet2',
                             check=True)
     assert deployment.last.returncode != 0
     message = failure(report, 'fleet2')
     assert 'on 2 hosts (fleet2, fleet1; fleet1 by the inventory, outside this play)' in message, message
     # ... and moves beat when the inventory says fleet1 no longer runs it.
-    host_vars['fleet1']['celery_beat_enabled'] = False
+    host_vars['fleet1']['beat_enabled'] = False
     report = deployment.run(['celeryops.fleet.beat'], group_vars, hosts=hosts, host_vars=host_vars, limit='fleet2',
                             check=True)
     assert deployment.last.returncode == 0, failure(report, 'fleet2')
     assert results(report, 'Refuse a second beat', 'fleet2')[0].get('failed') is not True
-    report = deployment.run(['celeryops.fleet.beat'], dict(beat_vars, celery_beat_group='beats'), hosts=hosts,
+    report = deployment.run(['celeryops.fleet.beat'], dict(beat_vars, beat_group='beats'), hosts=hosts,
                             host_vars=host_vars, limit='fleet2', check=True)
     assert deployment.last.returncode != 0
-    assert 'celery_beat_group: beats is not a group of the inventory' in failure(report, 'fleet2')
+    assert 'beat_group: beats is not a group of the inventory' in failure(report, 'fleet2')
+
+
+# The settings of the worker and beat roles were named celery_worker_* and celery_beat_*; the old names
+# still work for one release, each with a message that names its new one.
+WORKER_RENAMED = {'celery_worker_program_prefix': 'worker_program_prefix',
+                  'celery_worker_wait_timeout': 'worker_wait_timeout'}
+BEAT_RENAMED = {'celery_beat_app': 'beat_app', 'celery_beat_virtualenv': 'beat_virtualenv',
+                'celery_beat_workdir': 'beat_workdir', 'celery_beat_user': 'beat_user',
+                'celery_beat_environment': 'beat_environment', 'celery_beat_program': 'beat_program'}
+
+
+def deprecations(report, host='localhost'):
+    """The messages of the roles' deprecation warnings (one a role, when an old name is set)."""
+    return [result['msg'] for result in results(report, 'Warn about deprecated variable names', host)
+            if not result.get('skipped')]
+
+
+def test_deprecated_names_still_work_and_warn_naming_the_new_ones(deployment):
+    service = deployment.service
+    os.chmod(deployment.base, 0o755)  # a private mkdtemp: the account could not reach beat's directory
+    roles = ['celeryops.fleet.worker', 'celeryops.fleet.beat']
+    workers = [deployment.worker('old', ['roles_old'])]
+    new = {'worker_program_prefix': 'legacy-worker-', 'worker_wait_timeout': 60, 'beat_app': 'fleet_tasks',
+           'beat_virtualenv': service.venv, 'beat_workdir': APP_DIR, 'beat_user': service.NAME,
+           'beat_environment': service.env, 'beat_program': 'legacy-beat'}
+    old = dict((name, new[renamed]) for name, renamed in dict(WORKER_RENAMED, **BEAT_RENAMED).items())
+
+    # Only the old names: the programs are named, and beat's directory placed, as they say.
+    report = deployment.run(roles, dict(old, celery_workers=workers))
+    assert deployment.last.returncode == 0, failure(report)
+    assert 'RUNNING' in deployment.supervisorctl('status', 'legacy-worker-old')
+    assert 'RUNNING' in deployment.supervisorctl('status', 'legacy-beat')
+    assert os.path.isdir(os.path.join(deployment.root(), 'legacy-beat'))  # beat_data_dir follows the old program name
+    worker_warning, beat_warning = deprecations(report)
+    for warning, renamed in ((worker_warning, WORKER_RENAMED), (beat_warning, BEAT_RENAMED)):
+        assert warning.startswith('DEPRECATED: ') and 'celeryops.fleet 0.2.0' in warning, warning
+        for name, new_name in renamed.items():
+            assert '%s is now %s' % (name, new_name) in warning, warning
+
+    # The same values under the new names: nothing changes, and nothing is said.
+    report = deployment.run(roles, dict(new, celery_workers=workers))
+    assert deployment.last.returncode == 0, failure(report)
+    assert stats(report)['changed'] == 0, [task['task']['name'] for play in report['plays'] for task in play['tasks']
+                                           if task['hosts'].get('localhost', {}).get('changed')]
+    assert deprecations(report) == []
+
+    # Both names: the new one wins (check mode: the program files that would be written are the new names').
+    report = deployment.run(roles, dict(old, worker_program_prefix='new-worker-', beat_program='new-beat',
+                                        celery_workers=workers), check=True)
+    assert deployment.last.returncode == 0, failure(report)
+    for program in ('new-worker-old', 'new-beat'):
+        assert results(report, 'Write the program file of %s' % program)[0]['changed'] is True
+    for program in ('legacy-worker-old', 'legacy-beat'):
+        assert results(report, 'Write the program file of %s' % program) == []
+    assert len(deprecations(report)) == 2  # the old names are still set
+
+
+def test_deprecated_names_in_errors_and_the_new_name_wins(deployment):
+    # localhost sets only the old name, other both: each message names the variable whose value is used.
+    hosts = ('localhost', 'other')
+    workers = [worker('r', ['roles_r'], user='root')]
+    host_vars = {'localhost': {'celery_worker_allow_root': False},
+                 'other': {'celery_worker_allow_root': True, 'worker_allow_root': False}}
+    report = deployment.run(['celeryops.fleet.worker'], {'celery_workers': workers}, hosts=hosts, host_vars=host_vars)
+    assert deployment.last.returncode != 0
+    message = failure(report, 'localhost')
+    assert 'would run as root' in message, message
+    assert 'celery_worker_allow_root (now worker_allow_root): true' in message, message
+    message = failure(report, 'other')
+    assert 'would run as root' in message and 'worker_allow_root: true' in message, message
+    assert 'celery_worker_allow_root' not in message, message
+    assert 'celery_worker_allow_root is now worker_allow_root' in deprecations(report, 'other')[0]
+
+    beat_vars = {'beat_app': 'fleet_tasks', 'beat_allow_root': True, 'beat_allow_multiple': True}
+    bad, good = os.path.join(deployment.base, 'beat') + '/', os.path.join(deployment.base, 'beat')
+    host_vars = {'localhost': {'celery_beat_data_dir': bad},
+                 'other': {'celery_beat_data_dir': good, 'beat_data_dir': bad}}
+    report = deployment.run(['celeryops.fleet.beat'], beat_vars, hosts=hosts, host_vars=host_vars)
+    assert deployment.last.returncode != 0
+    assert 'celery_beat_data_dir (now beat_data_dir) (%s) must be' % bad in failure(report, 'localhost')
+    assert ': beat_data_dir (%s) must be' % bad in failure(report, 'other')
+
+    # beat_app is required, though the argument spec cannot say so while celery_beat_app may stand for it.
+    report = deployment.run(['celeryops.fleet.beat'], {'beat_allow_root': True}, check=True)
+    assert deployment.last.returncode != 0
+    assert 'beat_app is required' in failure(report), failure(report)
+
+    # The one-beat check reads the old name in the inventory of a host outside the play.
+    hosts = ('fleet1', 'fleet2')
+    beat_vars = {'beat_app': 'fleet_tasks', 'beat_allow_root': True, 'beat_group': 'all'}
+    host_vars = {'fleet1': {'celery_beat_enabled': False}}
+    report = deployment.run(['celeryops.fleet.beat'], beat_vars, hosts=hosts, host_vars=host_vars, limit='fleet2',
+                            check=True)
+    assert deployment.last.returncode == 0, failure(report, 'fleet2')
+    host_vars = {'fleet1': {'celery_beat_enabled': True}}
+    report = deployment.run(['celeryops.fleet.beat'], beat_vars, hosts=hosts, host_vars=host_vars, limit='fleet2',
+                            check=True)
+    assert deployment.last.returncode != 0
+    message = failure(report, 'fleet2')
+    assert 'beat_enabled (or its deprecated name celery_beat_enabled) is true on 2 hosts' in message, message
+
+
+def test_fleet_playbooks_read_the_new_names_and_the_old(deployment):
+    # The fleet playbooks find a host's programs and the control host from the worker role's settings in the
+    # inventory: the new name, else the deprecated one, else the role's default.
+    fleet_vars = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                              'playbooks', 'vars', 'fleet.yml')
+    playbook = os.path.join(deployment.base, 'fleet-vars.yml')
+    show = '{{ {"control": _fleet_control_host, "programs": _fleet_workers | map(attribute="program") | list} }}'
+    with open(playbook, 'w') as handle:
+        json.dump([{'hosts': 'workers', 'gather_facts': False, 'vars_files': [fleet_vars],
+                    'vars': {'_fleet_scope': '{{ [inventory_hostname] }}'},
+                    'tasks': [{'name': 'Show', 'ansible.builtin.debug': {'msg': show}}]}], handle)
+    workers = [worker('w', ['q'])]
+    host_vars = {'new': {'celery_workers': workers, 'worker_program_prefix': 'new-', 'worker_control_host': 'ctl-new'},
+                 'old': {'celery_workers': workers, 'celery_worker_program_prefix': 'old-',
+                         'celery_worker_control_host': 'ctl-old'},
+                 'both': {'celery_workers': workers, 'worker_program_prefix': 'new-', 'worker_control_host': 'ctl-new',
+                          'celery_worker_program_prefix': 'old-', 'celery_worker_control_host': 'ctl-old'},
+                 'neither': {'celery_workers': workers}}
+    report = deployment.playbook(playbook, hosts=tuple(host_vars), host_vars=host_vars)
+    assert deployment.last.returncode == 0, deployment.last.stdout[-3000:]
+    shown = dict((host, results(report, 'Show', host)[0]['msg']) for host in host_vars)
+    assert shown == {'new': {'control': 'ctl-new', 'programs': ['new-w']},
+                     'old': {'control': 'ctl-old', 'programs': ['old-w']},
+                     'both': {'control': 'ctl-new', 'programs': ['new-w']},
+                     'neither': {'control': 'localhost', 'programs': ['celery-worker-w']}}, shown
 
 
 def test_flower_answers_with_auth_only(deployment):
@@ -342,7 +469,7 @@ def test_os_package_supervisor_without_systemd(deployment, ansible):
     # auto picks `direct` on a host without systemd; on one with systemd it would install a system unit,
     # which a test must not do, so there it is asked for directly.
     package = {'supervisor_install_method': 'package', 'supervisor_start_method': 'direct' if systemd else 'auto'}
-    report = deployment.run(['celeryops.fleet.worker'], {'celery_workers': [worker('pkg', ['roles_pkg'])], 'celery_worker_allow_root': True},
+    report = deployment.run(['celeryops.fleet.worker'], {'celery_workers': [worker('pkg', ['roles_pkg'])], 'worker_allow_root': True},
                             host_vars={'localhost': package}, timeout=600)
     assert deployment.last.returncode == 0, failure(report)
     chosen = results(report, 'Choose how supervisord is kept running')[0]['ansible_facts']
@@ -356,7 +483,7 @@ def test_os_package_supervisor_without_systemd(deployment, ansible):
     assert oct(os.stat(deployment.root() + '/supervisor.sock').st_mode & 0o777) == '0o700'
 
     # A second run finds it running and changes nothing.
-    report = deployment.run(['celeryops.fleet.worker'], {'celery_workers': [worker('pkg', ['roles_pkg'])], 'celery_worker_allow_root': True},
+    report = deployment.run(['celeryops.fleet.worker'], {'celery_workers': [worker('pkg', ['roles_pkg'])], 'worker_allow_root': True},
                             host_vars={'localhost': package})
     assert deployment.last.returncode == 0 and stats(report)['changed'] == 0, stats(report)
     assert supervisord_of(deployment)[0] == pid

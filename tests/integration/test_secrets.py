@@ -247,7 +247,7 @@ def test_roles_and_playbooks_never_show_the_password(secret_deployment, redis_us
         return report
 
     # Root is allowed here: the point is the password.
-    host_vars = {'localhost': {'celery_workers': [worker('sec', ['sec_roles'], time_limit=20)], 'celery_worker_allow_root': True}}
+    host_vars = {'localhost': {'celery_workers': [worker('sec', ['sec_roles'], time_limit=20)], 'worker_allow_root': True}}
     port = free_port()
     flower_vars = {'flower_port': port, 'flower_basic_auth': [env_var('COF_FLOWER_AUTH')], 'flower_virtualenv': VENV,
                    'flower_allow_root': True}

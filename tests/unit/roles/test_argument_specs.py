@@ -4,11 +4,14 @@
 """Every role's meta/argument_specs.yml and defaults/main.yml say the same thing."""
 
 import os
+import re
 
 import pytest
 import yaml
 
 ROLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', '..', 'roles')
+# A setting that falls back to its deprecated name, else to a literal: "{{ old_name | default(value) }}".
+RENAMED = re.compile(r"^\{\{ (\w+) \| default\(('[^']*'|-?\d+|true|false|\[\]|\{\})\) \}\}$")
 NAMES = sorted(name for name in os.listdir(ROLES) if os.path.isdir(os.path.join(ROLES, name)))
 
 
@@ -34,7 +37,13 @@ def test_every_default_is_documented_with_the_same_value(role):
     options = documented(role)
     for name, value in load(role, 'defaults/main.yml').items():
         assert name in options, '%s: %s is in defaults/main.yml but not in meta/argument_specs.yml' % (role, name)
-        if isinstance(value, str) and '{{' in value:
+        renamed = RENAMED.match(value) if isinstance(value, str) else None
+        if renamed and 'Deprecated alias of O(%s)' % name in str(options.get(renamed.group(1), {}).get('description')):
+            # The old name's value, else the default: the spec documents that default ('' stands for unset).
+            default = yaml.safe_load(renamed.group(2))
+            documented_default = options[name].get('default', '' if default == '' else None)
+            assert documented_default == default, '%s: %s default differs' % (role, name)
+        elif isinstance(value, str) and '{{' in value:
             # A computed default: the spec describes it in words and gives no literal default.
             assert 'default' not in options[name], '%s: %s' % (role, name)
         else:
