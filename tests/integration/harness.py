@@ -33,6 +33,12 @@ MANAGEMENT = 'http://127.0.0.1:15672'
 GUEST = ('guest', 'guest')
 
 
+def unwrapped(text):
+    """Ansible's output with its line wrapping undone: ansible-core 2.16 wraps warnings at 80 columns (2.19+ do
+    not), breaking lines at spaces and after hyphens, so every white space goes and expectations are compared so."""
+    return ''.join(text.split())
+
+
 def worker_index():
     name = os.environ.get('PYTEST_XDIST_WORKER', 'gw0')
     return int(name[2:]) if name.startswith('gw') and name[2:].isdigit() else 0

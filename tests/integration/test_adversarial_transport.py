@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from harness import APP_DIR
+from harness import APP_DIR, unwrapped
 
 SEP = ':'
 PREFIX = 'pfx:'
@@ -122,4 +122,4 @@ def test_bad_transport_options_fail_naming_them(redis_env, ansible, tmp_path, op
         json.dump({'plugin': 'celeryops.fleet.celery_workers', 'broker_url': redis_env.url, option: value}, handle)
     proc = subprocess.run(['ansible-inventory', '-i', path, '--list'], capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED='1'), check=False)
-    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode != 0 and unwrapped(message) in unwrapped(proc.stderr), proc.stderr[-3000:]
