@@ -182,7 +182,9 @@ def test_max_events_types_and_an_empty_broker(redis_env, ansible, workers):
 
 
 def module_process(parent):
-    """The pid of the module run under the process ``parent`` (its AnsiballZ wrapper)."""
+    """The pid of the module run under the process ``parent``: the deepest python running its AnsiballZ file
+    (on ansible-core 2.21 a second python, a child of the first, runs the module: signalling the first left the
+    module listening and ansible waiting)."""
     children = {}
     for pid in filter(str.isdigit, os.listdir('/proc')):
         try:
@@ -193,13 +195,13 @@ def module_process(parent):
         except OSError:
             continue
         children.setdefault(ppid, []).append((int(pid), argv))
-    todo = [parent]
+    todo, found = [parent], None
     while todo:
         for pid, argv in children.get(todo.pop(), []):
             if any(arg.endswith(b'/AnsiballZ_celery_events_info.py') for arg in argv.split(b'\0')):
-                return pid  # python running the module (not the shell that started it)
+                found = pid  # python running the module (not the shell that started it)
             todo.append(pid)
-    return None
+    return found
 
 
 def test_interrupted_window_leaves_nothing_behind(broker, workers):
