@@ -7,7 +7,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: celery_worker
-short_description: Make running Celery workers consume queues, drain them before a deploy, or stop them
+short_description: Make running Celery workers consume queues, drain, stop, restart their pool, or set task limits
 version_added: 0.1.0
 description:
   - Sets the desired state of running Celery workers through Celery's remote control, with only the broker URL.
@@ -21,6 +21,20 @@ description:
     the other nodes' drain still completes. With V(consuming), such a node fails the module at once. A named node
     that does not answer at all is already drained (RV(missing)).
   - V(stopped) sends a warm shutdown and waits until the nodes stop answering. Nodes already gone are not a change.
+  - V(restarted_pool) restarts the nodes' pool (C(pool_restart)); each pool process is replaced once its current
+    task is done, and the change is confirmed when none of the processes of before is left (C(stats)). Celery
+    allows it only on workers whose setting C(worker_pool_restarts) is true (in the app, or on the command line
+    as C(celery worker ... -- worker_pool_restarts=True), or C(celery_workers[].pool_restarts) of the
+    P(celeryops.fleet.worker#role) role) and with the prefork pool; the module reads the nodes' C(conf) and
+    C(stats) first and, if any node does not allow it, fails naming it before anything is sent. It is an action,
+    not a state, so it always reports a change.
+  - O(rate_limits) and O(time_limits) are desired state per task, read back from C(inspect registered rate_limit
+    time_limit soft_time_limit), set (C(rate_limit), C(time_limit)) only on the nodes where they differ, and
+    confirmed by reading them again. They may go with any O(state) but V(stopped), or alone.
+  - Limits set this way live in the running worker only and are lost when it restarts; the module warns so when it
+    sets any. To keep them, set them where the worker starts (the app's C(task_annotations), or
+    C(celery_workers[].rate_limits) and C(celery_workers[].time_limits) of the P(celeryops.fleet.worker#role) role,
+    which gives them to C(celery worker) as C(task_annotations)).
   - Every change is confirmed by asking the workers again; a second run with the same options changes nothing.
   - In check mode the module asks the workers for their state and reports what it would do, without sending any
     control command.
@@ -40,9 +54,10 @@ options:
     default: ['*']
   state:
     description:
-      - The state the nodes should be in. Optional when only O(concurrency), O(autoscale) or O(events) change.
+      - The state the nodes should be in. Optional when only O(concurrency), O(autoscale), O(events), O(rate_limits)
+        or O(time_limits) change.
     type: str
-    choices: [consuming, drained, stopped]
+    choices: [consuming, drained, stopped, restarted_pool]
   concurrency:
     description:
       - Pool size the nodes should have; grown or shrunk (C(pool_grow), C(pool_shrink)) only when the pool size in
@@ -60,6 +75,25 @@ options:
       - Workers do not report this setting, so check mode always predicts a change; a real run reports a change only
         when the worker's reply says it had one.
     type: bool
+  rate_limits:
+    description:
+      - Per task name, the rate limit the nodes should apply, as Celery writes it (V(10/s), V(10/m), V(10/h), or a
+        number of tasks per second); V(null) for no limit.
+      - Compared as tasks per second, so V(60/m) on a node is V(1/s). A rate that is not Celery's syntax, or V(0),
+        is refused naming this option; a task a node does not register fails the module naming the task and the
+        node, before anything is sent.
+      - Lost when the worker restarts (see the description).
+    type: dict
+  time_limits:
+    description:
+      - Per task name, V({soft=seconds, hard=seconds}) (a dict with the keys C(soft) and C(hard)), the soft limit (C(SoftTimeLimitExceeded) is raised in the
+        task) and the hard limit (the pool process is killed). Either left out or V(null) means no such limit; a
+        task's V(null) means neither.
+      - Limits must be more than 0, and soft not more than hard; otherwise the module fails naming this option. A task
+        a node does not register fails the module naming the task and the node, before anything is sent.
+      - Only the prefork pool enforces time limits; Celery accepts and shows them on the other pools too.
+      - Lost when the worker restarts (see the description).
+    type: dict
   queues:
     description:
       - With V(consuming), the queues to consume (required). With V(drained), the queues to stop consuming (default
@@ -134,6 +168,24 @@ EXAMPLES = r"""
     state: stopped
   delegate_to: localhost
 
+- name: Limit how fast and how long the mail tasks run, on every node
+  celeryops.fleet.celery_worker:
+    broker_url: "{{ broker_url }}"
+    rate_limits:
+      proj.tasks.send_mail: 10/m
+      proj.tasks.resize: null      # no rate limit
+    time_limits:
+      proj.tasks.send_mail: {soft: 30, hard: 60}
+  delegate_to: localhost
+
+- name: Restart the pool processes of workers started with worker_pool_restarts (a leaking library, say)
+  celeryops.fleet.celery_worker:
+    broker_url: "{{ broker_url }}"
+    nodes: ["*@{{ inventory_hostname }}"]
+    state: restarted_pool
+    wait_timeout: 600
+  delegate_to: localhost
+
 - name: Make the reports workers consume only these queues
   celeryops.fleet.celery_worker:
     broker_url: "{{ broker_url }}"
@@ -145,7 +197,13 @@ EXAMPLES = r"""
 
 RETURN = r"""
 nodes:
-  description: Per node acted on, its state before and after and the control commands sent.
+  description:
+    - Per node acted on, its state before and after and the control commands sent.
+    - With O(rate_limits) or O(time_limits), C(before) and C(after) also hold C(rate_limits) (task -> rate, or null)
+      and C(time_limits) (task -> {soft, hard}, in seconds or null) of the tasks named; with V(restarted_pool),
+      C(pool_processes) (the pids of the pool's processes).
+    - Actions are written as C(celery control) takes them, like C(rate_limit proj.add 10/m) or C(time_limit proj.add
+      30.0 60.0) (task, soft, hard).
   returned: always
   type: dict
   sample:
@@ -193,7 +251,8 @@ from ansible_collections.celeryops.fleet.plugins.module_utils._broker import Opt
 from ansible_collections.celeryops.fleet.plugins.module_utils._control import Control, check_node_names
 from ansible_collections.celeryops.fleet.plugins.module_utils._module import FleetModule
 from ansible_collections.celeryops.fleet.plugins.module_utils._queues import redis_layout
-from ansible_collections.celeryops.fleet.plugins.module_utils._workers import ALL_NODES, converge
+from ansible_collections.celeryops.fleet.plugins.module_utils._workers import (
+    ALL_NODES, check_rate_limits, check_time_limits, converge)
 
 
 def check_params(params):
@@ -214,6 +273,11 @@ def check_params(params):
     if params['state'] == 'stopped' and (params['concurrency'] is not None or params['autoscale'] is not None
                                          or params['events'] is not None):
         raise OptionError('state: stopped goes with neither concurrency, autoscale nor events', option='state')
+    if params['state'] == 'stopped' and (params['rate_limits'] is not None or params['time_limits'] is not None):
+        raise OptionError('state: stopped goes with neither rate_limits nor time_limits (a stopped worker forgets '
+                          'them)', option='state')
+    params['rate_limits'] = check_rate_limits(params['rate_limits'])
+    params['time_limits'] = check_time_limits(params['time_limits'])
     if params['concurrency'] is not None and params['concurrency'] < 1:
         raise OptionError('concurrency must be 1 or more, got %d' % params['concurrency'], option='concurrency')
     if params['autoscale'] is not None:
@@ -233,10 +297,12 @@ def main():
     module = FleetModule(
         argument_spec=dict(
             nodes=dict(type='list', elements='str', default=list(ALL_NODES)),
-            state=dict(type='str', choices=['consuming', 'drained', 'stopped']),
+            state=dict(type='str', choices=['consuming', 'drained', 'stopped', 'restarted_pool']),
             concurrency=dict(type='int'),
             autoscale=dict(type='list', elements='int'),
             events=dict(type='bool'),
+            rate_limits=dict(type='dict'),
+            time_limits=dict(type='dict'),
             queues=dict(type='list', elements='str'),
             exclusive=dict(type='bool', default=False),
             timeout=dict(type='float', default=2.0),
@@ -244,7 +310,7 @@ def main():
             wait_sleep=dict(type='float', default=0.5),
         ),
         mutually_exclusive=[('concurrency', 'autoscale')],
-        required_one_of=[('state', 'concurrency', 'autoscale', 'events')],
+        required_one_of=[('state', 'concurrency', 'autoscale', 'events', 'rate_limits', 'time_limits')],
         required_if=[('state', 'consuming', ['queues'])],
     )
     params = module.params
@@ -262,6 +328,12 @@ def main():
     if result['gone']:
         module.warn('stopped answering during the drain, so not waited for (killed or crashed?); their '
                     'unacknowledged tasks go back to the queue: %s' % ', '.join(result['gone']))
+    limits = sorted(set(action.split(' ')[0] for info in result['nodes'].values() for action in info['actions']
+                        if action.split(' ')[0] in ('rate_limit', 'time_limit')))
+    if limits and result['changed']:
+        module.warn('%s set at run time last until the worker restarts; to keep them, set them where the worker '
+                    'starts (the app\'s task_annotations, or the worker role\'s celery_workers[].rate_limits and '
+                    'time_limits)' % ' and '.join(limits))
     result['elapsed'] = round(time.monotonic() - started, 3)
     module.exit_json(**result)
 

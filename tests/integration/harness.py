@@ -255,7 +255,7 @@ class Worker(object):
     """A real `celery worker` process of the test app."""
 
     def __init__(self, url, name, queues, pool='threads', concurrency=2, prefetch=4, events=False,
-                 global_keyprefix=None, logdir=None, autoscale=None, heartbeat_interval=None):
+                 global_keyprefix=None, logdir=None, autoscale=None, heartbeat_interval=None, config=()):
         self.url = url
         self.name = name
         self.queues = queues
@@ -273,6 +273,8 @@ class Worker(object):
             argv.append('-E')
         if heartbeat_interval:
             argv += ['--heartbeat-interval', str(heartbeat_interval)]
+        if config:  # Celery settings on the command line, as `celery worker ... -- name=value` reads them
+            argv += ['--'] + list(config)
         env = dict(os.environ, CELERY_BROKER_URL=url, PYTHONPATH=APP_DIR)
         if global_keyprefix:
             env['FLEET_KEYPREFIX'] = global_keyprefix

@@ -197,3 +197,82 @@ def test_concurrency_autoscale_and_events(broker, ansible, workers):
     on, again_on = ansible.play([{'celeryops.fleet.celery_worker': events}, {'celeryops.fleet.celery_worker': events}])
     assert on['changed'] is True and on['nodes']['pool@fleet']['actions'] == ['enable_events']
     assert again_on['changed'] is False and again_on['nodes']['pool@fleet']['actions'] == []
+
+
+def test_rate_and_time_limits_read_back_set_where_they_differ_and_refused_when_bad(broker, ansible, workers):
+    url = broker.url
+    workers.start(url, 'limits@fleet', ['q1'])
+    limits = dict(broker_url=url, nodes=['limits@fleet'], rate_limits={'fleet_tasks.add': '10/m', 'fleet_tasks.mail': None},
+                  time_limits={'fleet_tasks.sleep': {'soft': 5, 'hard': 10}}, wait_timeout=30)
+    unset = dict(rate_limits={'fleet_tasks.add': None, 'fleet_tasks.mail': None},
+                 time_limits={'fleet_tasks.sleep': dict(soft=None, hard=None)})
+
+    check = ansible.module('celery_worker', limits, check=True)
+    assert check['changed'] is True, check
+    node = check['nodes']['limits@fleet']
+    assert node['actions'] == ['rate_limit fleet_tasks.add 10/m', 'time_limit fleet_tasks.sleep 5.0 10.0']
+    assert node['before'] == node['after'] and dict((k, node['before'][k]) for k in unset) == unset
+
+    real, again = ansible.play([{'celeryops.fleet.celery_worker': limits}, {'celeryops.fleet.celery_worker': limits}])
+    assert not real.get('failed') and real['changed'] is True, real
+    # Check mode sent nothing: the real run found the limits unset still.
+    assert dict((k, real['nodes']['limits@fleet']['before'][k]) for k in unset) == unset
+    assert real['nodes']['limits@fleet']['after']['rate_limits'] == {'fleet_tasks.add': '10/m', 'fleet_tasks.mail': None}
+    assert real['nodes']['limits@fleet']['after']['time_limits'] == {'fleet_tasks.sleep': dict(soft=5.0, hard=10.0)}
+    assert any('last until the worker restarts' in w for w in real.get('warnings', [])), real
+    assert again['changed'] is False and again['nodes']['limits@fleet']['actions'] == [], again
+    assert not any('last until the worker restarts' in w for w in again.get('warnings', []))
+
+    # The same rate written another way is the same rate; lifting the limits is a change, confirmed.
+    same = ansible.module('celery_worker', dict(limits, rate_limits={'fleet_tasks.add': '600/h'}, time_limits=None))
+    assert same['changed'] is False, same
+    lifted = ansible.module('celery_worker', dict(limits, **unset))
+    assert lifted['changed'] is True and lifted['nodes']['limits@fleet']['actions'] == [
+        'rate_limit fleet_tasks.add none', 'time_limit fleet_tasks.sleep none none'], lifted
+    assert dict((k, lifted['nodes']['limits@fleet']['after'][k]) for k in unset) == unset
+
+    bad = [
+        (dict(limits, rate_limits={'fleet_tasks.add': '10/x'}), "rate_limits: fleet_tasks.add: '10/x' is not a rate"),
+        (dict(limits, time_limits={'fleet_tasks.sleep': {'soft': -1}}), 'time_limits: fleet_tasks.sleep: soft must be more than 0'),
+        (dict(limits, rate_limits={'fleet_tasks.nope': '1/s'}),
+         'rate_limits: fleet_tasks.nope not registered on limits@fleet, so its limits cannot be set'),
+        (dict(limits, rate_limits=None, time_limits={'fleet_tasks.nope': None, 'fleet_tasks.add': None}),
+         'time_limits: fleet_tasks.nope not registered on limits@fleet'),
+        (dict(limits, state='stopped'), 'state: stopped goes with neither rate_limits nor time_limits'),
+    ]
+    results = ansible.play([{'celeryops.fleet.celery_worker': args} for args, _expected in bad])
+    for (args, expected), result in zip(bad, results):
+        assert result.get('failed') and expected in result['msg'], (args, result)
+        assert 'Traceback' not in result['msg']
+    # Nothing was set by the refused runs: the limits are still lifted (nor did the stop stop anything).
+    after = ansible.module('celery_worker', dict(limits, **unset), check=True)
+    assert after['changed'] is False, after
+
+
+@pytest.mark.mitogen
+def test_restarted_pool_where_allowed_and_refused_where_not(broker, ansible, workers):
+    url = broker.url
+    workers.start(url, 'restartable@fleet', ['q1'], pool='prefork', concurrency=2, config=['worker_pool_restarts=True'])
+    workers.start(url, 'fixed@fleet', ['q1'], pool='prefork', concurrency=2)
+    workers.start(url, 'threads@fleet', ['q1'], pool='threads', concurrency=2, config=['worker_pool_restarts=True'])
+    restart = dict(broker_url=url, nodes=['restartable@fleet'], state='restarted_pool', wait_timeout=60)
+
+    check = ansible.module('celery_worker', restart, check=True)
+    assert check['changed'] is True and check['nodes']['restartable@fleet']['actions'] == ['pool_restart'], check
+    pids = check['nodes']['restartable@fleet']['before']['pool_processes']
+    assert len(pids) == 2
+
+    real = ansible.module('celery_worker', restart)
+    assert not real.get('failed') and real['changed'] is True, real
+    assert real['nodes']['restartable@fleet']['before']['pool_processes'] == pids  # check mode restarted nothing
+    after = real['nodes']['restartable@fleet']['after']['pool_processes']
+    assert len(after) == 2 and not set(after) & set(pids), real
+
+    refused = ansible.play([{'celeryops.fleet.celery_worker': dict(restart, nodes=nodes)}
+                            for nodes in (['restartable@fleet', 'fixed@fleet'], ['threads@fleet'])])
+    assert refused[0]['failed'] and 'fixed@fleet does not allow pool restarts' in refused[0]['msg'], refused[0]
+    assert 'worker_pool_restarts is not set' in refused[0]['msg']
+    assert refused[1]['failed'] and 'threads@fleet runs a pool without processes' in refused[1]['msg'], refused[1]
+    # Refused before anything was sent: the allowed node of the same call kept its processes.
+    again = ansible.module('celery_worker', restart, check=True)
+    assert again['nodes']['restartable@fleet']['before']['pool_processes'] == after

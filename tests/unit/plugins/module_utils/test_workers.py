@@ -27,13 +27,13 @@ def test_node_state_reads_every_section():
                          active_queues=[{'name': 'b'}, {'name': 'a', 'routing_key': 'a'}],
                          active=[{'id': 't1', 'name': 'add', 'args': [1]}], reserved=[{'id': 't2', 'name': 'mul'}])
     assert _workers.node_state(replies, 'w1@h') == dict(
-        node='w1@h', queues=['a', 'b'], concurrency=2, max_concurrency=4, autoscale=[6, 2], pid=42, active=1, reserved=1,
-        tasks=[dict(id='t1', name='add', state='active'), dict(id='t2', name='mul', state='reserved')])
+        node='w1@h', queues=['a', 'b'], concurrency=2, max_concurrency=4, autoscale=[6, 2], pid=42, processes=[43, 44],
+        pool=None, active=1, reserved=1, tasks=[dict(id='t1', name='add', state='active'), dict(id='t2', name='mul', state='reserved')])
 
 
 def test_node_state_of_sections_not_asked_not_answered_or_of_another_shape():
-    empty = dict(node='w1@h', queues=[], concurrency=None, max_concurrency=None, autoscale=None, pid=None, active=0,
-                 reserved=0, tasks=[])
+    empty = dict(node='w1@h', queues=[], concurrency=None, max_concurrency=None, autoscale=None, pid=None, processes=None,
+                 pool=None, active=0, reserved=0, tasks=[])
     assert _workers.node_state(replies_of('w1@h'), 'w1@h') == empty
     assert _workers.node_state(replies_of('w1@h', stats=STATS), 'other@h') == dict(empty, node='other@h')
     junk = replies_of('w1@h', stats={'pool': 'N/A', 'autoscaler': 'x'}, active_queues=['junk', {'exchange': 'x'}, {'name': ''}],
@@ -94,7 +94,7 @@ class Fleet(object):
 
 def params(state='drained', **overrides):
     out = dict(nodes=['live@h', 'absent@h'], state=state, queues=None, concurrency=None, autoscale=None, events=None,
-               exclusive=False, timeout=0.05, wait_timeout=5.0, wait_sleep=0.001)
+               rate_limits=None, time_limits=None, exclusive=False, timeout=0.05, wait_timeout=5.0, wait_sleep=0.001)
     out.update(overrides)
     return out
 
@@ -140,3 +140,198 @@ def test_what_only_an_answering_node_can_do_fails_naming_the_silent_ones(state, 
         converge(fleet, params(state, **extras))
     assert info.value.msg == 'nodes not online (%s needs them answering): absent@h' % needed
     assert info.value.option == 'nodes' and fleet.sent == []
+
+
+# -- task limits --------------------------------------------------------------------------------
+
+def test_registered_entries_as_celery_writes_them():
+    tasks = _workers.parse_registered([
+        'proj.add [rate_limit=10/m time_limit=10 soft_time_limit=5.0]',
+        'proj.mul',
+        'proj.div [soft_time_limit=3.0]',
+    ])
+    assert tasks == {
+        'proj.add': dict(rate_limit='10/m', time_limit=10.0, soft_time_limit=5.0),
+        'proj.mul': dict(rate_limit=None, time_limit=None, soft_time_limit=None),
+        'proj.div': dict(rate_limit=None, time_limit=None, soft_time_limit=3.0),
+    }
+
+
+def test_registered_entries_of_hostile_task_names_and_values():
+    tasks = _workers.parse_registered([
+        'odd name [rate_limit=1/s]',                       # spaces in the name
+        'br [acket] [time_limit=7]',                       # brackets in the name, then the items
+        'tricky [rate_limit=1] [rate_limit=2/m]',          # a name that looks like items, then the real items
+        'plain [x]',                                       # brackets that are no items: all name
+        'no [rate_limit=1/s',                              # not closed: all name
+        'dup [rate_limit=1 rate_limit=2]',                 # an item twice is not Celery's: all name
+        'junk [time_limit=soon soft_time_limit=inf]',      # values that are no number stay text
+        'empty []', '', 5, None, ['nested'],
+    ])
+    assert tasks['odd name'] == dict(rate_limit='1/s', time_limit=None, soft_time_limit=None)
+    assert tasks['br [acket]']['time_limit'] == 7.0
+    assert tasks['tricky [rate_limit=1]']['rate_limit'] == '2/m'
+    assert tasks['plain [x]'] == tasks['no [rate_limit=1/s'] == tasks['empty []'] == dict(
+        rate_limit=None, time_limit=None, soft_time_limit=None)
+    assert tasks['dup [rate_limit=1 rate_limit=2]']['rate_limit'] is None
+    assert tasks['junk'] == dict(rate_limit=None, time_limit='soon', soft_time_limit='inf')
+    assert len(tasks) == 8   # what is no string, or empty, is skipped
+    assert _workers.parse_registered('not a list') == {} and _workers.parse_registered(None) == {}
+
+
+@pytest.mark.parametrize('value, per_second', [
+    (None, None), ('10', 10.0), (10, 10.0), ('10/s', 10.0), ('60/m', 1.0), ('0.5/s', 0.5), ('3600/h', 1.0),
+])
+def test_rates_as_celery_reads_them(value, per_second):
+    assert _workers.rate_per_second(value) == per_second
+
+
+@pytest.mark.parametrize('value, message', [
+    ('10/x', "rate_limits: proj.add: '10/x' is not a rate like 10/s, 10/m or 10/h (null for no limit)"),
+    ('-1/m', "rate_limits: proj.add: '-1/m' is not a rate"),
+    ('0/m', "rate_limits: proj.add: '0/m' allows no task at all; null means no limit"),
+    (' 10/m', "is not a rate"), ('10/m; rm', "is not a rate"), (True, "True is not a rate"), ([10], "is not a rate"),
+    ({}, 'is not a rate'), (1.5, 'is not a rate'),
+])
+def test_bad_rates_are_refused_naming_the_option(value, message):
+    with pytest.raises(BrokerError) as info:
+        _workers.check_rate_limits({'proj.add': value})
+    assert message in info.value.msg and info.value.option == 'rate_limits'
+
+
+def test_rates_kept_as_text_and_bad_task_names_refused():
+    assert _workers.check_rate_limits({'a': 10, 'b': None, 'c': '5/m'}) == {'a': '10', 'b': None, 'c': '5/m'}
+    assert _workers.check_rate_limits(None) is None
+    for bad in ({'': '1/s'}, {' a': '1/s'}, ['a'], 'a=1/s'):
+        with pytest.raises(BrokerError) as info:
+            _workers.check_rate_limits(bad)
+        assert info.value.option == 'rate_limits'
+
+
+def test_time_limits_read():
+    assert _workers.check_time_limits({'a': {'soft': 5, 'hard': 10}, 'b': None, 'c': {'hard': '2.5'}, 'd': {'soft': None}}) == {
+        'a': dict(soft=5.0, hard=10.0), 'b': dict(soft=None, hard=None), 'c': dict(soft=None, hard=2.5),
+        'd': dict(soft=None, hard=None)}
+
+
+@pytest.mark.parametrize('value, message', [
+    ({'soft': -1}, "time_limits: proj.add: soft must be more than 0 seconds (null for no limit), got -1"),
+    ({'hard': 0}, "hard must be more than 0 seconds"),
+    ({'hard': 'nan'}, "hard must be more than 0 seconds"),
+    ({'hard': 'inf'}, "hard must be more than 0 seconds"),
+    ({'hard': 'ten'}, "hard must be a number of seconds or null, got 'ten'"),
+    ({'hard': True}, "hard must be a number of seconds or null, got True"),
+    ({'soft': 20, 'hard': 10}, "soft (20) is more than hard (10)"),
+    ({'sfot': 5}, "must be {soft: seconds, hard: seconds}"),
+    (10, "must be {soft: seconds, hard: seconds}"),
+])
+def test_bad_time_limits_are_refused_naming_the_option(value, message):
+    with pytest.raises(BrokerError) as info:
+        _workers.check_time_limits({'proj.add': value})
+    assert message in info.value.msg and info.value.option == 'time_limits'
+
+
+@pytest.mark.parametrize('wanted, current, same', [
+    ('1/s', '60/m', True), ('10/m', '10/m', True), (None, None, True), ('10/m', None, False), (None, '10/m', False),
+    ('10/m', '11/m', False), ('10/m', 'garbage', False), (None, 'garbage', False),
+])
+def test_rates_compared_per_second(wanted, current, same):
+    assert _workers.same_rate(wanted, current) is same
+
+
+class LimitFleet(object):
+    """One worker's task limits as a Control sees them; rate_limit / time_limit change them, like Celery's."""
+
+    def __init__(self, tasks, pool_restarts=False, processes=(10, 11)):
+        self.tasks = tasks   # name -> dict(rate_limit=..., time_limit=..., soft_time_limit=...)
+        self.pool_restarts = pool_restarts
+        self.processes = list(processes)
+        self.sent = []
+
+    def _registered(self):
+        out = []
+        for name in sorted(self.tasks):
+            items = ['%s=%s' % (k, self.tasks[name][k]) for k in _workers.LIMIT_ITEMS if self.tasks[name].get(k) is not None]
+            out.append('%s [%s]' % (name, ' '.join(items)) if items else name)
+        return out
+
+    def request(self, commands, expectation=None, destination=None, timeout=1.0):
+        replies = Replies(commands)
+        for command, arguments in commands.items():
+            if command == 'rate_limit':
+                self.sent.append((command, arguments))
+                self.tasks[arguments['task_name']]['rate_limit'] = arguments['rate_limit']
+                value = {'ok': 'new rate limit set successfully'}
+            elif command == 'time_limit':
+                self.sent.append((command, arguments))
+                self.tasks[arguments['task_name']].update(time_limit=arguments['hard'], soft_time_limit=arguments['soft'])
+                value = {'ok': 'time limits set successfully'}
+            elif command == 'pool_restart':
+                self.sent.append((command, arguments))
+                self.processes = [pid + 100 for pid in self.processes]
+                value = {'ok': 'reload started'}
+            else:
+                assert command != 'registered' or arguments == {'taskinfoitems': _workers.LIMIT_ITEMS}
+                value = dict(ping={'ok': 'pong'}, active_queues=[], active=[], reserved=[],
+                             stats={'pool': {'max-concurrency': 2, 'processes': self.processes}},
+                             registered=self._registered(),
+                             conf={'worker_pool_restarts': True} if self.pool_restarts else {})[command]
+            replies.add(command, 'live@h', value)
+        return replies
+
+
+def limit_params(state=None, **overrides):
+    return params(state, nodes=['live@h'], **overrides)
+
+
+@pytest.mark.parametrize('check_mode', [True, False])
+def test_limits_set_where_they_differ_and_confirmed(check_mode):
+    fleet = LimitFleet({'proj.add': dict(rate_limit='60/m'), 'proj.mul': dict(time_limit=10.0),
+                        'proj.div': dict(soft_time_limit=5.0, time_limit=10.0)})
+    options = limit_params(rate_limits={'proj.add': '1/s', 'proj.mul': '5/m'},
+                           time_limits={'proj.mul': dict(soft=None, hard=20.0), 'proj.div': dict(soft=5.0, hard=10.0)})
+    result = converge(fleet, options, check_mode)
+    node = result['nodes']['live@h']
+    assert result['changed'] is True
+    assert node['actions'] == ['rate_limit proj.mul 5/m', 'time_limit proj.mul none 20.0']
+    assert node['before']['rate_limits'] == {'proj.add': '60/m', 'proj.mul': None}
+    assert node['before']['time_limits'] == {'proj.mul': dict(soft=None, hard=10.0), 'proj.div': dict(soft=5.0, hard=10.0)}
+    if check_mode:
+        assert fleet.sent == [] and node['after'] == node['before']
+    else:
+        assert [c for c, _a in fleet.sent] == ['rate_limit', 'time_limit']
+        assert node['after']['rate_limits'] == {'proj.add': '60/m', 'proj.mul': '5/m'}
+        assert node['after']['time_limits']['proj.mul'] == dict(soft=None, hard=20.0)
+        again = converge(fleet, options)
+        assert again['changed'] is False and again['nodes']['live@h']['actions'] == []
+
+
+def test_limits_of_a_task_the_node_does_not_register_fail_before_anything_is_sent():
+    fleet = LimitFleet({'proj.add': {}})
+    for option in ('rate_limits', 'time_limits'):
+        with pytest.raises(BrokerError) as info:
+            converge(fleet, limit_params(**{option: {'proj.add': None, 'proj.nope': None}}))
+        assert info.value.msg == '%s: proj.nope not registered on live@h, so its limits cannot be set (the node ' \
+                                 'registers: proj.add)' % option
+        assert info.value.option == option
+    assert fleet.sent == []
+
+
+def test_pool_restart_only_where_allowed_and_confirmed_by_new_processes():
+    refused = LimitFleet({}, pool_restarts=False)
+    with pytest.raises(BrokerError) as info:
+        converge(refused, limit_params(state='restarted_pool'))
+    assert 'live@h does not allow pool restarts' in info.value.msg and 'worker_pool_restarts is not set' in info.value.msg
+    threads = LimitFleet({}, pool_restarts=True, processes=())
+    with pytest.raises(BrokerError) as info:
+        converge(threads, limit_params(state='restarted_pool'))
+    assert 'runs a pool without processes' in info.value.msg
+    assert refused.sent == threads.sent == []
+
+    fleet = LimitFleet({}, pool_restarts=True)
+    check = converge(fleet, limit_params(state='restarted_pool'), check_mode=True)
+    assert check['changed'] and check['nodes']['live@h']['actions'] == ['pool_restart'] and fleet.sent == []
+    result = converge(fleet, limit_params(state='restarted_pool'))
+    assert result['nodes']['live@h']['before']['pool_processes'] == [10, 11]
+    assert result['nodes']['live@h']['after']['pool_processes'] == [110, 111]
+    assert fleet.sent == [('pool_restart', {})]
