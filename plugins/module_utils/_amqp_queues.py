@@ -160,7 +160,7 @@ class AmqpQueues(object):
         elif queue_type != 'classic':
             raise unsafe_read(name, option, queue_type)
 
-    def _consume_ready(self, name, option, limit=None):
+    def _consume_ready(self, name, option, limit=None, describe=describe_message):
         """Receive the ready messages of a queue without acking them: [(delivery_tag, decoded)].
 
         Stops when the count from the passive declare has arrived (or ``limit``), or when
@@ -172,6 +172,7 @@ class AmqpQueues(object):
         back in their original places. A queue exclusive to another connection cannot be read: [].
         Nor can a quorum queue or a stream: the consumer is refused before anything is delivered
         (``unsafe_read``, naming ``option``).
+        ``describe(headers, properties, envelope)`` makes the view of each message (describe_message's by default).
         """
         exists, ready, _consumers = self.declare_passive(name)
         wanted = ready if limit is None else min(ready, limit)
@@ -183,7 +184,7 @@ class AmqpQueues(object):
 
         def on_message(_channel, method, properties, body):
             envelope = {'content-type': properties.content_type, 'body': body}
-            decoded = describe_message(properties.headers, {'priority': properties.priority}, envelope)
+            decoded = describe(properties.headers, {'priority': properties.priority}, envelope)
             decoded['redelivered'] = method.redelivered
             received.append((method.delivery_tag, decoded))
 
@@ -318,10 +319,35 @@ class AmqpQueues(object):
             return [tag for tag, _d in received[:excess]]
         return self._ack_selected(name, 'state=trimmed', select, check_mode=False)
 
-    def _ack_selected(self, name, option, select, check_mode):
+    def messages(self, name, option, describe=describe_message):
+        """Every ready message of a queue in delivery order, each as ``describe`` makes it (see _consume_ready);
+        all are given back (requeued, in their places on a classic queue, with the redelivered flag set)."""
+        try:
+            return [decoded for _tag, decoded in self._consume_ready(name, option, describe=describe)]
+        finally:
+            self._release()
+
+    def purge_matching(self, name, matcher, check_mode=False, option='state', describe=describe_message):
+        """Remove the ready messages for which ``matcher(view)`` returns something true (``view`` made by
+        ``describe``), requeueing the others in their places; returns what it returned for each one removed
+        (in check mode, that would be removed)."""
+        self._refuse_locked(name, 'purged')
+        picks = {}
+
+        def select(received):
+            picks.clear()
+            for tag, decoded in received:
+                pick = matcher(decoded)
+                if pick:
+                    picks[tag] = pick
+            return list(picks)
+        self._ack_selected(name, option, select, check_mode, describe)
+        return list(picks.values())
+
+    def _ack_selected(self, name, option, select, check_mode, describe=describe_message):
         """Receive every ready message, ack (remove) those ``select`` picks, requeue the rest."""
         try:
-            received = self._consume_ready(name, option)
+            received = self._consume_ready(name, option, describe=describe)
             tags = select(received)
             if not check_mode:
                 self._settled.add(name)

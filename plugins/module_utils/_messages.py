@@ -14,6 +14,7 @@ message undecodable, which the modules count and skip.
 
 from __future__ import annotations
 
+import ast
 import base64
 import collections
 import datetime
@@ -200,6 +201,39 @@ def describe_message(headers, properties=None, envelope=None):
                priority=_int(properties.get('priority')),
                content_type=_text((envelope or {}).get('content-type') or properties.get('content_type')))
     return out
+
+
+# A repr longer than this is not parsed back (Celery cuts argsrepr far shorter by default).
+MAX_REPR = 64 * 1024
+
+
+def _literal(text):
+    """A Python literal (what Celery's argsrepr/kwargsrepr hold) read back with ast.literal_eval, which
+    evaluates nothing; None when it is not one, too long, or too deep."""
+    text = _text(text)
+    if not text or len(text) > MAX_REPR or text.count('(') + text.count('[') + text.count('{') > MAX_DEPTH:
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
+def task_arguments(headers, envelope=None):
+    """(args, kwargs) of a task message: from its JSON body (protocol 2: [args, kwargs, embed]; protocol 1:
+    a dict with args and kwargs), else read back from the argsrepr/kwargsrepr headers; either is None when
+    it cannot be told. A body is never unpickled. Never raises."""
+    body = json_body(envelope, kinds=(list, dict)) if isinstance(envelope, Mapping) else None
+    if isinstance(body, list) and len(body) >= 2:
+        args, kwargs = body[0], body[1]
+    elif isinstance(body, dict) and ('args' in body or 'kwargs' in body):
+        args, kwargs = body.get('args'), body.get('kwargs')
+    else:
+        headers = headers if isinstance(headers, Mapping) else {}
+        args, kwargs = _literal(headers.get('argsrepr')), _literal(headers.get('kwargsrepr'))
+        if isinstance(args, tuple):
+            args = list(args)
+    return (args if isinstance(args, list) else None), (kwargs if isinstance(kwargs, dict) else None)
 
 
 def decode_envelope(raw):

@@ -101,6 +101,11 @@ class RedisLayout(object):
     def unacked(self):
         return self.prefix + 'unacked'
 
+    @property
+    def unacked_index(self):
+        """kombu's zset of the unacked hash's delivery tags, scored by delivery time."""
+        return self.prefix + 'unacked_index'
+
     def binding_key(self, exchange):
         """The set of ``exchange``'s bindings (members: see binding_member)."""
         return self.prefix + BINDING_PREFIXES[0] + exchange
@@ -317,20 +322,43 @@ class RedisQueues(object):
 
     def _held_routes(self):
         """(exchange, routing_key) of each entry of the unacked hash (kombu's [message, exchange, routing_key]),
-        None for one that is not that; the values are fetched in batches of at most CHUNK_BYTES."""
+        None for one that is not that."""
+        for _field, value in self.held_entries():
+            yield _route_of(value)
+
+    def held_entries(self):
+        """(delivery tag, raw value) of each entry of the unacked hash; the values are fetched in batches of
+        at most CHUNK_BYTES (an entry that went meanwhile has the value None)."""
         key = self.layout.unacked
         sizes = self.call(self._hash_sizes, keys=[key])
         batch, size = [], 0
         for field, length in zip(sizes[0::2], sizes[1::2]):
             if batch and size + length > CHUNK_BYTES:
-                for value in self.call(self.client.hmget, key, batch):
-                    yield _route_of(value)
+                for pair in zip(batch, self.call(self.client.hmget, key, batch)):
+                    yield pair
                 batch, size = [], 0
             batch.append(field)
             size += length
         if batch:
-            for value in self.call(self.client.hmget, key, batch):
-                yield _route_of(value)
+            for pair in zip(batch, self.call(self.client.hmget, key, batch)):
+                yield pair
+
+    def remove_held(self, tags):
+        """Delete entries of the unacked hash (and their unacked_index scores) in one transaction; the number
+        deleted (an entry its worker acknowledged meanwhile is gone already)."""
+        if not tags:
+            return 0
+        pipe = self.connection.pipeline(transaction=True)
+        pipe.hdel(self.layout.unacked, *tags)
+        pipe.zrem(self.layout.unacked_index, *tags)
+        return self.call(pipe.execute)[0]
+
+    def elements(self, name):
+        """(priority step, raw element) of every ready message of a queue, in the order they would run."""
+        for step, key in self.layout.keys(name):
+            for chunk in self._chunks(key, from_tail=True):
+                for raw in chunk:
+                    yield step, raw
 
     def peek(self, name, count):
         """The next ``count`` messages to run, decoded, in run order."""
@@ -389,11 +417,12 @@ class RedisQueues(object):
 
     def purge(self, name, task_names=None, check_mode=False):
         """Remove ready messages (of ``task_names`` only, if given). Returns the number removed."""
+        if task_names:
+            names = set(task_names)
+            return len(self.purge_matching(name, lambda raw: task_name_of(raw) in names, check_mode))
         removed = 0
         for _step, key in self.layout.keys(name):
-            if task_names:
-                removed += self._purge_tasks(key, set(task_names), check_mode)
-            elif check_mode:
+            if check_mode:
                 removed += self.call(self.client.llen, key)
             else:
                 # LLEN and UNLINK in one transaction: the count is exactly what went, and
@@ -404,8 +433,18 @@ class RedisQueues(object):
                 removed += self.call(pipe.execute)[0]
         return removed
 
-    def _purge_tasks(self, key, task_names, check_mode):
-        """Drop the messages of some tasks from one list, keeping the others in order; the number dropped.
+    def purge_matching(self, name, matcher, check_mode=False):
+        """Remove the ready messages (every priority step) for which ``matcher(raw element)`` returns something
+        true, keeping the others in their order; returns what it returned for each one removed (in check mode,
+        that would be removed). ``matcher`` may be called more than once for an element (see _purge_where)."""
+        removed = []
+        for _step, key in self.layout.keys(name):
+            removed += self._purge_where(key, matcher, check_mode)
+        return removed
+
+    def _purge_where(self, key, matcher, check_mode):
+        """Drop the elements ``matcher`` picks from one list, keeping the others in order; what it returned for
+        each one dropped.
 
         Streamed under WATCH on the list: from the first dropped element on, the kept ones go chunk by
         chunk to a key of our own (after a copy of those before it), which one MULTI then renames over
@@ -418,16 +457,18 @@ class RedisQueues(object):
             kept_key = None
             try:
                 self.call(pipe.watch, key)
-                read = removed = kept = 0
+                read = kept = 0
+                removed = []
                 for chunk in self._chunks(key):
-                    keep = [raw for raw in chunk if task_name_of(raw) not in task_names]
+                    picks = [matcher(raw) for raw in chunk]
+                    keep = [raw for raw, pick in zip(chunk, picks) if not pick]
                     if len(keep) < len(chunk) and kept_key is None and not check_mode:
                         kept_key = self.layout.prefix + FILTER_KEY + uuid.uuid4().hex
                         for before in self._chunks(key, limit=read):
                             kept += self._push(kept_key, before)
                     if kept_key is not None and keep:
                         kept += self._push(kept_key, keep)
-                    removed += len(chunk) - len(keep)
+                    removed += [pick for pick in picks if pick]
                     read += len(chunk)
                 if check_mode or not removed:
                     return removed
@@ -451,7 +492,7 @@ class RedisQueues(object):
                 if kept_key is not None and not self.connection.broken:
                     self.call(self.client.unlink, kept_key)
         raise BrokerError('the queue key %r kept changing while it was being filtered (%d attempts); nothing was '
-                          'removed from it. Stop its producers or consumers, or purge without task_names'
+                          'removed from it. Stop its producers or consumers, or purge without a filter'
                           % (_text(key), REWRITE_ATTEMPTS), endpoint=self.broker.endpoint)
 
     def _push(self, key, elements):
