@@ -518,9 +518,18 @@ def apply(fleet, params, nodes, plans):
     return unchanged
 
 
+def restart_shows(before, now):
+    """Whether a node's pool restart shows: a process it had ``before`` is gone, and it has processes.
+
+    Celery's pool_restart marks every process of the pool to exit and hands the pool one no-op task, so one
+    process leaves at once; the others are blocked waiting for a task and leave, each, after the next task it
+    takes. An idle pool therefore shows one new process, and the rest follow as tasks come."""
+    return bool(now['processes']) and bool(set(before['processes'] or []) - set(now['processes']))
+
+
 def confirm(fleet, params, nodes, plans, before):
-    """Ask again until the change shows; the workers' acknowledgements prove nothing. A restarted pool shows
-    when none of the processes it had ``before`` is left (each process is replaced once its task is done)."""
+    """Ask again until the change shows; the workers' acknowledgements prove nothing (a restarted pool: see
+    restart_shows)."""
     changed = [node for node in nodes if plans[node]]
     if params['state'] == 'stopped':
         def gone(state):
@@ -549,8 +558,7 @@ def confirm(fleet, params, nodes, plans, before):
                 return False
             if ('rate_limits' in state[node] or 'time_limits' in state[node]) and not limits_applied(params, state[node]):
                 return False
-            if params['state'] == 'restarted_pool' and (
-                    not state[node]['processes'] or set(state[node]['processes']) & set(before[node]['processes'] or [])):
+            if params['state'] == 'restarted_pool' and not restart_shows(before[node], state[node]):
                 return False
         return True
 

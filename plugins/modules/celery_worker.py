@@ -21,8 +21,11 @@ description:
     the other nodes' drain still completes. With V(consuming), such a node fails the module at once. A named node
     that does not answer at all is already drained (RV(missing)).
   - V(stopped) sends a warm shutdown and waits until the nodes stop answering. Nodes already gone are not a change.
-  - V(restarted_pool) restarts the nodes' pool (C(pool_restart)); each pool process is replaced once its current
-    task is done, and the change is confirmed when none of the processes of before is left (C(stats)). Celery
+  - V(restarted_pool) restarts the nodes' pool (C(pool_restart)). Celery marks every pool process to exit and
+    hands the pool one no-op task, so one process is replaced at once; each other process is replaced after the
+    next task it takes (an idle process waits for a task before it sees the restart), so an idle pool shows one new
+    process and the rest follow as tasks come. The module confirms that the restart took effect (a process of
+    before gone from C(stats), and processes running); RV(nodes) shows the processes before and after. Celery
     allows it only on workers whose setting C(worker_pool_restarts) is true (in the app, or on the command line
     as C(celery worker ... -- worker_pool_restarts=True), or C(celery_workers[].pool_restarts) of the
     P(celeryops.fleet.worker#role) role) and with the prefork pool; the module reads the nodes' C(conf) and

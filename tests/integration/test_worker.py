@@ -266,7 +266,15 @@ def test_restarted_pool_where_allowed_and_refused_where_not(broker, ansible, wor
     assert not real.get('failed') and real['changed'] is True, real
     assert real['nodes']['restartable@fleet']['before']['pool_processes'] == pids  # check mode restarted nothing
     after = real['nodes']['restartable@fleet']['after']['pool_processes']
-    assert len(after) == 2 and not set(after) & set(pids), real
+    # One process is replaced at once; the other, idle, waits for its next task before it sees the restart.
+    assert len(after) == 2 and set(after) != set(pids) and set(after) & set(pids), real
+    publish(url, 'fleet_tasks.add', 'q1', args=(1, 2), count=20)
+
+    def replaced():
+        state = ansible.module('celery_worker', restart, check=True)['nodes']['restartable@fleet']['before']
+        return len(state['pool_processes']) == 2 and not set(state['pool_processes']) & set(pids)
+    assert eventually(replaced, 60), 'the pool processes of before still run after 20 tasks'
+    after = ansible.module('celery_worker', restart, check=True)['nodes']['restartable@fleet']['before']['pool_processes']
 
     refused = ansible.play([{'celeryops.fleet.celery_worker': dict(restart, nodes=nodes)}
                             for nodes in (['restartable@fleet', 'fixed@fleet'], ['threads@fleet'])])

@@ -268,7 +268,7 @@ class LimitFleet(object):
                 value = {'ok': 'time limits set successfully'}
             elif command == 'pool_restart':
                 self.sent.append((command, arguments))
-                self.processes = [pid + 100 for pid in self.processes]
+                self.processes = [self.processes[0] + 100] + self.processes[1:]  # one at once, as Celery
                 value = {'ok': 'reload started'}
             else:
                 assert command != 'registered' or arguments == {'taskinfoitems': _workers.LIMIT_ITEMS}
@@ -333,5 +333,13 @@ def test_pool_restart_only_where_allowed_and_confirmed_by_new_processes():
     assert check['changed'] and check['nodes']['live@h']['actions'] == ['pool_restart'] and fleet.sent == []
     result = converge(fleet, limit_params(state='restarted_pool'))
     assert result['nodes']['live@h']['before']['pool_processes'] == [10, 11]
-    assert result['nodes']['live@h']['after']['pool_processes'] == [110, 111]
+    assert result['nodes']['live@h']['after']['pool_processes'] == [11, 110]
     assert fleet.sent == [('pool_restart', {})]
+
+
+def test_a_pool_restart_shows_when_a_process_of_before_is_gone():
+    assert _workers.restart_shows(dict(processes=[1, 2]), dict(processes=[2, 3]))
+    assert not _workers.restart_shows(dict(processes=[1, 2]), dict(processes=[1, 2]))
+    assert not _workers.restart_shows(dict(processes=[1, 2]), dict(processes=[]))
+    assert not _workers.restart_shows(dict(processes=[1, 2]), dict(processes=None))
+    assert _workers.restart_shows(dict(processes=[1, 2]), dict(processes=[3, 4]))
