@@ -162,6 +162,52 @@ def _queue_rows(queues, max_messages, queue_max_messages):
     return rows
 
 
+# A task's time_start before this (2001) is no wall-clock time: Celery before 5.3 sent the worker's monotonic clock.
+_EPOCH_PLAUSIBLE = 1e9
+
+
+def _seconds_limit(value, what):
+    """A number of seconds as given (None or '' for none): a number or a numeric string (-e gives strings), over 0."""
+    if value is None or value == '':
+        return None
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if not _is_number(number) or number != number or number in (float('inf'), float('-inf')) or number <= 0:
+        raise AnsibleFilterError('fleet_health: %s must be a number of seconds over 0, got %s'
+                                 % (what, repr(value) if isinstance(value, str) else kind(value) if not _is_number(value) else value))
+    return number
+
+
+def _long_task_rows(expected, answered, max_task_runtime, now):
+    """One row per active task that has run longer than max_task_runtime seconds at ``now`` (epoch seconds), on any
+    node that answered. A task without a wall-clock time_start cannot be judged and is left out."""
+    limit = _seconds_limit(max_task_runtime, 'max_task_runtime')
+    if limit is None:
+        return []
+    if not _is_number(now):
+        raise AnsibleFilterError('fleet_health: now (epoch seconds) must be a number with max_task_runtime, got %s' % kind(now))
+    hosts = dict((entry.get('node'), entry.get('host')) for entry in expected if isinstance(entry, Mapping))
+    rows = []
+    for node in sorted(answered['workers']):
+        reply = _mapping(answered['workers'][node] or {}, 'workers.workers[%r]' % node)
+        for index, task in enumerate(_list(reply.get('active'), 'workers.workers[%r].active' % node)):
+            task = _mapping(task, 'workers.workers[%r].active[%d]' % (node, index))
+            started = task.get('time_start')
+            if not _is_number(started) or started < _EPOCH_PLAUSIBLE:
+                continue
+            runtime = round(now - started, 1)
+            if runtime > limit:
+                rows.append({'host': hosts.get(node, '-'), 'node': node, 'name': task.get('name'), 'id': task.get('id'),
+                             'runtime': runtime, 'limit': max_task_runtime, 'ok': False,
+                             'status': 'task %s[%s] running for %s s, more than %s s' % (
+                                 task.get('name'), task.get('id'), runtime, max_task_runtime)})
+    return rows
+
+
 def _events_row(events, failures, events_window):
     """The event window, when there was one: no task failed while it listened."""
     if events is None:
@@ -178,8 +224,9 @@ def _events_row(events, failures, events_window):
     return {'failures': total, 'ok': False, 'status': status}
 
 
-def _table(rows, queue_rows, problems):
-    """The summary as lines: the node table with aligned columns, one line per queue, one per problem."""
+def _table(rows, queue_rows, task_rows, problems):
+    """The summary as lines: the node table with aligned columns, one line per queue, one per task running too long,
+    one per problem."""
     header = dict((column, column.upper()) for column in COLUMNS)
     widths = [max(len(str(row[column])) for row in [header] + rows) for column in COLUMNS]
     lines = ['  '.join('%-*s' % (width, row[column]) for column, width in zip(COLUMNS, widths)).strip()
@@ -188,14 +235,17 @@ def _table(rows, queue_rows, problems):
         unacked = '?' if queue['unacked'] is None else queue['unacked']
         lines.append('queue %s: %d ready, %s unacked%s' % (
             queue['name'], queue['messages'], unacked, '' if queue['ok'] else ' - ' + queue['status']))
+    lines.extend('task %s[%s] on %s: running for %s s, more than %s s' % (
+        task['name'], task['id'], task['node'], task['runtime'], task['limit']) for task in task_rows)
     lines.extend('UNHEALTHY ' + problem for problem in problems)
     return lines
 
 
 def fleet_health(expected, workers, queues=None, events=None, max_messages=None, queue_max_messages=None,
-                 fail_on_unexpected=False, events_window=10):
-    """The health check's judgement of the fleet: a row per node (expected, then unexpected), per queue and for the
-    event window, the problems in words, and the summary table. Pure: the modules have asked the broker already."""
+                 fail_on_unexpected=False, events_window=10, max_task_runtime=None, now=None):
+    """The health check's judgement of the fleet: a row per node (expected, then unexpected), per queue, per task
+    running longer than max_task_runtime (at ``now``, epoch seconds) and for the event window, the problems in
+    words, and the summary table. Pure: the modules have asked the broker already."""
     expected = _list(expected, 'expected (the expected nodes)')
     workers = _mapping(workers, 'workers (the result of celery_worker_info)')
     answered = {'workers': _mapping(workers.get('workers') or {}, 'workers.workers')}
@@ -215,13 +265,15 @@ def fleet_health(expected, workers, queues=None, events=None, max_messages=None,
     rows = _node_rows(expected, answered, failed_on, depths) + _unexpected_rows(answered, fail_on_unexpected, depths)
     queue_rows = _queue_rows(queues, max_messages, queue_max_messages)
     event_row = _events_row(events, failures, events_window)
+    task_rows = _long_task_rows(expected, answered, max_task_runtime, now)
 
     problems = ['%s (host %s): %s' % (row['node'], row['host'], row['status']) for row in rows if not row['ok']]
     problems += ['queue %s: %s' % (row['name'], row['status']) for row in queue_rows if not row['ok']]
+    problems += ['%s (host %s): %s' % (row['node'], row['host'], row['status']) for row in task_rows]
     if event_row and not event_row['ok']:
         problems.append(event_row['status'])
-    return {'healthy': not problems, 'rows': rows, 'queues': queue_rows, 'events': event_row, 'problems': problems,
-            'table': _table(rows, queue_rows, problems)}
+    return {'healthy': not problems, 'rows': rows, 'queues': queue_rows, 'tasks': task_rows, 'events': event_row,
+            'problems': problems, 'table': _table(rows, queue_rows, task_rows, problems)}
 
 
 class FilterModule(object):

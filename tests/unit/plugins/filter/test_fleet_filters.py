@@ -244,3 +244,66 @@ def test_what_is_not_shaped_as_the_modules_return_it_is_named(arguments, message
     with pytest.raises(AnsibleFilterError) as caught:
         fleet_health(**arguments)
     assert str(caught.value) == message
+
+
+NOW = 1800000000.0
+
+
+def busy(*tasks):
+    """A reply whose active tasks are (name, id, time_start) each."""
+    return {'online': True, 'queues': ['celery'],
+            'active': [{'name': name, 'id': task_id, 'time_start': started} for name, task_id, started in tasks]}
+
+
+def test_tasks_running_longer_than_max_task_runtime_are_unhealthy_rows_naming_node_task_id_and_runtime():
+    workers = answered({'default@web1': busy(('proj.slow', 'id-1', NOW - 120.04), ('proj.quick', 'id-2', NOW - 3)),
+                        'reports@web1': reply(['reports', 'shared']), 'default@web2': busy(('proj.slow', 'id-3', NOW - 61)),
+                        'stray@web9': busy(('proj.slow', 'id-4', NOW - 500))}, unexpected=['stray@web9'])
+    health = fleet_health(FLEET, workers, queues=QUEUES, max_task_runtime=60, now=NOW)
+    assert health['healthy'] is False
+    assert [(t['node'], t['host'], t['name'], t['id'], t['runtime']) for t in health['tasks']] == [
+        ('default@web1', 'web1', 'proj.slow', 'id-1', 120.0), ('default@web2', 'web2', 'proj.slow', 'id-3', 61.0),
+        ('stray@web9', '-', 'proj.slow', 'id-4', 500.0)]
+    assert health['problems'] == [
+        'default@web1 (host web1): task proj.slow[id-1] running for 120.0 s, more than 60 s',
+        'default@web2 (host web2): task proj.slow[id-3] running for 61.0 s, more than 60 s',
+        'stray@web9 (host -): task proj.slow[id-4] running for 500.0 s, more than 60 s']
+    assert 'task proj.slow[id-1] on default@web1: running for 120.0 s, more than 60 s' in health['table']
+    # The node rows themselves stay as they were: answering and consuming.
+    assert [row['ok'] for row in health['rows']] == [True, True, True, True]
+
+
+@pytest.mark.parametrize('limit', [None, '', 600, '600'])
+def test_no_max_task_runtime_or_none_over_it_is_healthy(limit):
+    workers = answered({'default@web1': busy(('proj.slow', 'id-1', NOW - 120)), 'reports@web1': reply(['reports', 'shared']),
+                        'default@web2': reply(['celery'])})
+    health = fleet_health(FLEET, workers, queues=QUEUES, max_task_runtime=limit, now=NOW if limit else None)
+    assert health['healthy'] is True and health['tasks'] == []
+
+
+def test_tasks_without_a_wall_clock_start_are_not_judged():
+    # Not started yet (None), junk, or Celery before 5.3's monotonic clock (seconds since boot).
+    workers = answered({'default@web1': busy(('a', '1', None), ('b', '2', 'yesterday'), ('c', '3', 3600.5), ('d', '4', True)),
+                        'reports@web1': reply(['reports', 'shared']), 'default@web2': reply(['celery'])})
+    assert fleet_health(FLEET, workers, queues=QUEUES, max_task_runtime=1, now=NOW)['tasks'] == []
+
+
+@pytest.mark.parametrize('arguments, message', [
+    (dict(max_task_runtime=-5, now=NOW), 'fleet_health: max_task_runtime must be a number of seconds over 0, got -5'),
+    (dict(max_task_runtime=0, now=NOW), 'fleet_health: max_task_runtime must be a number of seconds over 0, got 0'),
+    (dict(max_task_runtime='soon', now=NOW), "fleet_health: max_task_runtime must be a number of seconds over 0, got 'soon'"),
+    (dict(max_task_runtime='nan', now=NOW), "fleet_health: max_task_runtime must be a number of seconds over 0, got 'nan'"),
+    (dict(max_task_runtime=[60], now=NOW), 'fleet_health: max_task_runtime must be a number of seconds over 0, got list'),
+    (dict(max_task_runtime=60), 'fleet_health: now (epoch seconds) must be a number with max_task_runtime, got NoneType'),
+])
+def test_a_bad_max_task_runtime_is_named(arguments, message):
+    with pytest.raises(AnsibleFilterError) as caught:
+        fleet_health(FLEET, HEALTHY, **arguments)
+    assert str(caught.value) == message
+
+
+def test_an_active_task_not_shaped_as_celery_sends_it_is_named():
+    workers = answered({'default@web1': {'active': ['junk']}})
+    with pytest.raises(AnsibleFilterError) as caught:
+        fleet_health(FLEET[:1], workers, max_task_runtime=1, now=NOW)
+    assert str(caught.value) == "fleet_health: workers.workers['default@web1'].active[0] must be a dict, got str"
