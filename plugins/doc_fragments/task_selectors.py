@@ -70,6 +70,6 @@ options:
     default: 1.0
 notes:
   - Every selector given must hold (they combine with AND).
-  - Workers keep the ids of revoked tasks in memory only (unless started with C(--statedb)): a restarted worker
+  - Workers keep the ids of revoked tasks in memory only (unless started with C(--statedb)), so a restarted worker
     forgets them.
 """

@@ -560,7 +560,7 @@ class Revoker(object):
                 cannot.setdefault(e['node'], dict(node=e['node'], pool=before.pools.get(e['node']), ids=[]))['ids'] \
                     .append(e['id'])
         result.update(
-            revoked=to_revoke, tasks=sorted(on_workers + held, key=lambda e: (e['where'], e['node'] or '', e['id'])),
+            revoked=to_revoke, tasks=sorted(on_workers + held, key=lambda e: (e['where'], e['node'] or '', e['id'] or '')),
             removed=dict((name, [m['id'] for m in msgs]) for name, msgs in removed.items()),
             held=[dict(id=e['id'], name=e['name'], queue=e['queue'], delivery_tag=e['delivery_tag']) for e in held],
             removed_held=removed_held if not self.check_mode else (len(held) if params['remove_held'] else 0),
@@ -595,8 +595,10 @@ class Revoker(object):
                 self.warn('no worker answered: the revoke of %d tasks was broadcast but no worker confirmed it; a '
                           'worker that is offline never hears it (its removed messages are gone, though)'
                           % len(to_revoke))
-        after = snapshot(self.control, params)
-        result['diff']['after']['nodes'] = self._node_counts(after, set(result['revoked']) | ids)
+        if to_revoke or can_terminate or params.get('stamped_headers'):
+            # What the workers say now (the revoked lists confirm the revoke), not what was predicted.
+            after = snapshot(self.control, params)
+            result['diff']['after']['nodes'] = self._node_counts(after, set(result['revoked']) | ids)
 
     def _send(self, command, arguments, answering, destination=None):
         """One control command to every worker (or ``destination``); the nodes that acknowledged it."""
@@ -617,8 +619,14 @@ class Revoker(object):
             still = sorted('%s on %s' % (task.get('id'), node) for node, tasks in replies.first('active').items()
                            for task in tasks if task.get('id') in ids)
             return not still and set(nodes) <= replies.nodes('active'), still
-        wait_until(probe, self.params['terminate_timeout'], 0.5,
-                   lambda still: 'tasks still active after terminate: %s' % ', '.join(still or ['(no answer)']))
+        try:
+            wait_until(probe, self.params['terminate_timeout'], 0.5,
+                       lambda still: 'tasks still active after terminate: %s' % ', '.join(still or ['(no answer)']))
+        except BrokerError as error:
+            error.msg = error.msg.replace('(wait_timeout)', '(terminate_timeout)')
+            error.option = 'terminate_timeout'
+            error.details.pop('last_state', None)
+            raise
 
     @staticmethod
     def _node_counts(snap, ids):

@@ -13,22 +13,22 @@ description:
   - Finds the selected tasks wherever they are, with the broker URL only (the Celery app is not needed).
   - One broadcast asks every worker for its active, reserved, scheduled and revoked tasks and the queues it
     consumes; each queue is read once; on Redis, kombu's C(unacked) hash is read once.
-  - A task is V(queued) (a ready message: its queue, its position in run order, its priority), V(reserved)
-    (prefetched by a worker), V(scheduled) (on a worker, waiting for its ETA), V(active) (running: node, run time,
+  - A task is V(queued) (a ready message, with its queue, its position in run order and its priority), V(reserved)
+    (prefetched by a worker), V(scheduled) (on a worker, waiting for its ETA), V(active) (running, with node, run time and
     pool process id), V(unacked) (Redis only, a message held by a worker that does not report it, such as an
     offline or killed worker; kombu gives it back to its queue after the visibility timeout) or, selected by id
     only, V(revoked) (known only from the workers' lists of revoked ids).
   - Optionally reads each task's stored state from a Redis result backend (O(result_backend)).
   - Can fail, or wait, on thresholds (O(max_stuck), O(max_tasks)) so a health check or CI can gate on them.
-  - Never changes anything. On RabbitMQ, reading a queue receives its messages and gives them back: see O(queues).
+  - Never changes anything. On RabbitMQ, reading a queue receives its messages and gives them back (see O(queues)).
 options:
   result_backend:
     description:
       - A Redis URL of the result backend (V(redis://host:6379/1)); see also O(result_backend_broker).
         The state and C(date_done) stored under C(celery-task-meta-<id>) are returned for each task found and each
         id not found.
-      - Only JSON results are read (Celery's default serializer); any other is state V(unknown): nothing is ever
-        unpickled. A task with no stored result (Celery's C(PENDING)) has no entry.
+      - Only JSON results are read (Celery's default serializer); any other is state V(unknown), and nothing is
+        ever unpickled. A task with no stored result (Celery's C(PENDING)) has no entry.
       - The TLS options of the broker apply to it too.
     type: str
   result_backend_broker:
