@@ -12,6 +12,7 @@ mitogen_linear; run on its own, this file sets the strategy itself.
 """
 
 import gc
+import inspect
 import json
 import os
 import sys
@@ -23,6 +24,30 @@ from harness import AMQP_PORT, REDIS_PORT, require
 
 pytestmark = pytest.mark.mitogen
 
+ESTABLISHED = '01'   # the state column of /proc/net/tcp
+
+
+def tcp_connections():
+    """(local port, remote port, state) of each TCP socket this process holds open (IPv4 and IPv6).
+
+    Both this test and its probe module (below, which gets this function's source) read them."""
+    inodes = set()
+    for fd in os.listdir('/proc/self/fd'):
+        try:
+            target = os.readlink('/proc/self/fd/' + fd)
+        except OSError:
+            continue
+        if target.startswith('socket:['):
+            inodes.add(target[8:-1])
+    found = set()
+    for table in ('/proc/self/net/tcp', '/proc/self/net/tcp6'):
+        with open(table) as handle:
+            for fields in (line.split() for line in handle.readlines()[1:]):
+                if fields[9] in inodes:
+                    found.add((int(fields[1].rsplit(':', 1)[1], 16), int(fields[2].rsplit(':', 1)[1], 16), fields[3]))
+    return found
+
+
 PROBE = r'''#!/usr/bin/python
 # The test's own module: what the interpreter that runs the modules holds (see test_mitogen.py).
 import gc
@@ -33,26 +58,7 @@ import threading
 
 from ansible.module_utils.basic import AnsibleModule
 
-
-def sockets():
-    """Remote ports of the TCP connections this process holds open."""
-    inodes = set()
-    for fd in os.listdir('/proc/self/fd'):
-        try:
-            target = os.readlink('/proc/self/fd/' + fd)
-        except OSError:
-            continue
-        if target.startswith('socket:['):
-            inodes.add(target[8:-1])
-    ports = []
-    for table in ('/proc/self/net/tcp', '/proc/self/net/tcp6'):
-        with open(table) as handle:
-            for line in handle.readlines()[1:]:
-                fields = line.split()
-                if fields[9] in inodes and fields[3] == '01':
-                    ports.append(int(fields[2].rsplit(':', 1)[1], 16))
-    return sorted(ports)
-
+''' + 'ESTABLISHED = %r\n\n\n' % ESTABLISHED + inspect.getsource(tcp_connections) + r'''
 
 def holders(needles, mine):
     """What holds a string with one of ``needles`` in it: (type, where it is referred from)."""
@@ -86,7 +92,8 @@ def main():
     # Sockets first: the garbage collection of holders() would close what a task left unclosed.
     result = dict(pid=os.getpid(), main_thread=threading.current_thread() is threading.main_thread(),
                   sigalrm=repr(signal.getsignal(signal.SIGALRM)), sigterm=repr(signal.getsignal(signal.SIGTERM)),
-                  itimer=list(signal.getitimer(signal.ITIMER_REAL)), sockets=sockets(),
+                  itimer=list(signal.getitimer(signal.ITIMER_REAL)),
+                  sockets=sorted(remote for local, remote, state in tcp_connections() if state == ESTABLISHED),
                   celeryops_modules=sorted(name for name in sys.modules if name.startswith('ansible_collections.celeryops')))
     result.update(module_globals=in_globals, holders=holders(needles, set([id(needles)])) if needles else [])
     module.exit_json(**result)
@@ -220,28 +227,13 @@ def module_utils():
     return _broker, _amqp_connection
 
 
-def tcp_sockets():
-    """(local port, remote port) of this process's TCP sockets."""
-    inodes = set()
-    for fd in os.listdir('/proc/self/fd'):
-        try:
-            target = os.readlink('/proc/self/fd/' + fd)
-        except OSError:
-            continue
-        if target.startswith('socket:['):
-            inodes.add(target[8:-1])
-    with open('/proc/self/net/tcp') as table:
-        return set((int(fields[1].rsplit(':', 1)[1], 16), int(fields[2].rsplit(':', 1)[1], 16))
-                   for fields in (line.split() for line in table.readlines()[1:]) if fields[9] in inodes)
-
-
 def test_a_connection_the_time_limit_gave_up_on_is_closed_at_once(rabbit_env, private):
     """The time limit fires on a broker that stops answering after the handshake: closing the connection closes its
     socket and pika's own pair at once, not when the garbage collector runs (which, in Mitogen's interpreter, can
     be many tasks later, the broker keeping what the connection held meanwhile)."""
     _broker, _amqp_connection = module_utils()
     stalling = private.proxy(AMQP_PORT)
-    before = tcp_sockets()
+    before = set((local, remote) for local, remote, state in tcp_connections())
     stalling.pause_after(handshake_bytes(rabbit_env.vhost), 30)
     broker = _broker.parse_broker_url(rabbit_env.url.replace(':%d/' % AMQP_PORT, ':%d/' % stalling.port), timeout=1)
     gc.disable()
@@ -252,7 +244,7 @@ def test_a_connection_the_time_limit_gave_up_on_is_closed_at_once(rabbit_env, pr
         assert connection.broken
         connection.close()
         # What the proxy holds (its side of our connection, its connection to RabbitMQ) is the proxy's.
-        left = [(local, remote) for local, remote in tcp_sockets() - before
+        left = [(local, remote) for local, remote in set((local, remote) for local, remote, state in tcp_connections()) - before
                 if remote != AMQP_PORT and local != stalling.port]
         assert left == [], left
     finally:
