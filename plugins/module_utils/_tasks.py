@@ -168,7 +168,9 @@ def message_describer(selector):
         if selector.needs_arguments and view['task'] is not None:
             view['args'], view['kwargs'] = task_arguments(headers, envelope)
         if selector.stamps is not None and isinstance(headers, dict):
-            view['stamps'] = dict((h, _plain(headers.get(h))) for h in selector.stamps)
+            # Celery 5.3+ keeps a message's stamps in its 'stamps' header (a dict), named in 'stamped_headers'.
+            stamps = headers.get('stamps') if isinstance(headers.get('stamps'), dict) else {}
+            view['stamps'] = dict((h, _plain(stamps.get(h))) for h in selector.stamps)
         return view
     return describe
 

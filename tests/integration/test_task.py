@@ -186,3 +186,20 @@ def test_junk_in_the_queue_is_kept_and_no_worker_is_reported(redis_env, ansible)
                                                        or raw.startswith(b'{"headers"')]
     result = task(ansible, broker_url=url, task_names=['fleet_tasks.mail'], queues=['mixed'], timeout=0.3)
     assert result['changed'] is False, result
+
+
+def test_revoke_by_stamped_headers(broker, ansible, workers):
+    url = broker.url
+    workers.start(url, 'stamps@tasks', ['other'])
+    first = publish(url, 'fleet_tasks.add', 'stamped', args=(1, 1), count=2, stamped_headers=['batch'], batch='b1')
+    other = publish(url, 'fleet_tasks.add', 'stamped', args=(2, 2), stamped_headers=['batch'], batch='b2')
+    plain = publish(url, 'fleet_tasks.add', 'stamped', args=(3, 3))
+    args = dict(broker_url=url, stamped_headers={'batch': 'b1'}, queues=['stamped'], expected_nodes=['stamps@tasks'],
+                timeout=10)
+    result = task(ansible, check=True, **args)
+    assert sorted(result['removed']['stamped']) == sorted(first) and result['stamped_headers_sent'] is False, result
+    result = task(ansible, **args)
+    assert not result.get('failed'), result
+    assert sorted(result['removed']['stamped']) == sorted(first) and result['stamped_headers_sent'] is True, result
+    assert result['not_answering'] == [] and result['changed'] is True
+    assert queue_ids(broker, 'stamped') == other + plain

@@ -163,3 +163,15 @@ def test_a_selector_is_required_for_celery_task():
         check_selectors(params(queues=['q']), required=True)
     assert 'no task selected' in error.value.msg
     check_selectors(params(older_than=0.0), required=True)
+
+
+def test_stamps_are_read_from_the_stamps_header():
+    selector = Selector(params(), {'batch': 'b1'})
+    describe = message_describer(selector)
+    envelope = json.loads(make_envelope([[], {}, {}], {'task': 't', 'id': 'i', 'stamped_headers': ['batch'],
+                                                       'stamps': {'batch': 'b1'}}, ''))
+    assert selector.matches(redis_view(json.dumps(envelope), describe))
+    envelope['headers']['stamps'] = {'batch': 'b2'}
+    assert not selector.matches(redis_view(json.dumps(envelope), describe))
+    envelope['headers']['stamps'] = 'junk'
+    assert not selector.matches(redis_view(json.dumps(envelope), describe))
