@@ -527,9 +527,9 @@ def restart_shows(before, now):
     return bool(now['processes']) and bool(set(before['processes'] or []) - set(now['processes']))
 
 
-def confirm(fleet, params, nodes, plans, before):
+def confirm(fleet, params, nodes, plans, before=None):
     """Ask again until the change shows; the workers' acknowledgements prove nothing (a restarted pool: see
-    restart_shows)."""
+    restart_shows; ``before`` is the state it is compared with)."""
     changed = [node for node in nodes if plans[node]]
     if params['state'] == 'stopped':
         def gone(state):
