@@ -249,9 +249,10 @@ def same_rate(wanted, current):
 
 def task_limits(replies, node, params):
     """The state of the limits celery_worker was asked about, on ``node``: 'registered' (every task name it
-    registers), and 'rate_limits' / 'time_limits' for the tasks named (None for a task it does not register)."""
+    registers; None when it did not answer that question), and 'rate_limits' / 'time_limits' for the tasks named
+    (None for a task it does not register)."""
     tasks = parse_registered(replies.first('registered').get(node))
-    out = dict(registered=sorted(tasks))
+    out = dict(registered=sorted(tasks) if node in replies.nodes('registered') else None)
     if params.get('rate_limits') is not None:
         out['rate_limits'] = dict((task, tasks[task]['rate_limit'] if task in tasks else None)
                                   for task in params['rate_limits'])
@@ -268,6 +269,9 @@ def _limit_actions(params, state):
         wanted = params.get(option)
         if wanted is None:
             continue
+        if state['registered'] is None:
+            raise BrokerError('%s: %s answered ping but not inspect registered within %ss, so its limits are unknown'
+                              % (option, state['node'], params['timeout']), option='timeout')
         unknown = sorted(task for task in wanted if task not in state['registered'])
         if unknown:
             raise BrokerError('%s: %s not registered on %s, so its limits cannot be set (the node registers: %s)'
@@ -282,9 +286,13 @@ def _limit_actions(params, state):
 
 
 def limits_applied(params, state):
-    """Whether a node shows the limits asked for."""
-    return (all(same_rate(rate, state['rate_limits'].get(task)) for task, rate in (params.get('rate_limits') or {}).items())
-            and all(state['time_limits'].get(task) == limits for task, limits in (params.get('time_limits') or {}).items()))
+    """Whether a node shows the limits asked for (not when it did not answer inspect registered)."""
+    if state.get('registered') is None:
+        return False
+    rates = params.get('rate_limits') or {}
+    times = params.get('time_limits') or {}
+    return (all(same_rate(rate, state['rate_limits'].get(task)) for task, rate in rates.items())
+            and all(state['time_limits'].get(task) == limits for task, limits in times.items()))
 
 
 def _some(names, most=10):

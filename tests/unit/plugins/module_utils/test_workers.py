@@ -343,3 +343,18 @@ def test_a_pool_restart_shows_when_a_process_of_before_is_gone():
     assert not _workers.restart_shows(dict(processes=[1, 2]), dict(processes=[]))
     assert not _workers.restart_shows(dict(processes=[1, 2]), dict(processes=None))
     assert _workers.restart_shows(dict(processes=[1, 2]), dict(processes=[3, 4]))
+
+
+def test_a_node_that_does_not_answer_registered_is_not_taken_for_one_without_the_task():
+    class Silent(LimitFleet):
+        def request(self, commands, expectation=None, destination=None, timeout=1.0):
+            replies = LimitFleet.request(self, dict((c, a) for c, a in commands.items() if c != 'registered'))
+            replies.by_command.setdefault('registered', {})
+            return replies
+    fleet = Silent({'proj.add': {}})
+    with pytest.raises(BrokerError) as info:
+        converge(fleet, limit_params(rate_limits={'proj.add': '1/s'}))
+    assert info.value.msg == 'rate_limits: live@h answered ping but not inspect registered within 0.05s, so its limits ' \
+                             'are unknown'
+    assert info.value.option == 'timeout' and fleet.sent == []
+    assert not _workers.limits_applied(dict(rate_limits={'proj.add': None}), dict(registered=None, rate_limits={}))
