@@ -203,3 +203,27 @@ def test_revoke_by_stamped_headers(broker, ansible, workers):
     assert sorted(result['removed']['stamped']) == sorted(first) and result['stamped_headers_sent'] is True, result
     assert result['not_answering'] == [] and result['changed'] is True
     assert queue_ids(broker, 'stamped') == other + plain
+
+
+def test_every_priority_sub_queue_is_filtered_on_redis(redis_env, ansible):
+    url = redis_env.url
+    low = publish(url, 'fleet_tasks.mail', 'prio', args=('a',), priority=9)
+    high = publish(url, 'fleet_tasks.mail', 'prio', args=('b',), priority=0)
+    keep = publish(url, 'fleet_tasks.add', 'prio', args=(1, 1), priority=9)
+    result = task(ansible, broker_url=url, task_names=['fleet_tasks.mail'], queues=['prio'], timeout=0.3)
+    assert sorted(result['removed']['prio']) == sorted(low + high), result
+    assert redis_env.client.llen('prio') == 0
+    assert [json.loads(raw)['headers']['id'] for raw in redis_env.client.lrange('prio\x06\x169', 0, -1)] == keep
+
+
+def test_a_quorum_queue_is_refused_before_anything_is_sent(rabbit_env, ansible, workers):
+    from test_adversarial_quorum import declare, send
+    url = rabbit_env.url
+    workers.start(url, 'quorum@tasks', ['other'])
+    declare(rabbit_env, 'qq', 'quorum')
+    ids = send(rabbit_env, 'qq', ['fleet_tasks.add'])
+    result = task(ansible, broker_url=url, ids=ids, queues=['qq'], expected_nodes=['quorum@tasks'], timeout=10)
+    assert result.get('failed') and result['option'] == 'queues' and 'quorum' in result['msg'], result
+    info = ansible.module('celery_task_info', dict(broker_url=url, ids=ids, expected_nodes=['quorum@tasks'], timeout=10))
+    assert info['not_found'] == ids and info['tasks'] == [], info   # no worker heard a revoke
+    rabbit_env.wait_for('qq', lambda record: record.get('messages_ready') == 1)

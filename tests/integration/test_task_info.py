@@ -96,6 +96,11 @@ def test_eta_task_is_scheduled_and_a_sleeping_task_is_stuck(broker, ansible, wor
     assert result.get('failed') and result['option'] == 'max_stuck', result
     assert sleeping[0] in result['msg'] and 'busy@tasks' in result['msg']
     assert [t['id'] for t in result['stuck']] == sleeping
+    # Waiting for it to hold times out, naming the stuck task, with the last state in the result.
+    result = info(ansible, broker_url=url, older_than=2, max_stuck=0, wait=True, wait_timeout=2, wait_sleep=0.5,
+                  expected_nodes=['busy@tasks'], timeout=10)
+    assert result.get('failed') and result['option'] == 'wait_timeout' and sleeping[0] in result['msg'], result
+    assert [t['id'] for t in result['stuck']] == sleeping
     # Not stuck for an hour: the threshold holds.
     result = info(ansible, broker_url=url, older_than=3600, max_stuck=0, expected_nodes=['busy@tasks'], timeout=10)
     assert not result.get('failed') and result['stuck'] == [], result
@@ -176,3 +181,16 @@ def test_redis_untouched(redis_env, ansible):
     info(ansible, broker_url=url, queues=['still'], task_names=['fleet_tasks.add'], timeout=0.3)
     after = redis_env.snapshot()
     assert before == after
+
+
+def test_a_message_held_by_a_worker_gone_is_unacked_on_redis(redis_env, ansible, workers):
+    url = redis_env.url
+    worker = workers.start(url, 'gone@tasks', ['held'])
+    later = publish(url, 'fleet_tasks.add', 'held', args=(1, 1), countdown=600)
+    deadline = time.monotonic() + 30
+    while redis_env.client.hlen('unacked') != 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    worker.kill()
+    result = info(ansible, broker_url=url, ids=later, queues=['held'], timeout=0.3)
+    assert [(t['id'], t['where'], t['queue']) for t in result['tasks']] == [(later[0], 'unacked', 'held')], result
+    assert result['tasks'][0]['delivery_tag'] and result['counts']['unacked'] == 1
