@@ -525,6 +525,8 @@ class Revoker(object):
         # A worker does not report a task's stamps: stamped_headers match only messages (and the workers'
         # revoke_by_stamped_headers does the rest).
         on_workers = worker_entries(before, selector)
+        for entry in on_workers:
+            entry['revoked_on'] = before.revoked_on(entry['id'])
         names = names_to_read(params, before)
         states = open_states(self.queues, names)   # refuses before anything is sent
         # The messages to remove, queue by queue (every id a pass saw is revoked, also one a worker took meanwhile).

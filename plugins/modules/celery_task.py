@@ -29,7 +29,8 @@ description:
   - Workers keep revoked ids in memory only (unless started with C(--statedb)), so a restarted worker forgets them.
     The messages removed from the queues stay removed.
   - The run is V(changed) when it sent a revoke (an id not yet in every answering node's revoked list), removed a
-    message, or terminated a task. A second run finds nothing left to do.
+    message, or terminated a task. A second run finds nothing left to do. When no worker answers, the revoke of the
+    ids given is broadcast all the same, unconfirmed and with a warning, and the run reports V(changed).
   - The nodes that did not confirm a revoke are in RV(not_answering); their revoke is not confirmed.
 options:
   state:
