@@ -50,8 +50,9 @@ options:
         O(nodes) before anything is sent.
       - A named node that does not answer (or a pattern that matches no node that answers) consumes and runs nothing,
         so for V(drained) and V(stopped) it is already where it should be. It is listed in RV(missing) and is no
-        change, so a drain or a stop before a restart is one call, whether or not the nodes run. For V(consuming),
-        and with O(concurrency), O(autoscale) or O(events), it is an error naming the nodes.
+        change, so a drain or a stop before a restart is one call, whether or not the nodes run. For V(consuming)
+        and V(restarted_pool), and with O(concurrency), O(autoscale), O(events), O(rate_limits) or O(time_limits),
+        it is an error naming the nodes.
     type: list
     elements: str
     default: ['*']

@@ -268,12 +268,13 @@ def test_restarted_pool_where_allowed_and_refused_where_not(broker, ansible, wor
     after = real['nodes']['restartable@fleet']['after']['pool_processes']
     # One process is replaced at once; the other, idle, waits for its next task before it sees the restart.
     assert len(after) == 2 and set(after) != set(pids) and set(after) & set(pids), real
-    publish(url, 'fleet_tasks.add', 'q1', args=(1, 2), count=20)
+    # Tasks that overlap, so that the busy new process cannot take them all: the old one takes one, then leaves.
+    publish(url, SLEEP, 'q1', args=(0.5,), count=8)
 
     def replaced():
         state = ansible.module('celery_worker', restart, check=True)['nodes']['restartable@fleet']['before']
         return len(state['pool_processes']) == 2 and not set(state['pool_processes']) & set(pids)
-    assert eventually(replaced, 60), 'the pool processes of before still run after 20 tasks'
+    assert eventually(replaced, 60), 'the pool processes of before still run after 8 overlapping tasks'
     after = ansible.module('celery_worker', restart, check=True)['nodes']['restartable@fleet']['before']['pool_processes']
 
     refused = ansible.play([{'celeryops.fleet.celery_worker': dict(restart, nodes=nodes)}
