@@ -334,14 +334,12 @@ class RedisQueues(object):
         batch, size = [], 0
         for field, length in zip(sizes[0::2], sizes[1::2]):
             if batch and size + length > CHUNK_BYTES:
-                for pair in zip(batch, self.call(self.client.hmget, key, batch)):
-                    yield pair
+                yield from zip(batch, self.call(self.client.hmget, key, batch))
                 batch, size = [], 0
             batch.append(field)
             size += length
         if batch:
-            for pair in zip(batch, self.call(self.client.hmget, key, batch)):
-                yield pair
+            yield from zip(batch, self.call(self.client.hmget, key, batch))
 
     def remove_held(self, tags):
         """Delete entries of the unacked hash (and their unacked_index scores) in one transaction; the number

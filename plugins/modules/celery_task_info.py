@@ -44,7 +44,7 @@ options:
     type: int
   max_tasks:
     description:
-      - Threshold on the tasks selected (RV(counts.total)), like O(max_stuck).
+      - Threshold on the tasks selected (C(total) of RV(counts)), like O(max_stuck).
     type: int
 extends_documentation_fragment:
   - celeryops.fleet.broker
