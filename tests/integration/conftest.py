@@ -14,6 +14,12 @@ BrokerUser = collections.namedtuple('BrokerUser', 'name password url')
 def pytest_configure(config):
     config.addinivalue_line('markers', 'mitogen: also run under Mitogen for Ansible (strategy mitogen_linear): at least '
                                        'one test per module, plugin, playbook and role, the time limits, TLS and secrets')
+    config.addinivalue_line('markers', "module_logic: proves a module's own work on the brokers and workers (decoding, "
+                                       'counting, purging, faults, TLS), which no ansible-core version changes: the '
+                                       'oldest ansible-core (scripts/test integration-2.16) runs only the `mitogen` '
+                                       'tests among these, at least one per module; everything Ansible itself takes '
+                                       'part in (roles, playbooks, plugins, option checks, no_log, the SSH fleet) runs '
+                                       'on both')
 
 
 @pytest.fixture(scope='session')

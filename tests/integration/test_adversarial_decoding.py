@@ -120,6 +120,10 @@ import redis  # noqa: E402
 
 from harness import RedisBroker  # noqa: E402
 
+
+# The module's own work on the brokers, alike on every ansible-core: the oldest runs the `mitogen` tests of it (conftest).
+pytestmark = pytest.mark.module_logic
+
 # What a rogue sends back for every request it sees; each one is one undecodable reply.
 JUNK_PER_REQUEST = 5
 

@@ -16,8 +16,13 @@ import urllib.parse
 import uuid
 
 import pika
+import pytest
 
 from harness import AMQP_PORT, management, publish
+
+
+# The module's own work on the brokers, alike on every ansible-core: the oldest runs the `mitogen` tests of it (conftest).
+pytestmark = pytest.mark.module_logic
 
 ADD = 'fleet_tasks.add'
 MAIL = 'fleet_tasks.mail'

@@ -12,6 +12,10 @@ import sys
 
 import pytest
 
+
+# The module's own work on the brokers, alike on every ansible-core: the oldest runs the `mitogen` tests of it (conftest).
+pytestmark = pytest.mark.module_logic
+
 SEP = '\x06\x16'
 ADD = 'fleet_tasks.add'
 MAIL = 'fleet_tasks.mail'

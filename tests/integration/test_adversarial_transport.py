@@ -18,6 +18,10 @@ import pytest
 
 from harness import APP_DIR, unwrapped
 
+
+# The module's own work on the brokers, alike on every ansible-core: the oldest runs the `mitogen` tests of it (conftest).
+pytestmark = pytest.mark.module_logic
+
 SEP = ':'
 PREFIX = 'pfx:'
 TRANSPORT = dict(global_keyprefix=PREFIX, sep=SEP)

@@ -16,6 +16,10 @@ import pytest
 
 from harness import celery_app, close_publishers, free_port, publish
 
+
+# The module's own work on the brokers, alike on every ansible-core: the oldest runs the `mitogen` tests of it (conftest).
+pytestmark = pytest.mark.module_logic
+
 SECRET = 'pw-' + uuid.uuid4().hex
 MARGIN = 1.0  # "within its timeout plus a second"
 # A task's time also holds Ansible's own work for it (forking, building and starting the module), which a

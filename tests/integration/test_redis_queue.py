@@ -11,6 +11,10 @@ import pytest
 
 from harness import publish
 
+
+# The module's own work on the brokers, alike on every ansible-core: the oldest runs the `mitogen` tests of it (conftest).
+pytestmark = pytest.mark.module_logic
+
 ADD = 'fleet_tasks.add'
 MAIL = 'fleet_tasks.mail'
 SLEEP = 'fleet_tasks.sleep'

@@ -14,6 +14,10 @@ import pytest
 from harness import publish
 from test_secrets import assert_clean, secrets_of
 
+
+# The module's own work on the brokers, alike on every ansible-core: the oldest runs the `mitogen` tests of it (conftest).
+pytestmark = pytest.mark.module_logic
+
 PASSWORD = 'tls-pw-' + uuid.uuid4().hex
 ADD = 'fleet_tasks.add'
 TIMEOUT = 3

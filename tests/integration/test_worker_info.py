@@ -5,6 +5,10 @@ import pytest
 from harness import RedisBroker, publish
 
 
+# The module's own work on the brokers, alike on every ansible-core: the oldest runs the `mitogen` tests of it (conftest).
+pytestmark = pytest.mark.module_logic
+
+
 @pytest.fixture(params=['redis', 'rabbitmq'])
 def broker(request):
     """The same tests on both brokers: a fresh Redis database or RabbitMQ vhost."""
