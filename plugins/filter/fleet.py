@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from ansible.errors import AnsibleFilterError
@@ -176,9 +177,12 @@ def _seconds_limit(value, what):
             number = float(value)
         except ValueError:
             number = None
-    if not _is_number(number) or number != number or number in (float('inf'), float('-inf')) or number <= 0:
-        raise AnsibleFilterError('fleet_health: %s must be a number of seconds over 0, got %s'
-                                 % (what, repr(value) if isinstance(value, str) else kind(value) if not _is_number(value) else value))
+    if not _is_number(number) or not math.isfinite(number) or number <= 0:
+        if isinstance(value, str):
+            shown = repr(value)
+        else:
+            shown = value if _is_number(value) else kind(value)
+        raise AnsibleFilterError('fleet_health: %s must be a number of seconds over 0, got %s' % (what, shown))
     return number
 
 
