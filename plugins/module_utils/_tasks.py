@@ -484,7 +484,7 @@ def task_info(params, broker, result):
         states = backend_states(params, set(e['id'] for e in found['tasks'] if e['id']) | set(found['not_found']))
         for entry in found['tasks']:
             entry['result'] = states.get(entry['id'])
-        result['results'] = states
+        result['result_states'] = states
     problems = info_thresholds(found, params)
     if problems:
         raise BrokerError('thresholds not met: ' + '; '.join(text for _o, text in problems), option=problems[0][0])

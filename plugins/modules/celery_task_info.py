@@ -153,9 +153,10 @@ not_found:
   returned: always
   type: list
   elements: str
-results:
-  description: With O(result_backend), id -> C(state), C(date_done) for the ids found and not found that have a
-    stored result.
+result_states:
+  description:
+    - With O(result_backend), id -> C(state), C(date_done) for the ids found and not found that have a stored result.
+    - Not named C(results), which Ansible keeps for loops (ansible-core 2.16 renames it).
   returned: with O(result_backend) or O(result_backend_broker)
   type: dict
 queues:

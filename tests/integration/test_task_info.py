@@ -120,14 +120,14 @@ def test_result_backend_states_never_unpickled(redis_env, ansible, tmp_path):
     result = info(ansible, broker_url=url, queues=['rb'], ids=[done, pickled, queued[0]], result_backend=url,
                   timeout=0.3)
     assert not result.get('failed'), result
-    assert result['results'] == {done: {'state': 'SUCCESS', 'date_done': '2026-01-01T00:00:00+00:00'},
+    assert result['result_states'] == {done: {'state': 'SUCCESS', 'date_done': '2026-01-01T00:00:00+00:00'},
                                  pickled: {'state': 'unknown', 'date_done': None}}
     assert sorted(result['not_found']) == sorted([done, pickled])
     assert result['tasks'][0]['result'] is None   # queued: nothing stored yet
     assert not marker.exists()
     # The broker's own Redis, without repeating its URL.
     result = info(ansible, broker_url=url, ids=[done], result_backend_broker=True, timeout=0.3)
-    assert result['results'] == {done: {'state': 'SUCCESS', 'date_done': '2026-01-01T00:00:00+00:00'}}, result
+    assert result['result_states'] == {done: {'state': 'SUCCESS', 'date_done': '2026-01-01T00:00:00+00:00'}}, result
 
 
 def test_hostile_messages_and_reprs_are_not_evaluated(redis_env, ansible, tmp_path):
