@@ -4,7 +4,7 @@ supervisor, through ansible-playbook)."""
 
 import os
 
-from test_roles import deployment, failure, service_account, stats, worker  # noqa: F401 (fixtures)
+from test_roles import deployment, failure, service_account, stats, worker  # noqa: F401 (fixtures)  # pylint: disable=unused-import
 
 LIMITS = dict(rate_limits={'fleet_tasks.add': '10/m', 'fleet_tasks.mail': None},
               time_limits={'fleet_tasks.sleep': {'soft': 5, 'hard': 10}})
