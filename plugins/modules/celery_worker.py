@@ -96,6 +96,8 @@ options:
       - Limits must be more than 0, and soft not more than hard; otherwise the module fails naming this option. A task
         a node does not register fails the module naming the task and the node, before anything is sent.
       - Only the prefork pool enforces time limits; Celery accepts and shows them on the other pools too.
+      - These are the task's own limits. A worker-wide C(--time-limit) / C(--soft-time-limit) applies to the tasks
+        without their own and is not shown here; V(null) for a task means it falls back to that.
       - Lost when the worker restarts (see the description).
     type: dict
   queues:
