@@ -8,6 +8,9 @@ from harness import TaskStream, account, publish, recorded
 
 SLEEP = 'fleet_tasks.sleep'
 
+# The module's own work on the brokers, alike on every ansible-core: the oldest runs the `mitogen` tests of it (conftest).
+pytestmark = pytest.mark.module_logic
+
 
 @pytest.fixture(params=['redis', 'rabbitmq'])
 def broker(request):
