@@ -199,6 +199,17 @@ def publish(url, task, queue, args=(), count=1, priority=None, global_keyprefix=
     return ids
 
 
+def wait_for(probe, timeout=60, what='condition'):
+    """probe()'s first true value, asked every 0.3 s; AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError('timed out waiting for %s' % what)
+
+
 def recorded(path):
     """Task ids a fleet_tasks.record file holds, one per run."""
     try:
@@ -341,10 +352,13 @@ class Ansible(object):
         report = self._run(argv, env, timeout)
         return [task['hosts']['localhost'] for task in report['plays'][0]['tasks']]
 
-    def playbook(self, name, extra_vars=None, timeout=300):
-        """A playbook of the collection (celeryops.fleet.NAME) run on localhost, as an operator runs it;
-        returns the results of its tasks by task name (a task's last result, for a loop or a retry)."""
+    def playbook(self, name, extra_vars=None, timeout=300, check=False):
+        """A playbook of the collection (celeryops.fleet.NAME) run on localhost, as an operator runs it (with
+        ``check``, as ansible-playbook --check); returns the results of its tasks by task name (a task's last result,
+        for a loop or a retry)."""
         argv = ['ansible-playbook', '-i', 'localhost,', '-c', 'local', 'celeryops.fleet.' + name]
+        if check:
+            argv.append('--check')
         if extra_vars:
             argv += ['-e', json.dumps(extra_vars)]
         report = self._run(argv, None, timeout)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from harness import RedisBroker, publish, recorded
+from harness import RedisBroker, publish, recorded, wait_for
 
 
 @pytest.fixture(params=['redis', 'rabbitmq'])
@@ -36,16 +36,6 @@ def untargeted(broker, exclude):
                     and b'pidbox' not in k)
     return dict((k, v) for k, v in broker.snapshot().items() if k not in exclude and 'pidbox' not in k
                 and not k.startswith('celeryev'))
-
-
-def wait_for(probe, timeout=60, what='condition'):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError('timed out waiting for %s' % what)
 
 
 @pytest.mark.module_logic

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from harness import RedisBroker, publish
+from harness import RedisBroker, publish, wait_for
 
 
 @pytest.fixture(params=['redis', 'rabbitmq'])
@@ -24,16 +24,6 @@ def broker(request):
 
 def info(ansible, **args):
     return ansible.module('celery_task_info', args)
-
-
-def wait_for(probe, timeout=30, what='condition'):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError('timed out waiting for %s' % what)
 
 
 @pytest.mark.module_logic
@@ -198,9 +188,7 @@ def test_a_message_held_by_a_worker_gone_is_unacked_on_redis(redis_env, ansible,
     url = redis_env.url
     worker = workers.start(url, 'gone@tasks', ['held'])
     later = publish(url, 'fleet_tasks.add', 'held', args=(1, 1), countdown=600)
-    deadline = time.monotonic() + 30
-    while redis_env.client.hlen('unacked') != 1 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: redis_env.client.hlen('unacked') == 1, what='the ETA task to be held')
     worker.kill()
     result = info(ansible, broker_url=url, ids=later, queues=['held'], timeout=0.3)
     assert [(t['id'], t['where'], t['queue']) for t in result['tasks']] == [(later[0], 'unacked', 'held')], result
