@@ -273,6 +273,17 @@ def render(d):
               'ansible-playbook\'s start-up, its task column is the module task alone. Each celery command starts '
               'Python with celery and the app and waits out its `--timeout` (1 s) for replies; the module returns '
               'once the 3 expected nodes answered.', '']
+    for lookup, label in (('ids', 'By id'), ('name', 'By name')):
+        module, cli = v['module_' + lookup], v['cli_' + lookup]
+        faster = 'the module' if module['wall']['median'] < cli['wall']['median'] else 'the CLI sequence'
+        lines.append('- %s, %s is faster end to end: the module task alone takes %.2f s and its playbook %.2f s; the '
+                     'CLI sequence %.2f s, of which the redis-cli scan of the %s messages %.2f s and the celery '
+                     'command%s the rest.' % (
+                         label, faster, module['task']['median'], module['wall']['median'], cli['wall']['median'],
+                         format(d['n'], ','), cli['scan']['median'], '' if lookup == 'ids' else 's'))
+    lines += ['- The module\'s answer also says where each task is (queued with its position in run order, or the '
+              'node holding it, active or reserved) in one result; the CLI gives the workers\' replies and the scan\'s '
+              'line numbers (the LRANGE order, the reverse of run order) separately.', '']
     return '\n'.join(lines)
 
 
@@ -283,7 +294,7 @@ def write_section(text):
     if SECTION in old:  # this section again: replace it, up to the next one
         start = old.index(SECTION)
         end = old.find('\n## ', start + len(SECTION))
-        new = old[:start] + text + (old[end + 1:] if end >= 0 else '')
+        new = old[:start] + text + ('\n' + old[end + 1:] if end >= 0 else '')
     elif '\n## Performance findings' in old:
         at = old.index('\n## Performance findings') + 1
         new = old[:at] + text + '\n' + old[at:]
