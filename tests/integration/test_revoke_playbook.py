@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from harness import publish
+from harness import publish, wait_for
 
 
 def queue_ids(broker, name):
@@ -107,3 +107,28 @@ def test_no_selector_fails_before_anything_is_sent(redis_env, ansible, selectors
     assert check.get('failed') and 'revoke needs a selector' in check['msg'] and 'Nothing was sent' in check['msg'], check
     assert 'Find what would be revoked' not in tasks and 'Revoke the tasks' not in tasks, list(tasks)
     assert queue_ids(redis_env, 'target') == ids and redis_env.snapshot() == before
+
+
+def test_revoke_state_terminated_stops_the_running_task(redis_env, ansible, workers):
+    url = redis_env.url
+    node = 'prefork@revoke'
+    workers.start(url, node, ['run'], pool='prefork', concurrency=1)
+    [running] = publish(url, 'fleet_tasks.sleep', 'run', args=(300,))
+
+    def active():
+        info = ansible.module('celery_task_info', dict(broker_url=url, ids=[running], expected_nodes=[node], timeout=10))
+        return [t['id'] for t in info['tasks'] if t['where'] == 'active']
+    wait_for(lambda: active() == [running], what='the task to run')
+    extra = dict(celery_broker_url=url, celery_fleet_hosts='localhost', celery_expected_nodes=[node],
+                 revoke_ids=running, revoke_state='terminated', revoke_timeout=10)
+    tasks = ansible.playbook('revoke', extra, check=True)
+    assert ansible.last['rc'] == 0, ansible.last['stdout'][-3000:]
+    assert tasks['Find what would be revoked']['terminated'] == [running]
+    assert tasks['Print what would be revoked']['msg'][2] == 'would terminate: ' + running
+    assert active() == [running]
+
+    tasks = ansible.playbook('revoke', extra)
+    assert ansible.last['rc'] == 0, ansible.last['stdout'][-3000:]
+    assert tasks['Revoke the tasks']['terminated'] == [running], tasks['Revoke the tasks']
+    assert tasks['Print what was revoked']['msg'][2] == 'terminated: ' + running
+    assert active() == []
