@@ -23,6 +23,7 @@ Private to celeryops.fleet; the API may change between releases.
 from __future__ import annotations
 
 import json
+import re
 import signal as signals
 import time
 
@@ -46,6 +47,9 @@ TERMINATING_POOLS = ('prefork', 'eventlet', 'gevent')
 RESULT_KEY = 'celery-task-meta-'
 # A worker's time_start below this is not a Unix time (a worker clock we cannot compare with).
 _EPOCH_2001 = 1e9
+# An id or task name made of these characters only is written into JSON as it is (kombu writes a Redis message
+# with json.dumps), so a message whose raw text lacks it cannot carry it: see Selector.may_match_raw.
+_JSON_AS_IS = re.compile(r'^[A-Za-z0-9_.:@=+-]+$')
 
 
 def selector_argument_spec():
@@ -119,6 +123,18 @@ class Selector(object):
         self.older_than = params['older_than']
         # header -> accepted values (celery_task's stamped_headers)
         self.stamps = dict((h, set(v if isinstance(v, list) else [v])) for h, v in (stamps or {}).items()) or None
+        # For may_match_raw: per selector of ids or names, its values as bytes, when each is written as it is.
+        self._raw_needles = [[value.encode('ascii') for value in values] for values in (self.ids, self.names)
+                             if values is not None and all(_JSON_AS_IS.match(value) for value in values)]
+
+    def may_match_raw(self, raw):
+        """False when a Redis message's raw JSON (bytes) holds none of the ids, or none of the task names, selected:
+        it cannot match, and is not decoded (a lookup by id in 10,000 messages decodes one, not 10,000). Only for
+        messages of Celery's protocol 2, whose headers hold the id and the task name as they are; protocol 1 has them
+        inside its encoded body, so such a message always may match."""
+        if not isinstance(raw, (bytes, bytearray)) or (b'"task": "' not in raw and b'"task":"' not in raw):
+            return True
+        return all(any(needle in raw for needle in needles) for needles in self._raw_needles)
 
     @property
     def needs_arguments(self):
@@ -283,6 +299,8 @@ def read_queue(queues, name, selector):
     out = []
     if queues.transport == 'redis':
         for position, (step, raw) in enumerate(queues.elements(name), 1):
+            if not selector.may_match_raw(raw):
+                continue
             view = redis_view(raw, describe)
             if selector.matches(view):
                 out.append(_entry('queued', view, queue=name, position=position, priority=view['priority'],
@@ -301,6 +319,8 @@ def held_entries(queues, selector, bindings=None):
     describe = message_describer(selector)
     out = []
     for tag, value in queues.held_entries():
+        if not selector.may_match_raw(value):
+            continue
         try:
             held = loads(value) if value is not None else None
         except NotAnEnvelope:
@@ -544,7 +564,8 @@ class Revoker(object):
                 removed[state['name']] = []
             elif self.queues.transport == 'redis':
                 removed[state['name']] = self.queues.purge_matching(
-                    state['name'], lambda raw: matcher(redis_view(raw, describe)), self.check_mode)
+                    state['name'], lambda raw: matcher(redis_view(raw, describe)) if selector.may_match_raw(raw) else None,
+                    self.check_mode)
             else:
                 removed[state['name']] = self.queues.purge_matching(
                     state['name'], matcher, self.check_mode, option='queues', describe=describe)

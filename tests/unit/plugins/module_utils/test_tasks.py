@@ -175,3 +175,33 @@ def test_stamps_are_read_from_the_stamps_header():
     assert not selector.matches(redis_view(json.dumps(envelope), describe))
     envelope['headers']['stamps'] = 'junk'
     assert not selector.matches(redis_view(json.dumps(envelope), describe))
+
+
+def raw_message(protocol, task_id, task='proj.add'):
+    """A Redis list element as kombu writes it (bytes), of Celery's protocol 2 or 1."""
+    if protocol == 2:
+        return make_envelope([[1], {}, {}], {'id': task_id, 'task': task, 'argsrepr': '(1,)'}, 'celery').encode()
+    return make_envelope({'id': task_id, 'task': task, 'args': [1], 'kwargs': {}}, {}, 'celery').encode()
+
+
+@pytest.mark.parametrize('selected, raw, may', [
+    (dict(ids=['id-1']), raw_message(2, 'id-1'), True),
+    (dict(ids=['id-1']), raw_message(2, 'id-2'), False),
+    (dict(ids=['id-2', 'id-1']), raw_message(2, 'id-1'), True),
+    (dict(task_names=['proj.add']), raw_message(2, 'id-1'), True),
+    (dict(task_names=['proj.mail']), raw_message(2, 'id-1'), False),
+    (dict(task_names=['proj.add'], ids=['id-2']), raw_message(2, 'id-1'), False),   # every selector must hold
+    # Protocol 1 keeps id and task in its base64 body: never ruled out from the raw text.
+    (dict(ids=['id-1']), raw_message(1, 'id-1'), True),
+    (dict(ids=['id-9']), raw_message(1, 'id-1'), True),
+    # A value JSON may write otherwise ("\"", non-ASCII as \u....) rules nothing out.
+    (dict(task_names=['proj."add"']), raw_message(2, 'id-1'), True),
+    (dict(task_names=['proj.ädd']), raw_message(2, 'id-1', task='proj.ädd'), True),
+    (dict(args_contains=[1]), raw_message(2, 'id-1'), True),   # only ids and names are looked for
+    (dict(ids=['id-1']), b'\xff junk', True),
+])
+def test_a_message_is_decoded_unless_its_raw_text_rules_it_out(selected, raw, may):
+    selector = Selector(params(**selected))
+    assert selector.may_match_raw(raw) is may
+    if not may:   # never ruling out a message the selector matches
+        assert not selector.matches(redis_view(raw, message_describer(selector)))
