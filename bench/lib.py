@@ -445,11 +445,59 @@ def reset_redis():
     client.set(MARKER, str(os.getpid()))
 
 
-WORKER_PIDS = os.path.join(OUT, 'worker-pids')  # Celery workers bench/worker_info.py started, one pid a line
+WORKER_PIDS = os.path.join(OUT, 'worker-pids')  # Celery workers start_workers started, one pid a line
+
+
+def start_workers(names, queue, logdir, **options):
+    """One real `celery worker` of the test app (the integration harness's Worker) per node name, consuming
+    ``queue`` with the threads pool (``options`` go to Worker); returns them once each logged ' ready.'. Their
+    pids go to WORKER_PIDS, for kill_workers_left should this process die."""
+    sys.path.insert(0, os.path.join(ROOT, 'tests', 'integration'))
+    from harness import Worker  # pylint: disable=import-error
+    options = dict(dict(pool='threads', concurrency=1), **options)
+    workers = []
+    try:
+        for name in names:
+            workers.append(Worker(REDIS_URL, name, [queue], logdir=logdir, **options))
+            with open(WORKER_PIDS, 'a') as f:
+                f.write('%d\n' % workers[-1].process.pid)
+        for one in workers:
+            one.wait_ready(timeout=120)
+    except BaseException:
+        kill_workers(workers)
+        raise
+    return workers
+
+
+def kill_workers(workers):
+    for one in workers:
+        try:
+            one.kill()
+        except Exception as exc:  # noqa: BLE001 - go on killing the others
+            log('could not kill worker %s: %s' % (one.name, exc))
+
+
+def write_section(heading, text):
+    """Put a section that its script writes itself (heading: its '## N. ...' line) into the results file:
+    in place of its earlier text, else before the performance findings, else at the end."""
+    target = os.environ.get('BENCH_RESULTS') or os.path.join(BENCH, 'RESULTS.quick.md' if QUICK else 'RESULTS.md')
+    old = open(target).read() if os.path.exists(target) else ''
+    if heading in old:
+        start = old.index(heading)
+        end = old.find('\n## ', start + len(heading))
+        new = old[:start] + text + (old[end:] if end >= 0 else '\n')
+    elif '\n## Performance findings' in old:
+        at = old.index('\n## Performance findings') + 1
+        new = old[:at] + text + '\n' + old[at:]
+    else:
+        new = old + '\n' + text + '\n'
+    with open(target, 'w') as f:
+        f.write(new)
+    log('wrote %s' % target)
 
 
 def kill_workers_left():
-    """Kill the process group of every worker bench/worker_info.py left behind (it died before its own
+    """Kill the process group of every worker start_workers left behind (it died before its own
     clean-up), if that pid is still a celery worker of ours."""
     import signal
     if not os.path.exists(WORKER_PIDS):

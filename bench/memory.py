@@ -232,7 +232,7 @@ def main():
                 when=time.strftime('%Y-%m-%d %H:%M', time.gmtime()), db=lib.REDIS_DB,
                 load=open('/proc/loadavg').read().split()[:3])
     lib.write_result('memory', data)
-    write_section(render(data))
+    lib.write_section(SECTION, render(data))
 
 
 def render(d):
@@ -275,24 +275,6 @@ def render(d):
               % (d['read_chunk'], d['chunk_bytes'] // MIB, d['chunk_bytes'] // MIB, d['chunk_bytes'] // MIB,
                  d['read_chunk'], worst, baseline_peak), '']
     return '\n'.join(lines)
-
-
-def write_section(text):
-    target = os.environ.get('BENCH_RESULTS') or os.path.join(lib.BENCH, 'RESULTS.quick.md' if lib.QUICK else
-                                                             'RESULTS.md')
-    old = open(target).read() if os.path.exists(target) else ''
-    if SECTION in old:  # replace our section, up to the next one
-        start = old.index(SECTION)
-        end = old.find('\n## ', start + len(SECTION))
-        new = old[:start] + text + (old[end:] if end >= 0 else '\n')
-    elif '\n## Performance findings' in old:
-        at = old.index('\n## Performance findings') + 1
-        new = old[:at] + text + '\n' + old[at:]
-    else:
-        new = old + '\n' + text + '\n'
-    with open(target, 'w') as f:
-        f.write(new)
-    lib.log('wrote %s' % target)
 
 
 if __name__ == '__main__':

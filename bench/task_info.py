@@ -61,32 +61,6 @@ def jq_name(name):
 
 # -- workers -----------------------------------------------------------------------------------
 
-def start_workers(logdir):
-    sys.path.insert(0, os.path.join(lib.ROOT, 'tests', 'integration'))
-    from harness import Worker  # pylint: disable=import-error
-    workers = []
-    try:
-        for name in NODES:
-            workers.append(Worker(lib.REDIS_URL, name, [RUN_QUEUE], pool='threads', concurrency=1, prefetch=2,
-                                  logdir=logdir))
-            with open(lib.WORKER_PIDS, 'a') as f:  # for bench/run's clean-up, should this process die
-                f.write('%d\n' % workers[-1].process.pid)
-        for one in workers:
-            one.wait_ready(timeout=120)
-    except BaseException:
-        kill_workers(workers)
-        raise
-    return workers
-
-
-def kill_workers(workers):
-    for one in workers:
-        try:
-            one.kill()
-        except Exception as exc:  # noqa: BLE001 - go on killing the others
-            lib.log('could not kill worker %s: %s' % (one.name, exc))
-
-
 def worker_tasks():
     """(active ids, reserved ids) of the workers, as `celery inspect --json` reports them."""
     env = {'CELERY_BROKER_URL': lib.REDIS_URL}
@@ -167,7 +141,7 @@ def bench(logdir):
     if len(named) != counts[NAME]:
         raise AssertionError('%d messages of %s, fill_backlog says %d' % (len(named), NAME, counts[NAME]))
     start = time.perf_counter()
-    workers = start_workers(logdir)
+    workers = lib.start_workers(NODES, RUN_QUEUE, logdir, prefetch=2)
     lib.log('3 workers ready in %.1f s' % (time.perf_counter() - start))
     try:
         active, reserved = occupy_workers(client)
@@ -220,7 +194,7 @@ def bench(logdir):
             lib.log('task_info round %d/%d: %s (load %s)' % (round_ + 1, ROUNDS, ', '.join(
                 '%s %.2fs' % (k, v['wall'][-1]) for k, v in sorted(results.items())), loads[-1]))
     finally:
-        kill_workers(workers)
+        lib.kill_workers(workers)
     out = dict(n=N, mean_bytes=size, name=NAME, named=len(named), counts=counts, rounds=ROUNDS, nodes=NODES,
                queue=QUEUE, run_queue=RUN_QUEUE, timeout=TIMEOUT, loads=loads, db=lib.REDIS_DB,
                when=time.strftime('%Y-%m-%d %H:%M', time.gmtime()),
@@ -287,24 +261,6 @@ def render(d):
     return '\n'.join(lines)
 
 
-def write_section(text):
-    target = os.environ.get('BENCH_RESULTS') or os.path.join(lib.BENCH, 'RESULTS.quick.md' if lib.QUICK else
-                                                             'RESULTS.md')
-    old = open(target).read() if os.path.exists(target) else ''
-    if SECTION in old:  # this section again: replace it, up to the next one
-        start = old.index(SECTION)
-        end = old.find('\n## ', start + len(SECTION))
-        new = old[:start] + text + ('\n' + old[end + 1:] if end >= 0 else '')
-    elif '\n## Performance findings' in old:
-        at = old.index('\n## Performance findings') + 1
-        new = old[:at] + text + '\n' + old[at:]
-    else:
-        new = old + '\n' + text + '\n'
-    with open(target, 'w') as f:
-        f.write(new)
-    lib.log('wrote %s' % target)
-
-
 def main():
     # SIGTERM ends the run through the finally clauses, which kill the workers.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -315,7 +271,7 @@ def main():
     finally:
         lib.reset_redis()
     lib.write_result('task_info', data)
-    write_section(render(data))
+    lib.write_section(SECTION, render(data))
 
 
 if __name__ == '__main__':

@@ -45,38 +45,6 @@ def node_names(n):
 
 # -- workers -----------------------------------------------------------------------------------
 
-def worker_class():
-    """The integration harness's Worker (a real `celery worker` process of the test app)."""
-    sys.path.insert(0, os.path.join(lib.ROOT, 'tests', 'integration'))
-    from harness import Worker  # pylint: disable=import-error
-    return Worker
-
-
-def start_workers(names, logdir):
-    """Start one worker per node name, then wait until each logged ' ready.'."""
-    worker = worker_class()
-    workers = []
-    try:
-        for name in names:
-            workers.append(worker(lib.REDIS_URL, name, [QUEUE], pool='threads', concurrency=1, logdir=logdir))
-            with open(lib.WORKER_PIDS, 'a') as f:  # for bench/run's clean-up, should this process die
-                f.write('%d\n' % workers[-1].process.pid)
-        for one in workers:
-            one.wait_ready(timeout=120)
-    except BaseException:
-        kill_workers(workers)
-        raise
-    return workers
-
-
-def kill_workers(workers):
-    for one in workers:
-        try:
-            one.kill()
-        except Exception as exc:  # noqa: BLE001 - go on killing the others
-            lib.log('could not kill worker %s: %s' % (one.name, exc))
-
-
 def worker_command(worker):
     """A worker's command line as one would type it (python -m celery -> celery, no --logfile)."""
     argv = list(worker.process.args)[3:]
@@ -220,7 +188,7 @@ def payload_seconds(module):
 def bench_size(n, logdir):
     names = node_names(n)
     start = time.perf_counter()
-    workers = start_workers(names, logdir)
+    workers = lib.start_workers(names, QUEUE, logdir)
     started = time.perf_counter() - start
     lib.log('%d workers ready in %.1f s' % (n, started))
     results = dict(ping=dict(wall=[], task=[]), worker_info=dict(wall=[], task=[], elapsed=[], result_bytes=[]),
@@ -272,7 +240,7 @@ def bench_size(n, logdir):
                         results['celery_cli']['wall'][-1], inprocess['as_is']['close'][-1]))
         command = worker_command(workers[0])
     finally:
-        kill_workers(workers)
+        lib.kill_workers(workers)
     out = dict(n=n, names=names, start_seconds=started, worker_command=command, variants={},
                command=lib.playbook_command('worker_info.yml', module_vars(names)))
     for name in ('ping', 'worker_info', 'celery_cli'):
