@@ -338,8 +338,9 @@ def listen(broker, summary, duration, max_events=None, types=None, layout=None):
                     error.msg = 'the broker stopped answering while listening for events: ' + error.msg
                     raise
                 checked = time.monotonic()
-            received_at = time.monotonic()
-            for body in events.receive(min(left, 0.5)):
+            bodies = events.receive(min(left, 0.5))
+            received_at = time.monotonic()   # when they came (receive returns at the first), not when the wait began
+            for body in bodies:
                 if body is None:
                     summary.undecodable += 1
                     continue

@@ -295,6 +295,10 @@ def test_junk_on_the_event_exchange_is_counted_and_real_events_still_read(broker
         stop.set()
         thread.join(30)
     assert rounds and rounds[0] > 0
-    assert 'ev@fleet' in result['workers'] and result['workers']['ev@fleet']['online']
+    # Its heartbeats were read among the junk (whether it still counts as online at the window's end, two heartbeat
+    # intervals of 1 s, depends on how loaded the machine is, not on the junk).
+    real = result['workers'].get('ev@fleet')
+    assert real and isinstance(real['last_heartbeat'], float) and real['freq'] == 1.0, result['workers']
+    assert real['offline_reason'] != 'worker-offline', real
     assert 'rogue@h' not in result['workers'] and result['failures_total'] == 0
     assert result['undecodable'] >= 4, result['undecodable']
