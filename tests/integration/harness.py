@@ -210,6 +210,16 @@ def wait_for(probe, timeout=60, what='condition'):
     raise AssertionError('timed out waiting for %s' % what)
 
 
+def held_by_a_worker_gone(workers, broker, queue, node):
+    """A task in kombu's unacked hash whose worker is gone: an ETA task the worker ``node`` took from ``queue``
+    (Redis holds it there until the visibility timeout), then the worker killed. Returns the task ids."""
+    worker = workers.start(broker.url, node, [queue])
+    ids = publish(broker.url, 'fleet_tasks.add', queue, args=(1, 1), countdown=600)
+    wait_for(lambda: broker.client.hlen('unacked') == 1, what='the ETA task to be held')
+    worker.kill()
+    return ids
+
+
 def recorded(path):
     """Task ids a fleet_tasks.record file holds, one per run."""
     try:

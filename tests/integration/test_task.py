@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from harness import RedisBroker, publish, recorded, wait_for
+from harness import RedisBroker, held_by_a_worker_gone, publish, recorded, wait_for
 
 
 @pytest.fixture(params=['redis', 'rabbitmq'])
@@ -157,10 +157,7 @@ def test_bad_input_names_the_option_and_sends_nothing(redis_env, ansible, args, 
 @pytest.mark.module_logic
 def test_held_messages_reported_and_removed_only_when_asked(redis_env, ansible, workers):
     url = redis_env.url
-    worker = workers.start(url, 'holder@tasks', ['held'])
-    later = publish(url, 'fleet_tasks.add', 'held', args=(1, 1), countdown=600)
-    wait_for(lambda: redis_env.client.hlen('unacked') == 1, what='the ETA task to be held')
-    worker.kill()   # a worker that went away: its message waits in unacked for the visibility timeout
+    later = held_by_a_worker_gone(workers, redis_env, 'held', 'holder@tasks')
     args = dict(broker_url=url, ids=later, queues=['held'], timeout=0.5)
     result = task(ansible, **args)
     assert [h['id'] for h in result['held']] == later and result['removed_held'] == 0, result

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from harness import RedisBroker, publish, wait_for
+from harness import RedisBroker, held_by_a_worker_gone, publish
 
 
 @pytest.fixture(params=['redis', 'rabbitmq'])
@@ -186,10 +186,7 @@ def test_redis_untouched(redis_env, ansible):
 @pytest.mark.module_logic
 def test_a_message_held_by_a_worker_gone_is_unacked_on_redis(redis_env, ansible, workers):
     url = redis_env.url
-    worker = workers.start(url, 'gone@tasks', ['held'])
-    later = publish(url, 'fleet_tasks.add', 'held', args=(1, 1), countdown=600)
-    wait_for(lambda: redis_env.client.hlen('unacked') == 1, what='the ETA task to be held')
-    worker.kill()
+    later = held_by_a_worker_gone(workers, redis_env, 'held', 'gone@tasks')
     result = info(ansible, broker_url=url, ids=later, queues=['held'], timeout=0.3)
     assert [(t['id'], t['where'], t['queue']) for t in result['tasks']] == [(later[0], 'unacked', 'held')], result
     assert result['tasks'][0]['delivery_tag'] and result['counts']['unacked'] == 1
