@@ -413,7 +413,44 @@ def per_task_floor(floor, targets):
         add('| celery_queue_info task / ping task, %s | %.2f× | – |' % (
             strategy, per_task(strategy, 'queue_info') / per_task(strategy, 'ping')))
     add('')
+    lines.extend(floor_first_and_later(floor, labels))
     lines.extend(floor_inprocess(floor))
+    return lines
+
+
+def floor_first_and_later(floor, labels):
+    """Part of 1b: from the warm-up run (bench_timer callback), a playbook's first task against each later one."""
+    warmup = floor.get('warmup')
+    if not warmup:
+        return []
+    lines = ['Where a per-task figure goes, from the warm-up run of each playbook (the bench_timer callback: a '
+             'task\'s start to its result on the controller, one run): the **first** task also pays for the '
+             'connection and, under Mitogen, for loading the module; **later** is the median of tasks 2 to %d.'
+             % floor['n_tasks'], '', '| strategy | variant | first task | later tasks |', '|---|---|---|---|']
+    for strategy in floor['strategies']:
+        for name, label in labels:
+            entry = warmup.get('%s/%s' % (strategy, name))
+            if entry:
+                lines.append('| %s | %s | %.0f ms | %s |' % (strategy, label, entry['first'] * 1000,
+                                                             spread(entry['later'], 'ms', 0)))
+    lines.append('')
+    later = dict((key, entry['later']['median']) for key, entry in warmup.items())
+    if 'mitogen_linear/queue_info' in later and later.get('linear/ping') and later.get('mitogen_linear/ping'):
+        lines.append('Later tasks only: celery_queue_info under mitogen_linear / ping under linear **%.2f×**; / ping '
+                     'under mitogen_linear **%.2f×**; celery_queue_info − the floor with redis-py, mitogen_linear '
+                     '**%.3f s**.' % (later['mitogen_linear/queue_info'] / later['linear/ping'],
+                                      later['mitogen_linear/queue_info'] / later['mitogen_linear/ping'],
+                                      later['mitogen_linear/queue_info'] - later['mitogen_linear/floor_redis']))
+        lines.append('')
+        lines.append('Why a celery_queue_info task costs more than the floor under Mitogen, though its `main()` takes '
+                     'about as long as the floor\'s work (the table below): Mitogen runs a module in its persistent '
+                     'interpreter only when the module uses no module_utils beyond ansible-core\'s. A module with a '
+                     'collection\'s module_utils (every module here, as in community.general) runs in a new fork of '
+                     'a clean interpreter for each task (`NewStylePlanner.should_fork` in ansible_mitogen/planner.py), '
+                     'which imports redis-py again (redis-py 8 imports asyncio: about 0.1 s) along with the '
+                     'module_utils. ping and the floor run in the persistent interpreter, where redis-py stays '
+                     'imported after their first task.')
+        lines.append('')
     return lines
 
 
