@@ -66,7 +66,7 @@ from ansible_collections.celeryops.fleet.plugins.module_utils._queues import che
 
 OPTIONS = ('broker_url', 'broker_password', 'connect_timeout', 'tls_ca_file', 'tls_cert_file', 'tls_key_file',
            'tls_verify', 'global_keyprefix', 'priority_steps', 'sep', 'management_url', 'management_user',
-           'management_password', 'management_validate_certs')
+           'management_password', 'management_validate_certs', 'master_name', 'sentinel_password')
 
 
 class LookupModule(LookupBase):

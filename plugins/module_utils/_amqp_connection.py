@@ -116,6 +116,10 @@ class AmqpConnection(object):
         if not HAS_PIKA:
             raise BrokerError('the pika Python library is needed for %s' % broker.endpoint)
         self.broker = broker
+        self._connect()
+
+    @staticmethod
+    def _parameters_of(broker):
         credentials = pika.PlainCredentials(broker.user or 'guest', broker.password or 'guest')
         kwargs = dict(host=broker.host, port=broker.port, virtual_host=broker.vhost, credentials=credentials,
                       connection_attempts=1, retry_delay=0, socket_timeout=broker.timeout,
@@ -123,14 +127,38 @@ class AmqpConnection(object):
                       client_properties={'connection_name': CLIENT_NAME})
         if broker.tls:
             kwargs['ssl_options'] = pika.SSLOptions(ssl_context(broker), server_hostname=broker.host)
-        self._parameters = pika.ConnectionParameters(**kwargs)
-        self._connect()
+        return pika.ConnectionParameters(**kwargs)
 
     def _connect(self):
+        """Connect to the first URL of broker_url (a failover list, in order) that answers within connect_timeout,
+        and tell the broker which one did. Another URL is tried only when one is unreachable: a wrong password,
+        vhost or certificate fails at once, naming the option. (kombu's round-robin or shuffle spread long-lived
+        workers over the URLs; a one-shot check just needs one that answers.)"""
+        primary = self.broker
+        candidates = primary.candidates
+        unreachable = []
+        for index, candidate in enumerate(candidates):
+            self.broker = candidate   # messages name what is being tried
+            try:
+                self._connect_to(self._parameters_of(candidate))
+            except BrokerError as error:
+                if not error.lost or len(candidates) == 1:
+                    raise
+                unreachable.append((candidate.endpoint, error.msg))
+                continue
+            finally:
+                self.broker = primary
+            primary.answered(candidate, index, unreachable)
+            return
+        raise BrokerError('none of the %d broker URLs answered within %ss (connect_timeout): %s'
+                          % (len(candidates), primary.timeout, '; '.join(msg for _e, msg in unreachable)),
+                          option='broker_url', endpoint=primary.endpoint, lost=True)
+
+    def _connect_to(self, parameters):
         self.broken = False
         self.blocked = None
         self._connection = None
-        self._connection = self.call(pika.BlockingConnection, self._parameters, what='connecting')
+        self._connection = self.call(pika.BlockingConnection, parameters, what='connecting')
         self._connection.add_on_connection_blocked_callback(self._on_blocked)
         self._connection.add_on_connection_unblocked_callback(self._on_unblocked)
         self._channel = None

@@ -27,6 +27,9 @@ _SCHEMES = {
     'pyamqps': ('amqp', True),
 }
 _DEFAULT_PORTS = {('redis', False): 6379, ('redis', True): 6379, ('amqp', False): 5672, ('amqp', True): 5671}
+# Redis Sentinel, as Celery writes it: sentinel://[:password@]host:26379[/db], several separated by ';'.
+SENTINEL_SCHEME = 'sentinel'
+SENTINEL_PORT = 26379
 
 # TLS settings accepted in the URL query (redis-py/kombu spelling) and as options.
 # What a URL scheme may look like (RFC 3986); anything else is not echoed back, as it may be
@@ -85,6 +88,8 @@ def broker_argument_spec():
         tls_cert_file=dict(type='path'),
         tls_key_file=dict(type='path'),
         tls_verify=dict(type='bool'),
+        master_name=dict(type='str'),
+        sentinel_password=dict(type='str', no_log=True),
     )
 
 
@@ -93,7 +98,7 @@ class BrokerURL(object):
 
     def __init__(self, transport, tls, host, port, user=None, password=None, db=0, vhost='/',
                  tls_ca_file=None, tls_cert_file=None, tls_key_file=None, tls_verify=True,
-                 timeout=DEFAULT_CONNECT_TIMEOUT):
+                 timeout=DEFAULT_CONNECT_TIMEOUT, sentinels=None, master_name=None, sentinel_password=None):
         self.transport = transport
         self.tls = tls
         self.host = host
@@ -107,6 +112,42 @@ class BrokerURL(object):
         self.tls_key_file = tls_key_file
         self.tls_verify = tls_verify
         self.timeout = timeout
+        # Redis Sentinel: [(host, port)] of the Sentinels and the master's name; host and port are then the
+        # first Sentinel's until a connection resolves the master (answered()).
+        self.sentinels = sentinels
+        self.master_name = master_name
+        self.sentinel_password = sentinel_password
+        self.sentinel = None      # 'host:port' of the Sentinel that named the master, once one did
+        # A failover list (Celery's 'url1;url2'): the BrokerURL of each, in order; [self] for a single URL.
+        self.candidates = [self]
+        self.answered_index = 0   # which candidate answered (0 until a connection says otherwise)
+        self.unreachable = []     # [(endpoint, message)] of the candidates tried before it, that did not answer
+        self._facts = None
+
+    def copy(self, **changes):
+        """A BrokerURL like this one (its own candidates list: [itself]), with ``changes``."""
+        fields = dict((name, getattr(self, name)) for name in (
+            'user', 'password', 'db', 'vhost', 'tls_ca_file', 'tls_cert_file', 'tls_key_file', 'tls_verify', 'timeout',
+            'sentinels', 'master_name', 'sentinel_password'))
+        fields.update(transport=self.transport, tls=self.tls, host=self.host, port=self.port)
+        fields.update(changes)
+        other = BrokerURL(**fields)
+        other.sentinel = self.sentinel
+        return other
+
+    def answered(self, target, index=0, unreachable=()):
+        """The connection layer says which one answered: ``target`` (candidate ``index`` of a failover list, or the
+        master a Sentinel named), after ``unreachable`` [(endpoint, message)] did not. From then on ``endpoint`` names
+        it, and the dict facts() gave (also one a result took before connecting) says so."""
+        for name in ('tls', 'host', 'port', 'user', 'password', 'db', 'vhost', 'tls_ca_file', 'tls_cert_file',
+                     'tls_key_file', 'tls_verify', 'sentinel'):
+            setattr(self, name, getattr(target, name))
+        self.answered_index = index
+        self.unreachable = list(unreachable)
+        if self._facts is not None:
+            fresh = self._make_facts()
+            self._facts.clear()
+            self._facts.update(fresh)
 
     @property
     def scheme(self):
@@ -119,13 +160,24 @@ class BrokerURL(object):
         Not written as a URL on purpose: Ansible masks any no_log value (the whole
         broker_url) that appears in output, which would blank a password-less URL.
         """
-        where = '%s:%s' % (('[%s]' % self.host) if ':' in self.host else self.host, self.port)
+        where = _hostport(self.host, self.port)
+        if self.sentinels and not self.sentinel:
+            return 'sentinel %s master %s db %s' % (','.join(_hostport(h, p) for h, p in self.sentinels),
+                                                    self.master_name, self.db)
+        if self.sentinels:
+            return '%s %s db %s (master %s named by sentinel %s)' % (
+                self.scheme, where, self.db, self.master_name, self.sentinel)
         if self.transport == 'redis':
             return '%s %s db %s' % (self.scheme, where, self.db)
         return '%s %s vhost %s' % (self.scheme, where, self.vhost)
 
     def redacted(self):
-        """The URL with the password replaced by ``***``."""
+        """The URL with the password replaced by ``***`` (of every URL of a failover list or Sentinel list)."""
+        if len(self.candidates) > 1:
+            return ';'.join(candidate.redacted() for candidate in self.candidates)
+        if self.sentinels:
+            auth = (quote(self.user or '', safe='') + (':***' if self.password else '') + '@') if self.user or self.password else ''
+            return ';'.join('sentinel://%s%s/%s' % (auth, _hostport(h, p), self.db) for h, p in self.sentinels)
         auth = ''
         if self.user or self.password:
             auth = quote(self.user or '', safe='') + (':***' if self.password else '') + '@'
@@ -141,14 +193,32 @@ class BrokerURL(object):
         return bool(self.user and self.password and self.password in self.user)
 
     def facts(self):
-        """What modules return about the broker: no password, no URL; ``user`` is null when ``user_hidden``."""
+        """What modules return about the broker: no password, no URL; ``user`` is null when ``user_hidden``.
+
+        Always the same dict: answered() updates it when a connection finds which candidate or which Sentinel
+        master answered, so a result that took it before connecting still says which one it was."""
+        if self._facts is None:
+            self._facts = self._make_facts()
+        return self._facts
+
+    def _make_facts(self):
         out = dict(transport=self.transport, tls=self.tls, host=self.host, port=self.port,
                    user=None if self.user_hidden else self.user)
         if self.transport == 'redis':
             out['db'] = self.db
         else:
             out['vhost'] = self.vhost
+        if len(self.candidates) > 1:
+            out['failover'] = dict(answered=self.answered_index + 1, urls=len(self.candidates),
+                                   unreachable=[dict(endpoint=e, error=m) for e, m in self.unreachable])
+        if self.sentinels:
+            out['sentinel'] = dict(master_name=self.master_name, sentinels=[_hostport(h, p) for h, p in self.sentinels],
+                                   answered=self.sentinel)
         return out
+
+
+def _hostport(host, port):
+    return '%s:%s' % (('[%s]' % host) if ':' in host else host, port)
 
 
 USER_HIDDEN_WARNING = ('broker.user is null: the broker password is the user name (or part of it), so showing the '
@@ -177,27 +247,77 @@ def split_url(url):
 
 
 def parse_broker_url(url, password=None, timeout=DEFAULT_CONNECT_TIMEOUT, tls_ca_file=None,
-                     tls_cert_file=None, tls_key_file=None, tls_verify=None):
+                     tls_cert_file=None, tls_key_file=None, tls_verify=None, master_name=None, sentinel_password=None):
     """Parse a Celery/kombu broker URL into a BrokerURL, or raise OptionError naming the fault.
 
-    Accepts kombu's own forms, e.g. ``amqp://guest:guest@host:5672//`` for the default vhost.
+    Accepts kombu's own forms, e.g. ``amqp://guest:guest@host:5672//`` for the default vhost; a failover list
+    (``url1;url2``, or a list as kombu takes it), all of one transport, its URLs in ``candidates``; and Redis
+    Sentinel (``sentinel://[:password@]host:26379[;sentinel://host2:26379]``, the master named by
+    ``master_name``), whose password and database come from the first URL, as kombu takes them.
     """
     if not url:
         raise OptionError('broker_url is required: set the option or the CELERY_BROKER_URL environment variable',
                           option='broker_url')
     check_seconds(timeout, 'connect_timeout')
+    pieces = [piece.strip() for piece in (url if isinstance(url, (list, tuple)) else str(url).split(';'))]
+    pieces = [piece for piece in pieces if piece]
+    if not pieces:
+        raise OptionError('broker_url holds no URL (only separators)', option='broker_url')
+    tls_options = dict(tls_ca_file=tls_ca_file, tls_cert_file=tls_cert_file, tls_key_file=tls_key_file,
+                       tls_verify=tls_verify)
+    parsed = []
+    for position, piece in enumerate(pieces):
+        try:
+            parsed.append(_parse_one(piece, password, timeout, **tls_options))
+        except OptionError as error:
+            if len(pieces) > 1 and error.option == 'broker_url':
+                error.msg = error.msg.replace('broker_url', 'broker_url (URL %d of %d)' % (position + 1, len(pieces)), 1)
+            raise
+    sentinel = [bool(b.sentinels) for b in parsed]
+    if any(sentinel):
+        if not all(sentinel):
+            raise OptionError('broker_url: a list with sentinel:// URLs must hold only sentinel:// URLs (the Sentinels '
+                              'of one master); got %s' % ', '.join(_scheme_of(b) for b in parsed), option='broker_url')
+        if not master_name:
+            raise OptionError("master_name is required with a sentinel:// broker_url (Celery's "
+                              "broker_transport_options={'master_name': ...})", option='master_name')
+        first = parsed[0]
+        return first.copy(sentinels=[s for b in parsed for s in b.sentinels], master_name=master_name,
+                          sentinel_password=sentinel_password)
+    for name, value in (('master_name', master_name), ('sentinel_password', sentinel_password)):
+        if value:
+            raise OptionError('%s is for a sentinel:// broker_url; this one is %s' % (name, _scheme_of(parsed[0])),
+                              option=name)
+    if len(set(b.transport for b in parsed)) > 1:
+        raise OptionError('broker_url: every URL of a failover list must be of one transport (all Redis or all '
+                          'RabbitMQ), got %s' % ', '.join(_scheme_of(b) for b in parsed), option='broker_url')
+    if len(parsed) == 1:
+        return parsed[0]
+    primary = parsed[0].copy()
+    primary.candidates = parsed
+    return primary
+
+
+def _scheme_of(broker):
+    return SENTINEL_SCHEME if broker.sentinels else broker.scheme
+
+
+def _parse_one(url, password, timeout, tls_ca_file=None, tls_cert_file=None, tls_key_file=None, tls_verify=None):
+    """One URL of broker_url (see parse_broker_url)."""
     if '://' not in url:
         raise OptionError("broker_url must look like redis://host:6379/0 or amqp://user@host:5672/vhost "
                           "(no '://' found)", option='broker_url')
     scheme = url.split('://', 1)[0].lower()
-    if scheme not in _SCHEMES:
+    if scheme not in _SCHEMES and scheme != SENTINEL_SCHEME:
         if not _SCHEME_RE.match(scheme) or len(scheme) > 20:
             # Not a scheme at all (e.g. 'user:password@host://'): do not echo it, it may hold the password.
             raise OptionError("broker_url must start with redis://, rediss://, amqp:// or amqps:// "
                               "(what precedes '://' is not a URL scheme)", option='broker_url')
-        raise OptionError("broker_url: unsupported scheme '%s'; use redis://, rediss://, amqp:// or amqps://"
-                          % scheme, option='broker_url')
-    transport, tls = _SCHEMES[scheme]
+        raise OptionError("broker_url: unsupported scheme '%s'; use redis://, rediss://, amqp://, amqps:// or "
+                          "sentinel://" % scheme, option='broker_url')
+    sentinel = scheme == SENTINEL_SCHEME
+    # Sentinel: TLS to the master when a TLS setting asks for it (kombu: broker_use_ssl); the Sentinels in plaintext.
+    transport, tls = _SCHEMES[scheme] if not sentinel else ('redis', None)
     # The messages of urlsplit may quote the netloc, which can hold the password: never pass them on.
     try:
         parts = split_url(url)
@@ -215,7 +335,7 @@ def parse_broker_url(url, password=None, timeout=DEFAULT_CONNECT_TIMEOUT, tls_ca
         raise OptionError('broker_url: the port must be a number from 1 to 65535', option='broker_url') from None
     host = parts.hostname or 'localhost'
     if port is None:
-        port = _DEFAULT_PORTS[(transport, tls)]
+        port = SENTINEL_PORT if sentinel else _DEFAULT_PORTS[(transport, tls)]
     if port == 0:
         raise OptionError('broker_url: port 0 is not a valid broker port', option='broker_url')
     user = unquote(parts.username) if parts.username else None
@@ -243,6 +363,8 @@ def parse_broker_url(url, password=None, timeout=DEFAULT_CONNECT_TIMEOUT, tls_ca
     ca_file = tls_ca_file or query.get('ssl_ca_certs')
     cert_file = tls_cert_file or query.get('ssl_certfile')
     key_file = tls_key_file or query.get('ssl_keyfile')
+    if sentinel:
+        tls = bool(ca_file or cert_file or key_file or tls_verify is not None or 'ssl_cert_reqs' in query)
     if not tls and (ca_file or cert_file or key_file):
         # Also when they came from the URL query (ssl_ca_certs, ssl_certfile, ssl_keyfile): TLS was meant.
         raise OptionError('tls_ca_file, tls_cert_file and tls_key_file need a TLS broker_url (rediss:// or amqps://); '
@@ -256,7 +378,8 @@ def parse_broker_url(url, password=None, timeout=DEFAULT_CONNECT_TIMEOUT, tls_ca
     return BrokerURL(transport, tls, host, port, user=user,
                      password=password if password is not None else url_password,
                      db=db, vhost=vhost, tls_ca_file=ca_file, tls_cert_file=cert_file,
-                     tls_key_file=key_file, tls_verify=verify, timeout=float(timeout))
+                     tls_key_file=key_file, tls_verify=verify, timeout=float(timeout),
+                     sentinels=[(host, port)] if sentinel else None)
 
 
 def broker_from_params(params):
@@ -264,7 +387,8 @@ def broker_from_params(params):
     return parse_broker_url(params.get('broker_url'), password=params.get('broker_password'),
                             timeout=params.get('connect_timeout'), tls_ca_file=params.get('tls_ca_file'),
                             tls_cert_file=params.get('tls_cert_file'), tls_key_file=params.get('tls_key_file'),
-                            tls_verify=params.get('tls_verify'))
+                            tls_verify=params.get('tls_verify'), master_name=params.get('master_name'),
+                            sentinel_password=params.get('sentinel_password'))
 
 
 def ssl_context(broker, verify=None, client_cert=True):

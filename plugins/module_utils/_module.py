@@ -50,7 +50,7 @@ def missing_library(params):
     part of a Redis check's start-up time otherwise. A library that did not import is tried again (has_redis,
     has_pika): under Mitogen the connection module may come from an earlier task of the same interpreter."""
     url = (params.get('broker_url') or '').lower()
-    if url.startswith(('redis', 'rediss')):
+    if url.startswith(('redis', 'rediss', 'sentinel')):
         from ansible_collections.celeryops.fleet.plugins.module_utils import _redis_connection
         if not _redis_connection.has_redis():
             return 'redis', _redis_connection.REDIS_IMPORT_ERROR

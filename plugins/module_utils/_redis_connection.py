@@ -59,19 +59,119 @@ class RedisConnection(object):
         if not HAS_REDIS:
             raise BrokerError('the redis Python library is needed for %s' % broker.endpoint)
         self.broker = broker
+        self.client_name = client_name
         self.broken = False
-        kwargs = dict(host=broker.host, port=broker.port, db=broker.db, username=broker.user,
-                      password=broker.password, socket_timeout=broker.timeout,
-                      socket_connect_timeout=broker.timeout, retry=Retry(NoBackoff(), 0), client_name=client_name)
-        if broker.tls:
-            kwargs.update(ssl=True, ssl_ca_certs=broker.tls_ca_file, ssl_certfile=broker.tls_cert_file,
-                          ssl_keyfile=broker.tls_key_file, ssl_check_hostname=broker.tls_verify,
-                          ssl_cert_reqs='required' if broker.tls_verify else 'none')
-            ssl_context(broker)  # fails early and clearly on unreadable TLS files
-        self.client = redis.Redis(**kwargs)
+        self.client = None
         self.connected = False   # once the broker answered, a connection error means it went away
-        self.ping()
-        self.connected = True
+        self._open()
+
+    def _open(self):
+        """Connect to the first candidate of ``broker`` (a failover list, in order) that answers within
+        connect_timeout, through Sentinel to the master it names, and tell the broker which one answered.
+
+        Order only: kombu's round-robin or shuffle spread long-lived workers over the URLs, a one-shot check
+        just needs one that answers. Another candidate is tried only when one is unreachable (refused, reset,
+        silent): a wrong password or certificate fails at once, naming the option."""
+        primary = self.broker
+        candidates = primary.candidates
+        unreachable = []
+        for index, candidate in enumerate(candidates):
+            target = candidate
+            try:
+                if candidate.sentinels:
+                    target = self._master(candidate)
+                self.broker = target    # messages name what is being tried
+                self.connected = False
+                client = self._client(target)
+                self.call(client.ping)
+            except BrokerError as error:
+                if not error.lost or len(candidates) == 1:
+                    self.broker = primary
+                    raise
+                unreachable.append((target.endpoint, error.msg))
+                continue
+            finally:
+                self.broker = primary
+            primary.answered(target, index, unreachable)
+            if self.client is None:
+                self.client = client
+            else:
+                # The same client object: the layers above (and scripts registered on it) keep working.
+                self.client.connection_pool.disconnect()
+                self.client.connection_pool = client.connection_pool
+            self.connected, self.broken = True, False
+            return
+        raise BrokerError('none of the %d broker URLs answered within %ss (connect_timeout): %s'
+                          % (len(candidates), primary.timeout, '; '.join(msg for _e, msg in unreachable)),
+                          option='broker_url', endpoint=primary.endpoint, lost=True)
+
+    def _client(self, target):
+        kwargs = dict(host=target.host, port=target.port, db=target.db, username=target.user,
+                      password=target.password, socket_timeout=target.timeout,
+                      socket_connect_timeout=target.timeout, retry=Retry(NoBackoff(), 0), client_name=self.client_name)
+        if target.tls:
+            kwargs.update(ssl=True, ssl_ca_certs=target.tls_ca_file, ssl_certfile=target.tls_cert_file,
+                          ssl_keyfile=target.tls_key_file, ssl_check_hostname=target.tls_verify,
+                          ssl_cert_reqs='required' if target.tls_verify else 'none')
+            ssl_context(target)  # fails early and clearly on unreadable TLS files
+        return redis.Redis(**kwargs)
+
+    def _master(self, candidate):
+        """The master the Sentinels of ``candidate`` name for its master_name, as a BrokerURL (redis-py's Sentinel
+        asks them in turn). Unreachable Sentinels, or a master they see down (a failover under way), are ``lost``:
+        a wait asks again. Sentinels that answer but know no such master, or refuse the password, are not."""
+        from redis.sentinel import MasterNotFoundError, Sentinel
+        timeout = candidate.timeout
+        kwargs = dict(socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+        if candidate.sentinel_password:
+            kwargs['password'] = candidate.sentinel_password
+        where = ','.join('%s:%s' % pair for pair in candidate.sentinels)
+        sentinel = Sentinel(candidate.sentinels, sentinel_kwargs=kwargs)
+        secrets = (candidate.sentinel_password, candidate.password)
+        try:
+            try:
+                host, port = sentinel.discover_master(candidate.master_name)
+            except MasterNotFoundError as exc:
+                # redis-py's message holds a long repr of each Sentinel client: only what it says of them is kept.
+                reason = scrub(exc, *secrets)
+                if 'AuthenticationError' in reason or 'WRONGPASS' in reason or 'NOAUTH' in reason:
+                    raise BrokerError('the Sentinels %s refused the password (sentinel_password)' % where,
+                                      option='sentinel_password', endpoint=candidate.endpoint)
+                known = self._sentinels_know(sentinel, candidate.master_name)
+                if known is False:
+                    raise BrokerError("no Sentinel of %s knows a master named '%s' (master_name)"
+                                      % (where, candidate.master_name), option='master_name', endpoint=candidate.endpoint)
+                raise BrokerError("the Sentinels %s name no master '%s' that is up (%s)"
+                                  % (where, candidate.master_name, 'a failover under way?' if known else
+                                     'no Sentinel answered within %ss (connect_timeout)' % timeout),
+                                  option='broker_url', endpoint=candidate.endpoint, lost=True)
+            except redis.ResponseError as exc:   # NOAUTH / WRONGPASS from a Sentinel that wants a password
+                raise BrokerError('the Sentinels %s refused us: %s (sentinel_password)' % (where, scrub(exc, *secrets)),
+                                  option='sentinel_password', endpoint=candidate.endpoint)
+            except redis.RedisError as exc:
+                raise BrokerError('asking the Sentinels %s for the master failed: %s' % (where, scrub(exc, *secrets)),
+                                  option='broker_url', endpoint=candidate.endpoint, lost=True)
+            # Which Sentinel answered: discover_master moves it to the front.
+            answered = sentinel.sentinels[0].connection_pool.connection_kwargs
+            target = candidate.copy(host=host, port=int(port))
+            target.sentinel = '%s:%s' % (answered.get('host'), answered.get('port'))
+            return target
+        finally:
+            for client in sentinel.sentinels:
+                client.close()
+
+    @staticmethod
+    def _sentinels_know(sentinel, name):
+        """Whether any Sentinel that answers knows master ``name``: None if none answers."""
+        answer = None
+        for client in sentinel.sentinels:
+            try:
+                if name in client.sentinel_masters():
+                    return True
+                answer = False
+            except redis.RedisError:
+                continue
+        return answer
 
     def ping(self):
         self.call(self.client.ping)
@@ -80,11 +180,11 @@ class RedisConnection(object):
         self.client.close()
 
     def reconnect(self):
-        """Drop the pooled connections and check that the broker answers again."""
+        """Drop the pooled connections and connect again: to the first candidate that answers, and through
+        Sentinel to the master it names now (after a failover, the new one)."""
         self.client.connection_pool.disconnect()
         self.connected = False
-        self.ping()
-        self.connected, self.broken = True, False
+        self._open()
 
     def script(self, source):
         """A Lua script registered with the client: call it through ``call()`` (keys=..., args=...)."""
@@ -127,6 +227,10 @@ class RedisConnection(object):
                               lost=True)
         except redis.ResponseError as exc:
             reason = self._reason(exc)
+            if self.broker.sentinels and (isinstance(exc, redis.ReadOnlyError) or 'MASTERDOWN' in reason):
+                # Sentinel turned the master we talk to into a replica: a failover, worth resolving again.
+                raise self._error('%s is no longer the master (a Sentinel failover): %s'
+                                  % (self.broker.endpoint, reason), option='broker_url', lost=True)
             if 'DB index' in reason:
                 raise self._error('broker_url: Redis database %s does not exist at %s (%s)'
                                   % (self.broker.db, self.broker.endpoint, reason), option='broker_url')
@@ -138,7 +242,7 @@ class RedisConnection(object):
             raise self._error('%s: %s' % (self.broker.endpoint, self._reason(exc)))
 
     def _reason(self, exc):
-        return scrub(exc, self.broker.password) or type(exc).__name__
+        return scrub(exc, self.broker.password, self.broker.sentinel_password) or type(exc).__name__
 
     def _error(self, msg, option=None, lost=False):
         self.broken = self.broken or lost  # nothing more to tidy up on this connection

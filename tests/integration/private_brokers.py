@@ -308,3 +308,138 @@ class StallingProxy(object):
                 sock.close()
             except OSError:
                 pass
+
+
+# -- Redis Sentinel --------------------------------------------------------------------------
+
+class PrivateSentinelSet(object):
+    """A Redis master, one replica and three Sentinels watching them as ``master_name``, all of the test's own
+    on free loopback ports in ``directory``, stopped by pid (stop()). The master and the replica want
+    ``password``, the Sentinels ``sentinel_password``. The Sentinels fail over 1 s after the master stops
+    answering (quorum 2): kill_master() and wait_failover() for a failover on demand."""
+
+    def __init__(self, directory, master_name='fleetmaster', password=None, sentinel_password=None):
+        self.directory = directory
+        self.master_name = master_name
+        self.password = password or 'master-pw-%s' % uuid.uuid4().hex[:12]
+        self.sentinel_password = sentinel_password or 'sentinel-pw-%s' % uuid.uuid4().hex[:12]
+        os.makedirs(directory, exist_ok=True)
+        self.redis = {}       # port -> Popen of the master and the replica
+        self.sentinels = {}   # port -> Popen
+        self.first_master = None
+
+    def _redis_argv(self, port, replica_of=None):
+        argv = ['redis-server', '--bind', '127.0.0.1', '--port', str(port), '--save', '', '--appendonly', 'no',
+                '--dir', self.directory, '--logfile', os.path.join(self.directory, 'redis-%d.log' % port),
+                '--requirepass', self.password, '--masterauth', self.password]
+        if replica_of:
+            argv += ['--replicaof', '127.0.0.1', str(replica_of)]
+        return argv
+
+    def _spawn(self, argv):
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start(self):
+        master, replica = free_port(), free_port()
+        self.first_master = master
+        self.redis[master] = self._spawn(self._redis_argv(master))
+        wait_port(master, 30, 'the Redis master')
+        self.redis[replica] = self._spawn(self._redis_argv(replica, replica_of=master))
+        wait_port(replica, 30, 'the Redis replica')
+        for _index in range(3):
+            port = free_port()
+            path = os.path.join(self.directory, 'sentinel-%d.conf' % port)
+            with open(path, 'w') as handle:   # a Sentinel rewrites its own file: one each
+                handle.write('\n'.join([
+                    'port %d' % port, 'bind 127.0.0.1', 'dir %s' % self.directory,
+                    'logfile %s' % os.path.join(self.directory, 'sentinel-%d.log' % port),
+                    'requirepass %s' % self.sentinel_password, 'sentinel sentinel-pass %s' % self.sentinel_password,
+                    'sentinel monitor %s 127.0.0.1 %d 2' % (self.master_name, master),
+                    'sentinel auth-pass %s %s' % (self.master_name, self.password),
+                    'sentinel down-after-milliseconds %s 1000' % self.master_name,
+                    'sentinel failover-timeout %s 5000' % self.master_name,
+                    'sentinel parallel-syncs %s 1' % self.master_name, '']))
+            self.sentinels[port] = self._spawn(['redis-server', path, '--sentinel'])
+            wait_port(port, 30, 'a Sentinel')
+        # Every Sentinel knows the replica and the other Sentinels before a test relies on a failover.
+        self._wait(lambda: all(info.get('num-slaves', 0) >= 1 and info.get('num-other-sentinels', 0) >= 2
+                               for info in self._masters_seen()), 60, 'the Sentinels to see the replica and each other')
+        return self
+
+    def sentinel_client(self, port):
+        import redis
+        return redis.Redis(host='127.0.0.1', port=port, password=self.sentinel_password, socket_timeout=5)
+
+    def _masters_seen(self):
+        seen = []
+        for port in self.sentinels:
+            try:
+                client = self.sentinel_client(port)
+                seen.append(client.sentinel_master(self.master_name))
+                client.close()
+            except Exception:  # a Sentinel starting up: not seen yet
+                seen.append({})
+        return seen
+
+    @staticmethod
+    def _wait(probe, timeout, what):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if probe():
+                return
+            time.sleep(0.2)
+        raise AssertionError('timed out waiting for %s' % what)
+
+    def master_port(self):
+        """The master's port as the Sentinels see it (they agree)."""
+        ports = set(int(info['port']) for info in self._masters_seen() if info)
+        assert len(ports) == 1, 'the Sentinels disagree on the master: %s' % ports
+        return ports.pop()
+
+    def url(self, db=0, with_password=True, sentinels=None):
+        """The sentinel:// URL list, as Celery writes it (the master's password in the first URL)."""
+        ports = sentinels or list(self.sentinels)
+        auth = ':%s@' % self.password if with_password else ''
+        return ';'.join('sentinel://%s127.0.0.1:%d/%d' % (auth if index == 0 else '', port, db)
+                        for index, port in enumerate(ports))
+
+    def master_client(self, db=0):
+        import redis
+        return redis.Redis(host='127.0.0.1', port=self.master_port(), db=db, password=self.password, socket_timeout=10)
+
+    def kill_master(self):
+        """SIGKILL the master by pid; returns its port."""
+        port = self.master_port()
+        process = self.redis[port]
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+        return port
+
+    def wait_failover(self, old_port, timeout=60):
+        """Until every Sentinel names a master other than ``old_port`` that answers as a master."""
+        def moved():
+            ports = set(int(info.get('port', old_port)) for info in self._masters_seen())
+            if len(ports) != 1 or old_port in ports:
+                return False
+            import redis
+            try:
+                client = redis.Redis(host='127.0.0.1', port=ports.pop(), password=self.password, socket_timeout=2)
+                return client.info('replication')['role'] == 'master'
+            except redis.RedisError:
+                return False
+        self._wait(moved, timeout, 'a Sentinel failover away from port %d' % old_port)
+
+    def restart_as_replica(self, port):
+        """Start a killed server again on its port: the Sentinels make it a replica of the current master."""
+        self.redis[port] = self._spawn(self._redis_argv(port, replica_of=self.master_port()))
+        wait_port(port, 30, 'the restarted Redis')
+
+    def stop(self):
+        for process in list(self.sentinels.values()) + list(self.redis.values()):
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -254,8 +254,8 @@ def test_port_zero():
 ])
 def test_unknown_scheme(url, scheme):
     error = error_of(url)
-    assert error.msg == ("broker_url: unsupported scheme '%s'; use redis://, rediss://, amqp:// or amqps://"
-                         % scheme)
+    assert error.msg == ("broker_url: unsupported scheme '%s'; use redis://, rediss://, amqp://, amqps:// or "
+                         "sentinel://" % scheme)
     assert error.option == 'broker_url'
 
 
@@ -575,7 +575,8 @@ def test_argument_spec_hides_credentials():
     assert spec['broker_url']['fallback'][1] == ['CELERY_BROKER_URL']
     assert spec['connect_timeout']['default'] == 5.0
     assert set(spec) == {'broker_url', 'broker_password', 'connect_timeout', 'tls_ca_file', 'tls_cert_file',
-                         'tls_key_file', 'tls_verify'}
+                         'tls_key_file', 'tls_verify', 'master_name', 'sentinel_password'}
+    assert spec['sentinel_password']['no_log'] is True
 
 
 def test_broker_from_params(pem):

@@ -1,0 +1,235 @@
+"""Highly available brokers (issue 18): Redis Sentinel and Celery failover lists, on real local processes.
+
+One PrivateSentinelSet (a master, a replica, three Sentinels, all with passwords) serves the whole module, to keep
+CI time small; the test that kills the master runs last. Workers are real Celery workers connected through
+Sentinel (broker_transport_options master_name and sentinel_kwargs, as an operator configures them).
+"""
+
+import json
+import os
+import socket
+import threading
+import uuid
+
+import pytest
+
+from harness import free_port, make_app, wait_for
+
+pytestmark = pytest.mark.module_logic
+
+# Distinct passwords per URL: each must be masked on its own, wherever it would show.
+PASSWORDS = ['first-pw-%s' % uuid.uuid4().hex[:10], 'second-pw-%s' % uuid.uuid4().hex[:10]]
+
+
+@pytest.fixture(scope='module')
+def sentinels(tmp_path_factory):
+    import private_brokers
+    found = private_brokers.PrivateSentinelSet(str(tmp_path_factory.mktemp('sentinel')))
+    try:
+        yield found.start()
+    finally:
+        found.cleanup()
+
+
+def sentinel_args(sentinels, **extra):
+    args = dict(broker_url=sentinels.url(), master_name=sentinels.master_name,
+                sentinel_password=sentinels.sentinel_password, connect_timeout=2)
+    args.update(extra)
+    return args
+
+
+def worker_config(sentinels):
+    """What a worker takes on the command line to reach the broker through Sentinel."""
+    options = dict(master_name=sentinels.master_name, sentinel_kwargs=dict(password=sentinels.sentinel_password))
+    return ['broker_transport_options=(json)%s' % json.dumps(options)]
+
+
+def sentinel_app(sentinels):
+    app = make_app(sentinels.url())
+    app.conf.broker_transport_options = dict(master_name=sentinels.master_name,
+                                             sentinel_kwargs=dict(password=sentinels.sentinel_password))
+    return app
+
+
+def publish(app, queue, count):
+    with app.producer_or_acquire() as producer:
+        return [app.send_task('fleet_tasks.add', args=(1, 1), queue=queue, producer=producer).id
+                for _index in range(count)]
+
+
+def assert_clean(ansible, *secrets):
+    output = ansible.last['stdout'] + ansible.last['stderr']
+    for secret in secrets:
+        assert secret not in output, 'a password shows in the output'
+
+
+def test_queue_info_through_sentinel_names_the_master(sentinels, ansible):
+    app = sentinel_app(sentinels)
+    try:
+        publish(app, 'through_sentinel', 3)
+    finally:
+        app.close()
+    result = ansible.module('celery_queue_info', sentinel_args(sentinels, queues=['through_sentinel']), verbosity=3)
+    assert not result.get('failed'), result
+    assert result['queues'][0]['messages'] == 3
+    broker = result['broker']
+    assert broker['port'] == sentinels.master_port()
+    assert broker['sentinel']['master_name'] == sentinels.master_name
+    assert broker['sentinel']['answered'] in broker['sentinel']['sentinels']
+    assert len(broker['sentinel']['sentinels']) == 3
+    assert_clean(ansible, sentinels.password, sentinels.sentinel_password)
+
+
+def test_lookup_and_worker_info_through_sentinel(sentinels, ansible, workers):
+    worker = workers.start(sentinels.url(), 'sentinel@fleet', ['sq_workers'], config=worker_config(sentinels))
+    lookup = ("{{ lookup('celeryops.fleet.queue_depth', 'sq_workers', broker_url=url, master_name='%s', "
+              "sentinel_password=spw) }}" % sentinels.master_name)
+    results = ansible.play([
+        {'celeryops.fleet.celery_worker_info': sentinel_args(sentinels, expected_nodes=['sentinel@fleet'], timeout=3)},
+        {'ansible.builtin.debug': {'msg': lookup}},
+    ], verbosity=3, play_extra={'vars': {'url': sentinels.url(), 'spw': sentinels.sentinel_password}})
+    info, depth = results
+    assert not info.get('failed'), info
+    assert info['online'] == ['sentinel@fleet'], (info, worker.log()[-2000:])
+    assert info['missing'] == []
+    assert info['broker']['port'] == sentinels.master_port()
+    assert not depth.get('failed'), depth.get('msg')
+    assert str(depth['msg']) == '0'
+    assert_clean(ansible, sentinels.password, sentinels.sentinel_password)
+
+
+def test_inventory_through_sentinel(sentinels, workers, tmp_path):
+    import subprocess
+    workers.start(sentinels.url(), 'inventory@fleet', ['sq_inventory'], config=worker_config(sentinels))
+    config = tmp_path / 'fleet.celery_workers.yml'
+    config.write_text('plugin: celeryops.fleet.celery_workers\nmaster_name: %s\nexpected_count: 1\ntimeout: 3\n'
+                      % sentinels.master_name)
+    config.write_text(config.read_text() + 'sentinel_password: %s\n' % sentinels.sentinel_password)
+    # The URL (with the master's password) from the environment, as the modules take it.
+    env = dict(os.environ, CELERY_BROKER_URL=sentinels.url(), ANSIBLE_INVENTORY_ENABLED='celeryops.fleet.celery_workers')
+    out = subprocess.run(['ansible-inventory', '-i', str(config), '--list', '-vvv'], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert 'inventory@fleet' in out.stdout
+    assert sentinels.password not in out.stdout + out.stderr
+
+
+def test_bad_sentinel_options_fail_naming_the_option(sentinels, ansible):
+    results = ansible.play([
+        {'celeryops.fleet.celery_queue_info': sentinel_args(sentinels, queues=['q'], master_name='no-such-master')},
+        {'celeryops.fleet.celery_queue_info': sentinel_args(sentinels, queues=['q'], sentinel_password='wrong-pw')},
+        {'celeryops.fleet.celery_queue_info': sentinel_args(sentinels, queues=['q'], master_name=None)},
+        {'celeryops.fleet.celery_queue_info': dict(broker_url='redis://127.0.0.1:6379/0', queues=['q'], master_name='m')},
+    ], verbosity=3)
+    assert [r.get('option') for r in results] == ['master_name', 'sentinel_password', 'master_name', 'master_name']
+    assert all(r.get('failed') and 'Traceback' not in r['msg'] for r in results), results
+    assert "no-such-master" in results[0]['msg']
+    assert_clean(ansible, sentinels.password, sentinels.sentinel_password, 'wrong-pw')
+
+
+# -- failover lists --------------------------------------------------------------------------
+
+class Blackhole(object):
+    """A port that accepts TCP connections (the kernel's backlog) and never answers."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(('127.0.0.1', 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+
+    def close(self):
+        self.sock.close()
+
+
+def test_redis_failover_list_skips_a_refused_and_a_silent_url(redis_user, ansible):
+    hole = Blackhole()
+    db, closed = redis_user_db(redis_user), free_port()
+    try:
+        refused = 'redis://:%s@127.0.0.1:%d/%d' % (PASSWORDS[0], closed, db)
+        silent = 'redis://:%s@127.0.0.1:%d/%d' % (PASSWORDS[1], hole.port, db)
+        url = ';'.join([refused, silent, redis_user.url])
+        result = ansible.module('celery_queue_info', dict(broker_url=url, connect_timeout=2, queues=['fq']), verbosity=3)
+        seconds = ansible.task_seconds()[0]
+    finally:
+        hole.close()
+    assert not result.get('failed'), result
+    broker = result['broker']
+    assert broker['port'] == 6379 and broker['user'] == redis_user.name
+    assert broker['failover']['answered'] == 3 and broker['failover']['urls'] == 3
+    skipped = broker['failover']['unreachable']
+    assert [entry['endpoint'] for entry in skipped] == ['redis 127.0.0.1:%d db %d' % (port, db) for port in (closed, hole.port)]
+    assert 'refused' in skipped[0]['error'].lower(), skipped
+    assert 'timed out after 2.0s' in skipped[1]['error'], skipped
+    # connect_timeout bounds the silent URL: its 2 s, and a margin for a loaded machine, not a hang.
+    assert seconds < 2 * 2 + 6, seconds
+    assert_clean(ansible, redis_user.password, *PASSWORDS)
+
+
+def redis_user_db(user):
+    return int(user.url.rsplit('/', 1)[1])
+
+
+def test_redis_failover_list_all_down_fails_naming_each(ansible):
+    urls = ['redis://:%s@127.0.0.1:%d/0' % (password, free_port()) for password in PASSWORDS]
+    result = ansible.module('celery_queue_info', dict(broker_url=';'.join(urls), connect_timeout=2, queues=['q']),
+                            verbosity=3)
+    assert result.get('failed') and result['option'] == 'broker_url', result
+    assert 'none of the 2 broker URLs answered' in result['msg']
+    for url in urls:
+        assert 'redis 127.0.0.1:%s db 0' % url.rsplit(':', 1)[1].split('/')[0] in result['msg']
+    assert_clean(ansible, *PASSWORDS)
+
+
+def test_amqp_failover_list_skips_a_refused_url(rabbit_user, ansible):
+    refused = 'amqp://guest:%s@127.0.0.1:%d//' % (PASSWORDS[0], free_port())
+    result = ansible.module('celery_queue_info', dict(broker_url=refused + ';' + rabbit_user.url, connect_timeout=3,
+                                                      queues=['fq']), verbosity=3)
+    assert not result.get('failed'), result
+    assert result['broker']['port'] == 5672 and result['broker']['failover']['answered'] == 2
+    assert result['queues'][0]['exists'] is False
+    assert_clean(ansible, rabbit_user.password, PASSWORDS[0])
+
+
+def test_mixed_transports_are_refused(ansible):
+    result = ansible.module('celery_queue_info', dict(broker_url='redis://127.0.0.1:6379/0;amqp://h//', queues=['q']))
+    assert result.get('failed') and result['option'] == 'broker_url', result
+    assert 'one transport' in result['msg']
+
+
+# -- the failover itself: last, it leaves the set with a new master ----------------------------
+
+def test_wait_started_before_a_failover_finishes_on_the_new_master(sentinels, ansible, workers):
+    app = sentinel_app(sentinels)
+    try:
+        ids = publish(app, 'sq_wait', 5)
+    finally:
+        app.close()
+    client = sentinels.master_client()
+    wait_for(lambda: client.llen('sq_wait') == 5, what='the messages')
+    old = sentinels.master_port()
+    outcome = {}
+
+    def run():
+        outcome['result'] = ansible.module('celery_queue_info', sentinel_args(
+            sentinels, queues=['sq_wait'], max_messages=0, wait=True, wait_timeout=90, wait_sleep=0.5), verbosity=3)
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        # The module is waiting (the queue holds 5) when the master dies.
+        wait_for(lambda: any(c.get('name') == 'celeryops.fleet' for c in client.client_list()), timeout=60,
+                 what='the module to connect to the master')
+        sentinels.kill_master()
+        sentinels.wait_failover(old)
+        new = sentinels.master_port()
+        # The replica had the messages: a worker connected through Sentinel drains them from the new master.
+        worker = workers.start(sentinels.url(), 'drain@fleet', ['sq_wait'], config=worker_config(sentinels))
+    finally:
+        thread.join(150)
+    result = outcome['result']
+    assert not result.get('failed'), (result, worker.log()[-2000:])
+    assert result['queues'][0]['messages'] == 0
+    assert result['broker']['port'] == new != old
+    done = [i for i in ids if 'Task fleet_tasks.add[%s] succeeded' % i in worker.log()]
+    assert sorted(done) == sorted(ids), worker.log()[-3000:]
+    assert_clean(ansible, sentinels.password, sentinels.sentinel_password)
