@@ -429,10 +429,25 @@ class PrivateSentinelSet(object):
                 return False
         self._wait(moved, timeout, 'a Sentinel failover away from port %d' % old_port)
 
-    def restart_as_replica(self, port):
-        """Start a killed server again on its port: the Sentinels make it a replica of the current master."""
+    def restart_as_replica(self, port, timeout=60):
+        """Start a killed server again on its port as a replica of the current master, and wait until every
+        Sentinel sees it up and in sync: the set can fail over again."""
         self.redis[port] = self._spawn(self._redis_argv(port, replica_of=self.master_port()))
         wait_port(port, 30, 'the restarted Redis')
+
+        def synced():
+            for sentinel_port in self.sentinels:
+                try:
+                    client = self.sentinel_client(sentinel_port)
+                    replicas = client.sentinel_slaves(self.master_name)
+                    client.close()
+                except Exception:  # a Sentinel busy with the failover: not yet
+                    return False
+                if not any(int(r['port']) == port and not r['is_sdown'] and r.get('master-link-status') == 'ok'
+                           for r in replicas):
+                    return False
+            return True
+        self._wait(synced, timeout, 'the Sentinels to see the restarted Redis as an up-to-date replica')
 
     def stop(self):
         for process in list(self.sentinels.values()) + list(self.redis.values()):

@@ -197,7 +197,79 @@ def test_mixed_transports_are_refused(ansible):
     assert 'one transport' in result['msg']
 
 
-# -- the failover itself: last, it leaves the set with a new master ----------------------------
+# -- the failover itself: last, each kills the master ------------------------------------------
+
+def fill(sentinels, queue, count):
+    """``count`` messages on ``queue`` as kombu writes them, every other one fleet_tasks.add (the rest
+    fleet_tasks.mail), each with an id of its own; returns (add ids, mail ids)."""
+    app = sentinel_app(sentinels)
+    try:
+        with app.producer_or_acquire() as producer:
+            templates = dict((name, app.send_task(name, args=(1,), queue=queue + '_' + name, producer=producer).id)
+                             for name in ('fleet_tasks.add', 'fleet_tasks.mail'))
+    finally:
+        app.close()
+    client = sentinels.master_client()
+    raws = dict((name, client.lpop(queue + '_' + name).decode()) for name in templates)
+    ids = dict((name, []) for name in templates)
+    pipe = client.pipeline(transaction=False)
+    for index in range(count):
+        name = 'fleet_tasks.add' if index % 2 else 'fleet_tasks.mail'
+        task_id = str(uuid.uuid4())
+        ids[name].append(task_id)
+        for raw_name, raw in raws.items():
+            if raw_name == name:
+                pipe.lpush(queue, raw.replace(templates[name], task_id))
+        if index % 2000 == 1999:
+            pipe.execute()
+    pipe.execute()
+    return ids['fleet_tasks.add'], ids['fleet_tasks.mail']
+
+
+def ids_on(client, queue):
+    return [json.loads(raw)['headers']['id'] for raw in client.lrange(queue, 0, -1)]
+
+
+def test_filtered_purge_in_flight_during_a_failover_fails_clearly_and_loses_nothing(sentinels, ansible):
+    kept, dropped = fill(sentinels, 'sq_purge', 20000)
+    client = sentinels.master_client()
+    old = sentinels.master_port()
+    # The replica holds every message before the master dies: what follows is the module's doing.
+    client.wait(1, 10000)
+    outcome = {}
+
+    def run():
+        outcome['result'] = ansible.module('celery_queue', sentinel_args(
+            sentinels, queues=['sq_other', 'sq_purge', 'sq_after'], state='purged', task_names=['fleet_tasks.mail']),
+            verbosity=3)
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        wait_for(lambda: any(c.get('name') == 'celeryops.fleet' for c in client.client_list()), timeout=60,
+                 what='the module to connect to the master')
+        sentinels.kill_master()
+        sentinels.wait_failover(old)
+    finally:
+        thread.join(150)
+    result = outcome['result']
+    new = sentinels.master_client()
+    left = ids_on(new, 'sq_purge')
+    # Never a message twice, never a kept one lost, whenever the master died.
+    assert len(left) == len(set(left)), 'a message is there twice'
+    assert set(kept) <= set(left), '%d kept messages lost' % len(set(kept) - set(left))
+    assert set(left) <= set(kept) | set(dropped)
+    if result.get('failed'):
+        # Part way: the message says what was done, what was not and what was in progress.
+        assert 'purged before the failure' in result['msg'], result['msg']
+        assert 'sq_after' in result['msg'] and result['option'], result
+        assert "'sq_purge' was in progress" in result['msg'] or 'sq_purge' in result['msg'].split('before the failure')[1]
+    else:
+        # The module finished before the master died: what it says it removed is gone from the new master too.
+        removed = dict((q['name'], q['removed']) for q in result['queues'])['sq_purge']
+        assert removed == len(dropped) and not set(dropped) & set(left), (removed, len(set(dropped) & set(left)))
+    assert_clean(ansible, sentinels.password, sentinels.sentinel_password)
+    sentinels.restart_as_replica(old)
+
 
 def test_wait_started_before_a_failover_finishes_on_the_new_master(sentinels, ansible, workers):
     app = sentinel_app(sentinels)
