@@ -171,11 +171,14 @@ def test_workers_check_mode_deploy_idempotent_and_restart_one_through_drain(depl
                deployment.worker('beta', ['roles_b', 'roles_c'], environment={'FLEET_NOTE': '50% done'})]
     roles = ['celeryops.fleet.worker']
 
-    # Check mode on a fresh directory: changes reported, nothing written, nothing started.
-    report = deployment.run(roles, {'celery_workers': workers}, check=True)
+    # Check mode on a fresh directory: changes reported, nothing written, nothing started. Another pinned
+    # version of supervisor than the virtualenv's goes to pip (which, in check mode, only says it would install).
+    report = deployment.run(roles, {'celery_workers': workers, 'supervisor_pip_package': 'supervisor==4.2.5'},
+                            check=True)
     assert deployment.last.returncode == 0, failure(report)
     assert stats(report)['changed'] > 0
     assert not os.path.exists(deployment.root())
+    assert results(report, 'Install supervisor with pip')[0]['changed'] is True
 
     report = deployment.run(roles, {'celery_workers': workers})
     assert deployment.last.returncode == 0, failure(report)
@@ -195,6 +198,8 @@ def test_workers_check_mode_deploy_idempotent_and_restart_one_through_drain(depl
 
     report = deployment.run(roles, {'celery_workers': workers})
     assert deployment.last.returncode == 0 and stats(report)['changed'] == 0, stats(report)
+    # The virtualenv's supervisord is the pinned version: pip is not asked.
+    assert results(report, 'Install supervisor with pip')[0].get('skipped') is True
 
     # Change alpha only. Check mode predicts it and drains nothing; then alpha is drained and
     # restarted, and beta keeps its pid.
