@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import time
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, OptionError, check_seconds
 from ansible_collections.celeryops.fleet.plugins.module_utils._celery_names import (
@@ -71,7 +72,8 @@ KINDS = {
 }
 REDIS_KINDS = ('orphan_reply', 'no_consumer', 'overdue_unacked', 'eta_beyond_visibility', 'duplicate_task_id',
                'result_without_ttl', 'eviction_policy', 'memory_near_limit', 'persistence_off')
-AMQP_KINDS = ('orphan_reply', 'stale_event_queue', 'no_consumer', 'memory_alarm', 'disk_alarm', 'non_durable_queue')
+AMQP_KINDS = ('orphan_reply', 'stale_event_queue', 'no_consumer', 'eta_beyond_visibility', 'memory_alarm', 'disk_alarm',
+              'non_durable_queue')
 
 RESULT_PATTERN = 'celery-task-meta-*'
 # What one SCAN, HSCAN step or pipeline takes: each command stays far under a millisecond per element.
@@ -87,6 +89,7 @@ KOMBU_PREFIX = '_kombu.'
 def hygiene_argument_spec():
     return dict(
         visibility_timeout=dict(type='float', default=3600.0),
+        consumer_timeout=dict(type='float', default=1800.0),
         orphan_after=dict(type='float', default=60.0),
         max_findings=dict(type='dict'),
         result_backend=dict(type='str', no_log=True),
@@ -102,7 +105,7 @@ def hygiene_argument_spec():
 
 def check_hygiene_params(params):
     """What the argument spec cannot say; raises OptionError naming the option."""
-    for option in ('visibility_timeout', 'orphan_after', 'timeout'):
+    for option in ('visibility_timeout', 'consumer_timeout', 'orphan_after', 'timeout'):
         check_seconds(params[option], option)
     for option in ('result_sample', 'message_sample'):
         if params[option] < 1:
@@ -536,19 +539,57 @@ def amqp_findings(queue_records, node_records):
     return out
 
 
-class AmqpHygiene(object):
-    """The RabbitMQ findings, from the management API (a _management.Management)."""
+def consumer_timeouts(queue_records, default):
+    """queue -> seconds RabbitMQ lets a consumer hold a delivery unacknowledged: the queue's x-consumer-timeout
+    argument, else its policy's consumer-timeout (both milliseconds), else ``default`` (the broker's
+    consumer_timeout, which the management API does not show)."""
+    out = {}
+    for record in queue_records:
+        value = None
+        for source, key in (('arguments', 'x-consumer-timeout'), ('effective_policy_definition', 'consumer-timeout')):
+            table = record.get(source)
+            if value is None and isinstance(table, dict):
+                value = _number(table.get(key))
+        if isinstance(record.get('name'), str):
+            out[record['name']] = value / 1000.0 if value is not None and value > 0 else default
+    return out
 
-    QUEUE_COLUMNS = 'name,consumers,messages_ready,messages,durable,memory'
+
+def scheduled_eta_findings(scheduled, timeouts, default, now):
+    """eta_beyond_visibility from the workers' ``scheduled`` replies (node -> entries): ETA tasks a worker holds
+    unacknowledged until their ETA, beyond the consumer timeout of their queue (RabbitMQ then closes the channel
+    and redelivers them: they run twice)."""
+    tally = Tally()
+    for node, entries in sorted(scheduled.items()):
+        for entry in entries:
+            request = entry.get('request') if isinstance(entry.get('request'), dict) else {}
+            delivery = request.get('delivery_info') if isinstance(request.get('delivery_info'), dict) else {}
+            queue = delivery.get('routing_key') if isinstance(delivery.get('routing_key'), str) else '?'
+            eta = parse_eta(entry.get('eta'))
+            if eta is not None and eta - now > timeouts.get(queue, default):
+                tally.add(queue, 0, None, '%s on %s' % (request.get('id'), node))
+    return tally.findings('eta_beyond_visibility', lambda queue, row: '%d held by workers with an ETA beyond the '
+                          'consumer timeout (%ss) of the queue (%s)' % (row['count'], timeouts.get(queue, default),
+                                                                        ', '.join(row['notes'])))
+
+
+class AmqpHygiene(object):
+    """The RabbitMQ findings, from the management API (a _management.Management) and one broadcast of
+    ``scheduled`` (a _control.Control)."""
+
+    QUEUE_COLUMNS = 'name,consumers,messages_ready,messages,durable,memory,arguments,effective_policy_definition'
     NODE_COLUMNS = 'name,mem_alarm,disk_free_alarm,mem_used,mem_limit,disk_free,disk_free_limit'
 
-    def __init__(self, broker, management):
+    def __init__(self, params, broker, management, control):
+        self.params = params
         self.broker = broker
         self.management = management
+        self.control = control
         self.notes = {}
 
     def findings(self):
         from urllib.parse import quote
+        from ansible_collections.celeryops.fleet.plugins.module_utils._control import Expectation
         queues = self.management.get('/api/queues/%s?columns=%s' % (quote(self.broker.vhost, safe=''), self.QUEUE_COLUMNS))
         if not isinstance(queues, list) or not all(isinstance(r, dict) for r in queues):
             raise BrokerError('management API at %s: the answer is not a list of queues' % self.management.url,
@@ -559,20 +600,30 @@ class AmqpHygiene(object):
             nodes, self.notes['nodes_error'] = [], error.msg
         if not isinstance(nodes, list) or not all(isinstance(r, dict) for r in nodes):
             nodes = []
-        return amqp_findings(queues, nodes)
+        expectation = Expectation(self.params['expected_nodes'], self.params['expected_count'])
+        replies = self.control.request({'scheduled': {}}, expectation, timeout=self.params['timeout'])
+        answered = sorted(replies.nodes('scheduled'))
+        self.notes.update(nodes=answered, missing=expectation.missing(set(answered)), duplicates=replies.duplicates())
+        default = self.params['consumer_timeout']
+        return amqp_findings(queues, nodes) + scheduled_eta_findings(
+            replies.first('scheduled'), consumer_timeouts(queues, default), default, time.time())
 
 
 # -- the module ---------------------------------------------------------------------------------------
 
 def _open(params, broker):
     """(hygiene, things to close) for the broker of ``params``."""
+    from ansible_collections.celeryops.fleet.plugins.module_utils._control import Control
     from ansible_collections.celeryops.fleet.plugins.module_utils._queues import open_queues, redis_layout
     if broker.transport != 'redis':
         from ansible_collections.celeryops.fleet.plugins.module_utils._management import Management
+        from ansible_collections.celeryops.fleet.plugins.module_utils._queues import check_management_url
+        if params.get('management_url'):
+            check_management_url(params['management_url'])
         management = Management(broker, params.get('management_url'), params.get('management_user'),
                                 params.get('management_password'), params.get('management_validate_certs', True))
-        return AmqpHygiene(broker, management), []
-    from ansible_collections.celeryops.fleet.plugins.module_utils._control import Control
+        control = Control(broker, redis_layout(params))
+        return AmqpHygiene(params, broker, management, control), [control]
     from ansible_collections.celeryops.fleet.plugins.module_utils._redis_connection import RedisConnection
     from ansible_collections.celeryops.fleet.plugins.module_utils._tasks import backend_broker
     opened = []

@@ -16,8 +16,8 @@ description:
     kombu's C(unacked) hash is read with C(HSCAN), lists in chunks; never C(KEYS) or a whole C(HGETALL).
   - "On Redis, one broadcast asks every worker for C(active_queues), C(active), C(reserved) and C(scheduled): the
     queues consumed and the tasks held (see O(expected_nodes), O(timeout))."
-  - "On RabbitMQ everything comes from the management API (queues, consumers, node alarms): see
-    O(management_url). Its statistics lag up to about 5 seconds."
+  - "On RabbitMQ the queues, consumers and node alarms come from the management API (see O(management_url); its
+    statistics lag up to about 5 seconds), and one broadcast asks every worker for C(scheduled). No queue is read."
   - "The kinds, what each means, and the safe action:"
   - "V(orphan_reply) (Redis, RabbitMQ): a remote-control reply list C(<id>.reply.celery.pidbox) nobody reads, left
     by a C(celery inspect) (or Flower) that died or gave up before the replies came. Redis never expires it. On
@@ -35,10 +35,14 @@ description:
     (by C(unacked_index)) whose task no answering worker reports (active, reserved, scheduled): their worker is
     gone. They run late (when a live worker restores them) or never. One finding per queue, C(oldest_seconds)
     the oldest. Safe action: start a worker on the queue (kombu restores them), or restore them."
-  - "V(eta_beyond_visibility) (Redis): messages (ready or held) whose ETA is more than O(visibility_timeout)
+  - "V(eta_beyond_visibility): on Redis, messages (ready or held) whose ETA is more than O(visibility_timeout)
     ahead: the worker that takes one holds it unacknowledged, kombu redelivers it to another worker after the
-    visibility timeout, and it runs twice. One finding per queue. Safe action: raise the transport's
-    C(visibility_timeout) above the longest countdown, or schedule far-off work with beat."
+    visibility timeout, and it runs twice. On RabbitMQ, tasks the answering workers hold as C(scheduled) whose ETA
+    is further out than the consumer timeout of their queue (O(consumer_timeout), or the queue's
+    C(x-consumer-timeout) argument or C(consumer-timeout) policy when the management API shows them): RabbitMQ
+    closes the worker's channel and redelivers everything it held. One finding per queue. Safe action: raise the
+    transport's C(visibility_timeout) (Redis) or C(consumer_timeout) (RabbitMQ) above the longest countdown, or
+    schedule far-off work with beat."
   - "V(duplicate_task_id) (Redis): the same task id more than once across the ready messages read and the
     C(unacked) hash (a producer that republishes). One finding per id. Safe action: find the producer; revoke
     the id if it must run once."
@@ -55,8 +59,8 @@ description:
     every publisher is blocked. Safe action: drain queues (stale event queues first), free disk."
   - "V(non_durable_queue) (RabbitMQ): a task queue that is not durable, lost with its messages on a restart. Safe
     action: declare it durable."
-  - "Not checked on RabbitMQ yet: V(eta_beyond_visibility) against C(consumer_timeout), V(duplicate_task_id) (reading
-    a RabbitMQ queue means receiving its messages)."
+  - "Not checked on RabbitMQ: V(duplicate_task_id) (reading a RabbitMQ queue means receiving its messages), ready
+    messages for V(eta_beyond_visibility) (only held ones can outlast the consumer timeout)."
 options:
   visibility_timeout:
     description:
@@ -64,6 +68,13 @@ options:
         seconds), for V(overdue_unacked) and V(eta_beyond_visibility).
     type: float
     default: 3600
+  consumer_timeout:
+    description:
+      - RabbitMQ. The broker's C(consumer_timeout) in seconds (RabbitMQ's default 1800), for V(eta_beyond_visibility);
+        the management API does not show it. A queue's C(x-consumer-timeout) argument or C(consumer-timeout) policy
+        wins when the API shows it.
+    type: float
+    default: 1800
   orphan_after:
     description:
       - Redis. A reply list still bound but untouched for this many seconds is V(orphan_reply).
@@ -102,17 +113,17 @@ options:
     default: 0.9
   expected_nodes:
     description:
-      - Redis. The workers that should answer the broadcast (names or patterns like C(*@host)); the broadcast ends as
+      - The workers that should answer the broadcast (names or patterns like C(*@host)); the broadcast ends as
         soon as they all did, and RV(missing) lists those that did not.
     type: list
     elements: str
   expected_count:
     description:
-      - Redis. How many workers should answer, as O(expected_nodes).
+      - How many workers should answer, as O(expected_nodes).
     type: int
   timeout:
     description:
-      - Redis. Seconds to collect the workers' replies to the broadcast (all of it unless O(expected_nodes) or
+      - Seconds to collect the workers' replies to the broadcast (all of it unless O(expected_nodes) or
         O(expected_count) are met earlier).
     type: float
     default: 1.0
@@ -189,18 +200,18 @@ checked:
   type: list
   elements: str
 nodes:
-  description: Redis. The workers that answered the broadcast.
-  returned: on Redis
+  description: The workers that answered the broadcast.
+  returned: always
   type: list
   elements: str
 missing:
-  description: Redis. Expected nodes (O(expected_nodes)) that did not answer.
-  returned: on Redis
+  description: Expected nodes (O(expected_nodes)) that did not answer.
+  returned: always
   type: list
   elements: str
 duplicates:
-  description: Redis. Node names more than one worker answered for.
-  returned: on Redis
+  description: Node names more than one worker answered for.
+  returned: always
   type: list
   elements: str
 sampled:
@@ -248,13 +259,11 @@ def check_params(params):
 def main():
     module = FleetModule(argument_spec=hygiene_argument_spec(), queue_options=True, wait_options=True,
                          mutually_exclusive=[('result_backend', 'result_backend_broker')])
-    result = dict(changed=False, findings=[], summary={})
+    result = dict(changed=False, findings=[], summary={}, nodes=[], missing=[], duplicates=[])
     with module.fail_on_error(result):
         check_params(module.params)
         broker = broker_from_params(module.params)
         result['broker'] = broker.facts()
-        if broker.transport == 'redis':
-            result.update(nodes=[], missing=[], duplicates=[])
         broker_info(module.params, broker, result)
     module.exit_json(**result)
 

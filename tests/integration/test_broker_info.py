@@ -17,7 +17,7 @@ import uuid
 import pytest
 import redis
 
-from harness import APP_DIR, held_by_a_worker_gone, publish, wait_for
+from harness import APP_DIR, free_port, held_by_a_worker_gone, publish, wait_for
 
 pytestmark = pytest.mark.module_logic
 
@@ -264,3 +264,97 @@ def test_bad_input_names_the_option(redis_env, ansible, args, option, text):
     result = info(ansible, broker_url=redis_env.url, timeout=0.3, **args)
     assert result.get('failed') and result['option'] == option and text in result['msg'], result
     assert 'Traceback' not in result['msg']
+
+
+# -- RabbitMQ ---------------------------------------------------------------------------------------
+
+EVENT_RECEIVER = '''
+import sys
+from fleet_tasks import make_app
+app = make_app(sys.argv[1])
+# As Celery before 4 declared event queues (and as event_queue_durable does now): durable, no expiry, no TTL.
+app.conf.update(event_queue_durable=True, event_queue_exclusive=False, event_queue_expires=None, event_queue_ttl=None)
+with app.connection() as connection:
+    app.events.Receiver(connection, handlers={'*': lambda event: None}).capture(limit=None, timeout=None, wakeup=False)
+'''
+
+
+def queues_of(rabbit):
+    from harness import management
+    return management('GET', '/api/queues/%s?columns=name,consumers,messages,durable' % rabbit.qvhost) or []
+
+
+def test_rabbitmq_stale_event_queue_of_a_killed_monitor(rabbit_env, ansible, workers):
+    url = rabbit_env.url
+    monitor = subprocess.Popen([sys.executable, '-c', EVENT_RECEIVER, url], env=dict(os.environ, PYTHONPATH=APP_DIR),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        name = wait_for(lambda: [q['name'] for q in queues_of(rabbit_env)
+                                 if q['name'].startswith('celeryev.') and q.get('consumers')], what='the monitor')[0]
+    finally:
+        os.killpg(monitor.pid, signal.SIGKILL)
+        monitor.wait(10)
+    workers.start(url, 'events@hygiene', ['eq'], events=True)
+    rabbit_env.wait_for(name, lambda q: q.get('consumers') == 0 and (q.get('messages') or 0) > 0)
+    result = info(ansible, broker_url=url)
+    assert not result.get('failed'), result
+    [found] = of_kind(result, 'stale_event_queue')
+    assert found['name'] == name and found['count'] > 0, result
+    assert result['summary']['stale_event_queue'] == 1 and 'stale_event_queue' in result['checked']
+    assert result['changed'] is False
+    # A monitor that consumes is not stale; the workers' own event-less pidbox queues are not findings.
+    assert [f['kind'] for f in result['findings'] if f['name'] != name and f['kind'] != 'no_consumer'] == [], result
+    result = info(ansible, broker_url=url, max_findings={'stale_event_queue': 0})
+    assert result.get('failed') and result['option'] == 'max_findings', result
+
+
+def test_rabbitmq_orphan_reply_no_consumer_and_non_durable(rabbit_env, ansible, workers):
+    import pika
+    from kombu import Connection, Exchange, Queue
+    url = rabbit_env.url
+    workers.start(url, 'served@hygiene', ['served'])
+    publish(url, 'fleet_tasks.add', 'forgotten', args=(1, 2), count=3)
+    publish(url, 'fleet_tasks.add', 'served', args=(1, 2))
+    # A queue an app declares with Queue(durable=False) (here through kombu, as Celery would).
+    with Connection(url) as connection:
+        Queue('volatile', Exchange('volatile'), 'volatile', durable=False)(connection.default_channel).declare()
+    # A remote-control client that died after declaring its reply queue, before consuming it (the reply came anyway):
+    # no consumer ever came, so auto-delete never fires (as for clients without control_queue_expires).
+    reply = '%s.reply.celery.pidbox' % uuid.uuid4()
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    channel.queue_declare(reply, auto_delete=True)
+    channel.basic_publish('', reply, b'{"ping": "pong"}')
+    connection.close()
+    rabbit_env.wait_for('forgotten', lambda q: q.get('messages_ready') == 3)
+    rabbit_env.wait_for(reply, lambda q: q.get('messages') == 1)
+    result = info(ansible, broker_url=url)
+    assert not result.get('failed'), result
+    kinds = [(f['kind'], f['name'], f['count']) for f in result['findings']]
+    assert ('orphan_reply', reply, 1) in kinds, kinds
+    assert ('no_consumer', 'forgotten', 3) in kinds and not [k for k in kinds if k[1] == 'served'], kinds
+    assert [k for k in kinds if k[0] == 'non_durable_queue'] == [('non_durable_queue', 'volatile', 0)], kinds
+    assert set(result['summary']) == {'orphan_reply', 'stale_event_queue', 'no_consumer', 'eta_beyond_visibility',
+                                      'memory_alarm', 'disk_alarm', 'non_durable_queue'}
+    # No alarm on the shared broker.
+    assert result['summary']['memory_alarm'] == result['summary']['disk_alarm'] == 0
+    # A management API that cannot be reached fails naming it.
+    result = info(ansible, broker_url=url, management_url='http://127.0.0.1:%d' % free_port())
+    assert result.get('failed') and result['option'] == 'management_url', result
+
+
+def test_rabbitmq_eta_beyond_the_consumer_timeout(rabbit_env, ansible, workers):
+    url = rabbit_env.url
+    workers.start(url, 'holder@hygiene', ['later'])
+    far = publish(url, 'fleet_tasks.add', 'later', args=(1, 1), countdown=600)
+    near = publish(url, 'fleet_tasks.add', 'later', args=(1, 1), countdown=30)
+    rabbit_env.wait_for('later', lambda q: q.get('messages_unacknowledged') == 2)
+    # RabbitMQ's default consumer_timeout (30 minutes) outlasts both countdowns.
+    result = info(ansible, broker_url=url, expected_nodes=['holder@hygiene'], timeout=10)
+    assert not result.get('failed'), result
+    assert of_kind(result, 'eta_beyond_visibility') == [] and result['nodes'] == ['holder@hygiene'], result
+    # A broker whose consumer_timeout is five minutes closes the worker's channel before the ETA of one of them.
+    result = info(ansible, broker_url=url, expected_nodes=['holder@hygiene'], timeout=10, consumer_timeout=300)
+    [found] = of_kind(result, 'eta_beyond_visibility')
+    assert (found['name'], found['count']) == ('later', 1) and far[0] in found['detail'] and near[0] not in found['detail']
+    assert result['changed'] is False

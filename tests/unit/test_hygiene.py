@@ -144,3 +144,40 @@ def test_amqp_findings():
     assert found == [('orphan_reply', 'abc.reply.celery.pidbox', 2), ('stale_event_queue', 'celeryev.1234', 500),
                      ('no_consumer', 'tasks', 7), ('non_durable_queue', 'volatile', 0),
                      ('memory_alarm', 'rabbit@a', None), ('disk_alarm', 'rabbit@b', None)]
+
+
+def test_consumer_timeouts_and_scheduled_eta():
+    from ansible_collections.celeryops.fleet.plugins.module_utils._hygiene import consumer_timeouts, scheduled_eta_findings
+    records = [dict(name='argued', arguments={'x-consumer-timeout': 60000}),
+               dict(name='policed', arguments={}, effective_policy_definition={'consumer-timeout': 120000}),
+               dict(name='both', arguments={'x-consumer-timeout': 10000}, effective_policy_definition={'consumer-timeout': 1}),
+               dict(name='plain', arguments={}, effective_policy_definition=[]),
+               dict(name='junk', arguments={'x-consumer-timeout': 'soon'}), dict(arguments={})]
+    timeouts = consumer_timeouts(records, 1800.0)
+    assert timeouts == {'argued': 60.0, 'policed': 120.0, 'both': 10.0, 'plain': 1800.0, 'junk': 1800.0}
+
+    def held(task_id, queue, eta):
+        return dict(eta=eta, priority=0, request=dict(id=task_id, delivery_info=dict(routing_key=queue)))
+    now = parse_eta('2030-01-01T00:00:00+00:00')
+    scheduled = {'w1@h': [held('a', 'argued', '2030-01-01T00:01:01+00:00'),    # 61 s > 60 s
+                          held('b', 'argued', '2030-01-01T00:00:59+00:00'),
+                          held('c', 'plain', '2030-01-01T01:00:00+00:00'),     # 3600 s > 1800 s
+                          held('d', 'plain', 'not a date'), dict(eta=None), dict(request='junk')],
+                 'w2@h': [held('e', 'plain', '2030-01-01T00:40:00+00:00')]}
+    found = scheduled_eta_findings(scheduled, timeouts, 1800.0, now)
+    assert [(f['name'], f['count'], f['kind']) for f in found] == [
+        ('argued', 1, 'eta_beyond_visibility'), ('plain', 2, 'eta_beyond_visibility')]
+    assert 'c on w1@h' in found[1]['detail'] and 'e on w2@h' in found[1]['detail'] and '(60.0s)' in found[0]['detail']
+
+
+def test_module_imports_no_celery_kombu_pika():
+    """As tests/unit/plugins/modules/test_imports.py checks for the other modules, in a fresh interpreter."""
+    import os
+    import subprocess
+    import sys
+    code = ("import sys; import ansible_collections.celeryops.fleet.plugins.modules.celery_broker_info; "
+            "import ansible_collections.celeryops.fleet.plugins.module_utils._hygiene; "
+            "print(sorted(m for m in ('celery', 'kombu', 'pika', 'ansible.module_utils.urls') if m in sys.modules))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == '[]', out.stdout + out.stderr
