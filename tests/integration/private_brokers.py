@@ -318,8 +318,14 @@ class PrivateSentinelSet(object):
     ``password``, the Sentinels ``sentinel_password``. The Sentinels fail over 1 s after the master stops
     answering (quorum 2): kill_master() and wait_failover() for a failover on demand."""
 
-    def __init__(self, directory, master_name='fleetmaster', password=None, sentinel_password=None):
+    def __init__(self, directory, master_name='fleetmaster', password=None, sentinel_password=None, tls=None,
+                 replicas=1, sentinels=3):
+        """``tls`` (from make_tls): the master and replica listen on a TLS port only, the Sentinels reach them
+        over TLS and listen in plaintext themselves (as kombu reaches them)."""
         self.directory = directory
+        self.tls = tls
+        self.replica_count = replicas
+        self.sentinel_count = sentinels
         self.master_name = master_name
         self.password = password or 'master-pw-%s' % uuid.uuid4().hex[:12]
         self.sentinel_password = sentinel_password or 'sentinel-pw-%s' % uuid.uuid4().hex[:12]
@@ -332,9 +338,16 @@ class PrivateSentinelSet(object):
         argv = ['redis-server', '--bind', '127.0.0.1', '--port', str(port), '--save', '', '--appendonly', 'no',
                 '--dir', self.directory, '--logfile', os.path.join(self.directory, 'redis-%d.log' % port),
                 '--requirepass', self.password, '--masterauth', self.password]
+        if self.tls:
+            argv[argv.index('--port') + 1] = '0'
+            argv += ['--tls-port', str(port)] + self._tls_args()
         if replica_of:
             argv += ['--replicaof', '127.0.0.1', str(replica_of)]
         return argv
+
+    def _tls_args(self):
+        return ['--tls-cert-file', self.tls['server_cert'], '--tls-key-file', self.tls['server_key'],
+                '--tls-ca-cert-file', self.tls['ca'], '--tls-auth-clients', 'optional', '--tls-replication', 'yes']
 
     def _spawn(self, argv):
         return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
@@ -344,9 +357,11 @@ class PrivateSentinelSet(object):
         self.first_master = master
         self.redis[master] = self._spawn(self._redis_argv(master))
         wait_port(master, 30, 'the Redis master')
-        self.redis[replica] = self._spawn(self._redis_argv(replica, replica_of=master))
-        wait_port(replica, 30, 'the Redis replica')
-        for _index in range(3):
+        if self.replica_count:
+            self.redis[replica] = self._spawn(self._redis_argv(replica, replica_of=master))
+            wait_port(replica, 30, 'the Redis replica')
+        quorum = 2 if self.sentinel_count > 1 else 1
+        for _index in range(self.sentinel_count):
             port = free_port()
             path = os.path.join(self.directory, 'sentinel-%d.conf' % port)
             with open(path, 'w') as handle:   # a Sentinel rewrites its own file: one each
@@ -354,15 +369,19 @@ class PrivateSentinelSet(object):
                     'port %d' % port, 'bind 127.0.0.1', 'dir %s' % self.directory,
                     'logfile %s' % os.path.join(self.directory, 'sentinel-%d.log' % port),
                     'requirepass %s' % self.sentinel_password, 'sentinel sentinel-pass %s' % self.sentinel_password,
-                    'sentinel monitor %s 127.0.0.1 %d 2' % (self.master_name, master),
+                    'sentinel monitor %s 127.0.0.1 %d %d' % (self.master_name, master, quorum),
                     'sentinel auth-pass %s %s' % (self.master_name, self.password),
                     'sentinel down-after-milliseconds %s 1000' % self.master_name,
                     'sentinel failover-timeout %s 5000' % self.master_name,
                     'sentinel parallel-syncs %s 1' % self.master_name, '']))
+                if self.tls:   # TLS to the master and replica (tls-replication), plaintext to clients
+                    args = self._tls_args()
+                    handle.write(''.join('%s %s\n' % (name.lstrip('-'), value) for name, value in zip(args[::2], args[1::2])))
             self.sentinels[port] = self._spawn(['redis-server', path, '--sentinel'])
             wait_port(port, 30, 'a Sentinel')
         # Every Sentinel knows the replica and the other Sentinels before a test relies on a failover.
-        self._wait(lambda: all(info.get('num-slaves', 0) >= 1 and info.get('num-other-sentinels', 0) >= 2
+        self._wait(lambda: all(info.get('num-slaves', 0) >= self.replica_count and not info.get('is_sdown', True)
+                               and info.get('num-other-sentinels', 0) >= self.sentinel_count - 1
                                for info in self._masters_seen()), 60, 'the Sentinels to see the replica and each other')
         return self
 
@@ -405,7 +424,9 @@ class PrivateSentinelSet(object):
 
     def master_client(self, db=0):
         import redis
-        return redis.Redis(host='127.0.0.1', port=self.master_port(), db=db, password=self.password, socket_timeout=10)
+        kwargs = dict(ssl=True, ssl_ca_certs=self.tls['ca']) if self.tls else {}
+        return redis.Redis(host='127.0.0.1', port=self.master_port(), db=db, password=self.password, socket_timeout=10,
+                           **kwargs)
 
     def kill_master(self):
         """SIGKILL the master by pid; returns its port."""
@@ -422,8 +443,9 @@ class PrivateSentinelSet(object):
             if len(ports) != 1 or old_port in ports:
                 return False
             import redis
+            kwargs = dict(ssl=True, ssl_ca_certs=self.tls['ca']) if self.tls else {}
             try:
-                client = redis.Redis(host='127.0.0.1', port=ports.pop(), password=self.password, socket_timeout=2)
+                client = redis.Redis(host='127.0.0.1', port=ports.pop(), password=self.password, socket_timeout=2, **kwargs)
                 return client.info('replication')['role'] == 'master'
             except redis.RedisError:
                 return False

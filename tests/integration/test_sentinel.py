@@ -126,6 +126,31 @@ def test_bad_sentinel_options_fail_naming_the_option(sentinels, ansible):
     assert_clean(ansible, sentinels.password, sentinels.sentinel_password, 'wrong-pw')
 
 
+def test_tls_to_the_master_named_by_sentinel(tmp_path, ansible):
+    """A TLS-only master behind a Sentinel (plaintext itself, as kombu reaches it): the TLS options apply to the
+    master; a CA that did not sign its certificate fails naming tls_ca_file."""
+    import private_brokers
+    tls = private_brokers.make_tls(str(tmp_path / 'tls'))
+    found = private_brokers.PrivateSentinelSet(str(tmp_path / 'tls-sentinel'), tls=tls, replicas=0, sentinels=1)
+    try:
+        found.start()
+        found.master_client().lpush('tls_queue', b'not a message, counted all the same')
+        args = sentinel_args(found, queues=['tls_queue'])
+        results = ansible.play([
+            {'celeryops.fleet.celery_queue_info': dict(args, tls_ca_file=tls['ca'])},
+            {'celeryops.fleet.celery_queue_info': dict(args, tls_ca_file=tls['wrong_ca'])},
+        ], verbosity=3)
+    finally:
+        found.cleanup()
+    verified, wrong = results
+    assert not verified.get('failed'), verified
+    assert verified['broker']['tls'] is True and verified['broker']['port'] == found.first_master
+    assert verified['queues'][0]['messages'] == 1
+    assert wrong.get('failed') and wrong['option'] == 'tls_ca_file', wrong
+    assert 'certificate verification failed' in wrong['msg']
+    assert_clean(ansible, found.password, found.sentinel_password)
+
+
 # -- failover lists --------------------------------------------------------------------------
 
 class Blackhole(object):
