@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: celery_broker_info
 short_description: Is the broker healthy for Celery? Orphaned replies, stale event queues, overdue and duplicate messages
-version_added: 0.3.0
+version_added: 0.2.0
 description:
   - Finds what on a Redis or RabbitMQ broker loses, repeats or piles up Celery's messages, and returns each as a
     finding C({kind, name, count, bytes, oldest_seconds, detail}) with RV(summary) counting the findings per kind.

@@ -358,3 +358,11 @@ def test_rabbitmq_eta_beyond_the_consumer_timeout(rabbit_env, ansible, workers):
     [found] = of_kind(result, 'eta_beyond_visibility')
     assert (found['name'], found['count']) == ('later', 1) and far[0] in found['detail'] and near[0] not in found['detail']
     assert result['changed'] is False
+
+
+def test_result_backend_password_never_shows(redis_env, ansible):
+    secret = 'pw-' + uuid.uuid4().hex
+    result = info(ansible, broker_url=redis_env.url, timeout=0.3, connect_timeout=2,
+                  result_backend='redis://:%s@127.0.0.1:%d/0' % (secret, free_port()))
+    assert result.get('failed') and result['option'] == 'result_backend', result
+    assert 'cannot connect' in result['msg'] and secret not in ansible.last['stdout'] + ansible.last['stderr'], result
