@@ -366,3 +366,24 @@ def test_result_backend_password_never_shows(redis_env, ansible):
                   result_backend='redis://:%s@127.0.0.1:%d/0' % (secret, free_port()))
     assert result.get('failed') and result['option'] == 'result_backend', result
     assert 'cannot connect' in result['msg'] and secret not in ansible.last['stdout'] + ansible.last['stderr'], result
+
+
+def test_global_keyprefix_with_glob_characters(redis_env, ansible, workers):
+    """kombu's global_keyprefix prefixes every key; one holding glob characters must neither widen nor empty a scan."""
+    url, client, prefix = redis_env.url, redis_env.client, 'app[1]*?:'
+    worker = workers.start(url, 'prefixed@hygiene', ['held'], global_keyprefix=prefix)
+    ids = publish(url, 'fleet_tasks.add', 'held', args=(1, 1), countdown=600, global_keyprefix=prefix)
+    wait_for(lambda: client.hlen(prefix + 'unacked') == 1, what='the ETA task to be held under the prefix')
+    worker.kill()
+    publish(url, 'fleet_tasks.add', 'waiting', args=(1, 1), global_keyprefix=prefix)
+    publish(url, 'fleet_tasks.add', 'unprefixed', args=(1, 1))   # another app's, without the prefix
+    [tag] = client.hkeys(prefix + 'unacked')
+    client.zadd(prefix + 'unacked_index', {tag: time.time() - 4000}, xx=True)
+    client.lpush(prefix + 'dead.reply.celery.pidbox', b'{}')     # a reply list nobody bound
+    client.lpush('other.reply.celery.pidbox', b'{}')             # not this app's
+    result = info(ansible, broker_url=url, global_keyprefix=prefix, timeout=0.3)
+    assert not result.get('failed'), result
+    kinds = sorted((f['kind'], f['name'], f['count']) for f in result['findings'] if f['kind'] != 'persistence_off')
+    assert kinds == [('no_consumer', 'waiting', 1),
+                     ('orphan_reply', 'dead.reply.celery.pidbox', 1), ('overdue_unacked', 'held', 1)], result
+    assert ids[0] in of_kind(result, 'overdue_unacked')[0]['detail']
