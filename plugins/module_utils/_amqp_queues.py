@@ -30,6 +30,23 @@ ACK_BATCH = 5000
 MAX_PREFETCH = 65535
 
 
+def dead_lettering(arguments, policy):
+    """delivery_limit and dead_letter of a queue from its x-arguments and its effective policy, as RabbitMQ
+    resolves them: the lower delivery limit of the two; the queue's own dead-letter exchange and routing key
+    over the policy's. Values that are not what RabbitMQ accepts are reported as given, never guessed at."""
+    arguments = arguments if isinstance(arguments, dict) else {}
+    policy = policy if isinstance(policy, dict) else {}
+    limits = [value for value in (arguments.get('x-delivery-limit'), policy.get('delivery-limit'))
+              if isinstance(value, int) and not isinstance(value, bool)]
+    exchange = arguments.get('x-dead-letter-exchange', policy.get('dead-letter-exchange'))
+    dead_letter = None
+    if exchange is not None:
+        dead_letter = dict(exchange=exchange,
+                           routing_key=arguments.get('x-dead-letter-routing-key', policy.get('dead-letter-routing-key')),
+                           strategy=arguments.get('x-dead-letter-strategy', policy.get('dead-letter-strategy', 'at-most-once')))
+    return dict(delivery_limit=min(limits) if limits else None, dead_letter=dead_letter)
+
+
 def unsafe_read(name, option, queue_type=None):
     """The refusal to read (take and requeue the messages of) a queue that is not a classic queue;
     ``queue_type`` None: the broker refused our guarded consumer, so it is a quorum queue or a stream."""
@@ -144,6 +161,16 @@ class AmqpQueues(object):
     def queue_type(self, name):
         """classic, quorum, stream (or another type) from the last management listing; None when it cannot tell."""
         return ((self.management_records or {}).get(name) or {}).get('type')
+
+    def quorum_facts(self, name):
+        """For a quorum queue in the last management listing: its leader, members and the members online, the
+        delivery limit and where dead letters go, each as RabbitMQ applies it (a policy and the queue's
+        x-arguments together); {} for any other queue."""
+        record = (self.management_records or {}).get(name) or {}
+        if record.get('type') != 'quorum':
+            return {}
+        return dict(leader=record.get('leader'), members=record.get('members'), online=record.get('online'),
+                    **dead_lettering(record.get('arguments'), record.get('effective_policy_definition')))
 
     def refuse_unsafe(self, name, queue_type, option):
         """Raise Refused unless ``option`` (peek, breakdown, task_names, state=trimmed; None for a plain purge)

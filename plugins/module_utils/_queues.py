@@ -36,7 +36,7 @@ def redis_layout(params):
 def queue_options_argument_spec():
     """Options of doc fragment celeryops.fleet.queue_options: the RabbitMQ management API."""
     return dict(
-        management_url=dict(type='str'),
+        management_url=dict(type='list', elements='str'),
         management_user=dict(type='str'),
         management_password=dict(type='str', no_log=True),
         management_validate_certs=dict(type='bool', default=True),
@@ -59,20 +59,23 @@ def open_queues(params):
     return AmqpQueues(broker, management)
 
 
-def check_management_url(url):
-    """An http(s) URL with a host and a valid port, or OptionError naming management_url. The value
-    is not echoed: it may hold credentials."""
-    try:
-        parts = split_url(url)
-        port = parts.port
-    except ValueError:
-        port = 0
-    if port == 0:
-        raise OptionError('management_url: malformed URL (a port from 1 to 65535; an IPv6 host in brackets)',
-                          option='management_url')
-    if parts.scheme.lower() not in ('http', 'https') or not parts.hostname:
-        raise OptionError('management_url must be an http:// or https:// URL with a host, such as '
-                          'http://rabbit.internal:15672 (the management API, not the AMQP URL)', option='management_url')
+def check_management_url(value):
+    """Each URL of a management_url value (one, a list, or separated by commas) is an http(s) URL with a host and a
+    valid port, or OptionError naming management_url. The value is not echoed: it may hold credentials."""
+    from ansible_collections.celeryops.fleet.plugins.module_utils._management import management_urls
+    for url in management_urls(value):
+        try:
+            parts = split_url(url.strip())
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise OptionError('management_url: malformed URL (a port from 1 to 65535; an IPv6 host in brackets)',
+                              option='management_url')
+        if parts.scheme.lower() not in ('http', 'https') or not parts.hostname:
+            raise OptionError('management_url must be an http:// or https:// URL with a host, such as '
+                              'http://rabbit.internal:15672 (the management API, not the AMQP URL)',
+                              option='management_url')
 
 
 def check_queue_names(names, option='queues', what='queue'):
@@ -89,7 +92,8 @@ PRIORITIES_USED = 'used'
 
 def queue_states(queues, names=None, include_internal=False, priorities=PRIORITIES_ALL):
     """Per queue: name, exists, messages (ready, all priority steps), unacked, consumers, priorities, source;
-    on RabbitMQ also type (classic, quorum, stream; None when the management API does not say).
+    on RabbitMQ also type (classic, quorum, stream; None when the management API does not say), and for a quorum
+    queue leader, members, online, delivery_limit and dead_letter (AmqpQueues.quorum_facts).
 
     ``names`` None means every queue discovered on the broker, from the same reads.
     A queue that does not exist is ``exists: false`` with zero counts, not a failure.
@@ -126,7 +130,7 @@ def queue_states(queues, names=None, include_internal=False, priorities=PRIORITI
                            unacked=(unacked.get(name) or 0) if unacked is not None else None,
                            consumers=consumers, priorities=None,
                            source='amqp+management' if unacked is not None else 'amqp',
-                           type=queues.queue_type(name) if exists else None))
+                           type=queues.queue_type(name) if exists else None, **queues.quorum_facts(name)))
     return states
 
 

@@ -178,6 +178,42 @@ queues:
       returned: on RabbitMQ
       type: str
       sample: classic
+    leader:
+      description: RabbitMQ quorum queues. The node that leads the queue, from the management API.
+      returned: for a quorum queue
+      type: str
+      sample: rabbit@mq2
+    members:
+      description: RabbitMQ quorum queues. The nodes that hold a replica of the queue.
+      returned: for a quorum queue
+      type: list
+      elements: str
+      sample: [rabbit@mq1, rabbit@mq2, rabbit@mq3]
+    online:
+      description: RabbitMQ quorum queues. The members that are up; fewer than a majority of RV(queues[].members)
+        and the queue takes no message.
+      returned: for a quorum queue
+      type: list
+      elements: str
+      sample: [rabbit@mq1, rabbit@mq2]
+    delivery_limit:
+      description:
+        - RabbitMQ quorum queues. How many times a message may be delivered before RabbitMQ drops or dead-letters
+          it, as RabbitMQ applies it (the lower of the queue's C(x-delivery-limit) and its policy's
+          C(delivery-limit)).
+        - V(null) when neither sets one. RabbitMQ 3 then has no limit; RabbitMQ 4.0 to 4.2 apply 20.
+      returned: for a quorum queue
+      type: int
+      sample: 20
+    dead_letter:
+      description:
+        - RabbitMQ quorum queues. Where messages past RV(queues[].delivery_limit) (or rejected) go, C(exchange),
+          C(routing_key) (V(null) keeps the message's own) and C(strategy), the queue's own C(x-dead-letter-*)
+          arguments over its policy's.
+        - V(null) when none is set: such messages are dropped.
+      returned: for a quorum queue
+      type: dict
+      sample: {exchange: dlx, routing_key: failed, strategy: at-most-once}
     peek:
       description:
         - The next O(peek) messages in the order they would run, decoded from their headers.

@@ -244,3 +244,62 @@ def test_reads_are_refused_without_the_management_api(rabbit_env, ansible):
     assert ready(rabbit_env, 'qq') == 6
     assert drain(rabbit_env, 'qq') == quorum_ids
     assert drain(rabbit_env, 'plain') == classic
+
+
+def test_quorum_facts_leader_members_delivery_limit_and_dead_letter(rabbit_env, ansible):
+    url = rabbit_env.url
+    node = management('GET', '/api/overview')['node']
+    # The queue's argument (5) and its policy's limit (3): RabbitMQ applies the lower; the queue's own dead-letter
+    # exchange wins over the policy's. The second queue has only the policy's.
+    own = {'x-delivery-limit': 5, 'x-dead-letter-exchange': 'dlx', 'x-dead-letter-routing-key': 'failed'}
+    declare(rabbit_env, 'qq_args', 'quorum', **own)
+    declare(rabbit_env, 'qq_policy', 'quorum')
+    declare(rabbit_env, 'qq_bare', 'quorum')
+    publish(url, ADD, 'classic_q', args=(1, 1), count=1)
+    management('PUT', '/api/policies/%s/limits' % rabbit_env.qvhost,
+               {'pattern': '^qq_(args|policy)$', 'apply-to': 'queues', 'priority': 1,
+                'definition': {'delivery-limit': 3, 'dead-letter-exchange': 'policy-dlx'}})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:   # the policy reaches the queues a moment after it is set
+        records = dict((q['name'], q) for q in management('GET', '/api/queues/%s' % rabbit_env.qvhost))
+        if all((records.get(name) or {}).get('effective_policy_definition', {}).get('delivery-limit') == 3
+               for name in ('qq_args', 'qq_policy')):
+            break
+        time.sleep(0.5)
+
+    names = ['qq_args', 'qq_policy', 'qq_bare', 'classic_q']
+    result = ansible.module('celery_queue_info', dict(broker_url=url, queues=names))
+    assert not result.get('failed'), result
+    queues = dict((q['name'], q) for q in result['queues'])
+    for name in ('qq_args', 'qq_policy', 'qq_bare'):
+        assert queues[name]['type'] == 'quorum' and queues[name]['leader'] == node, queues[name]
+        assert queues[name]['members'] == [node] and queues[name]['online'] == [node], queues[name]
+        assert queues[name]['priorities'] is None, queues[name]   # no priorities on a quorum queue, never a split
+    assert queues['qq_args']['delivery_limit'] == 3
+    assert queues['qq_args']['dead_letter'] == {'exchange': 'dlx', 'routing_key': 'failed', 'strategy': 'at-most-once'}
+    assert queues['qq_policy']['delivery_limit'] == 3
+    assert queues['qq_policy']['dead_letter'] == {'exchange': 'policy-dlx', 'routing_key': None,
+                                                  'strategy': 'at-most-once'}
+    assert queues['qq_bare']['delivery_limit'] is None and queues['qq_bare']['dead_letter'] is None
+    assert 'leader' not in queues['classic_q'] and 'delivery_limit' not in queues['classic_q']
+
+
+def test_management_url_lists_the_nodes_and_the_one_that_answers_is_used(rabbit_env, ansible):
+    url = rabbit_env.url
+    publish(url, ADD, 'classic_q', args=(1, 1), count=2)
+    dead = 'http://127.0.0.1:9'
+    live = 'http://127.0.0.1:15672'
+    first_dead, comma_separated, all_dead = ansible.play([
+        info(broker_url=url, queues=['classic_q'], management_url=[dead, live]),
+        info(broker_url=url, queues=['classic_q'], management_url='%s,%s' % (dead, live)),
+        info(broker_url=url, queues=['classic_q'], management_url=[dead, 'http://ops:s3cret-mgmt@127.0.0.1:10']),
+    ])
+    for result in (first_dead, comma_separated):
+        assert not result.get('failed') and not result.get('management_error'), result
+        assert result['queues'][0]['unacked'] == 0 and result['queues'][0]['type'] == 'classic', result
+    # None answers: ready counts still come from AMQP, and the error says why for each URL, without the password.
+    assert not all_dead.get('failed'), all_dead
+    error = all_dead['management_error']
+    assert 'at %s:' % dead in error and '127.0.0.1:10' in error, error
+    assert 's3cret-mgmt' not in json.dumps(all_dead), all_dead
+    assert all_dead['queues'][0]['messages'] == 2 and all_dead['queues'][0]['unacked'] is None
