@@ -20,6 +20,10 @@ from ansible_collections.celeryops.fleet.plugins.module_utils._broker import Bro
 
 MANAGEMENT_PORT = 15672
 MANAGEMENT_TLS_PORT = 15671
+# What the queue modules read of each queue. leader, members and online: quorum queues; arguments and the policy:
+# their delivery limit and dead-lettering.
+QUEUE_COLUMNS = ('name,type,messages_ready,messages_unacknowledged,consumers,memory,leader,members,online,arguments,'
+                 'effective_policy_definition')
 
 
 def default_management_url(broker):
@@ -111,13 +115,14 @@ class Management(object):
         with build_opener(*handlers).open(request, timeout=self.broker.timeout) as response:
             return response.read()
 
-    def queues(self, vhost):
-        """name -> the queue's record, for every queue of the vhost, in one request."""
-        # leader, members and online: quorum queues; arguments and the policy: their delivery limit and dead-lettering.
-        columns = ('name,type,messages_ready,messages_unacknowledged,consumers,memory,leader,members,online,arguments,'
-                   'effective_policy_definition')
-        records = self.get('/api/queues/%s?columns=%s' % (quote(vhost, safe=''), columns))
+    def listing(self, path, what='queues'):
+        """The list of records (dicts with a name) at ``path``; BrokerError naming management_url if it is not."""
+        records = self.get(path)
         if not isinstance(records, list) or not all(isinstance(r, dict) and 'name' in r for r in records):
-            self.error = 'management API at %s: the answer is not a list of queues' % _shown(self.url)
+            self.error = 'management API at %s: the answer is not a list of %s' % (_shown(self.url), what)
             raise BrokerError(self.error, option='management_url', endpoint=_shown(self.url))
-        return dict((r['name'], r) for r in records)
+        return records
+
+    def queues(self, vhost, columns=QUEUE_COLUMNS):
+        """name -> the queue's record, for every queue of the vhost, in one request."""
+        return dict((r['name'], r) for r in self.listing('/api/queues/%s?columns=%s' % (quote(vhost, safe=''), columns)))

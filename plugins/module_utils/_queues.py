@@ -53,10 +53,17 @@ def open_queues(params):
         return _redis_queues.RedisQueues(broker, layout)
     # Imported only for a RabbitMQ broker: pika is a good part of a Redis check's start-up time otherwise.
     from ansible_collections.celeryops.fleet.plugins.module_utils._amqp_queues import AmqpQueues
+    return AmqpQueues(broker, open_management(params, broker))
+
+
+def open_management(params, broker):
+    """The management API the options name (queue_options_argument_spec) for a RabbitMQ ``broker``; raises
+    OptionError naming management_url when a URL is malformed."""
     from ansible_collections.celeryops.fleet.plugins.module_utils._management import Management
-    management = Management(broker, params.get('management_url'), params.get('management_user'),
-                            params.get('management_password'), params.get('management_validate_certs', True))
-    return AmqpQueues(broker, management)
+    if params.get('management_url'):
+        check_management_url(params['management_url'])
+    return Management(broker, params.get('management_url'), params.get('management_user'),
+                      params.get('management_password'), params.get('management_validate_certs', True))
 
 
 def check_management_url(value):

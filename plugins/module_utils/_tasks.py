@@ -681,6 +681,9 @@ class Revoker(object):
 
 def revoke(params, broker, check_mode, warn, result):
     control, queues = open_control_and_queues(params, broker)
+    if queues.transport == 'redis':
+        # Through Sentinel, each removal ends with WAIT for the replicas (RedisQueues.replicate), within timeout too.
+        queues.replica_wait, queues.warn = params['timeout'], warn
     try:
         Revoker(params, control, queues, check_mode, warn).run(result)
         if queues.management_error:

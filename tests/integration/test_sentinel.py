@@ -7,6 +7,7 @@ Sentinel (broker_transport_options master_name and sentinel_kwargs, as an operat
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -14,7 +15,7 @@ import uuid
 
 import pytest
 
-from harness import free_port, make_app, wait_for
+from harness import free_port, make_app, unwrapped, wait_for
 
 pytestmark = pytest.mark.module_logic
 
@@ -149,6 +150,93 @@ def test_tls_to_the_master_named_by_sentinel(tmp_path, ansible):
     assert wrong.get('failed') and wrong['option'] == 'tls_ca_file', wrong
     assert 'certificate verification failed' in wrong['msg']
     assert_clean(ansible, found.password, found.sentinel_password)
+
+
+# -- replication of removals (WAIT) ---------------------------------------------------------------
+
+def wait_calls(client):
+    """How many WAIT commands the server has run (INFO commandstats)."""
+    return client.info('commandstats').get('cmdstat_wait', {}).get('calls', 0)
+
+
+def replica_of(sentinels):
+    """The Popen of the replica of the current master."""
+    master = sentinels.master_port()
+    return [process for port, process in sentinels.redis.items() if port != master and process.poll() is None][0]
+
+
+def in_sync(client):
+    info = client.info('replication')
+    return info.get('slave0', {}).get('offset') == info['master_repl_offset']
+
+
+def replication_warnings(result):
+    return [w for w in result.get('warnings', []) if 'Redis WAIT' in w or 'WAIT failed' in w]
+
+
+def test_removals_through_sentinel_wait_for_the_replica(sentinels, ansible):
+    """A purge, a trim, a filtered purge (celery_queue) and a removal by id (celery_task) through Sentinel each end
+    with WAIT on the master: with the replica up it acknowledges, no warning; with the replica stopped (SIGSTOP)
+    WAIT times out and each result warns that 0 of 1 replicas have the removal. Plain redis:// to the same master
+    does not WAIT (nothing fails over there behind the module's back)."""
+    add_ids, mail_ids = fill(sentinels, 'sq_wait_purge', 6)
+    fill(sentinels, 'sq_wait_trim', 6)
+    fill(sentinels, 'sq_wait_filtered', 6)
+    task_ids, _others = fill(sentinels, 'sq_wait_task', 6)
+    client = sentinels.master_client()
+    client.wait(1, 10000)
+    replica = replica_of(sentinels)
+    play = [
+        {'celeryops.fleet.celery_queue': sentinel_args(sentinels, queues=['sq_wait_purge'], state='purged')},
+        {'celeryops.fleet.celery_queue': sentinel_args(sentinels, queues=['sq_wait_trim'], state='trimmed', keep=2)},
+        {'celeryops.fleet.celery_queue': sentinel_args(sentinels, queues=['sq_wait_filtered'], state='purged',
+                                                       task_names=['fleet_tasks.mail'])},
+        {'celeryops.fleet.celery_task': sentinel_args(sentinels, queues=['sq_wait_task'], ids=task_ids[:2], timeout=1)},
+    ]
+    before = wait_calls(client)
+    acknowledged = ansible.play(play, verbosity=3)
+    waits = wait_calls(client) - before
+    for result in acknowledged:
+        assert not result.get('failed') and result['changed'], result
+        assert not replication_warnings(result), result
+    assert waits == 4, 'one WAIT per removal, got %d' % waits
+    assert [q['removed'] for q in acknowledged[0]['queues'] + acknowledged[1]['queues'] + acknowledged[2]['queues']] \
+        == [6, 4, 3]
+    assert sorted(acknowledged[3]['removed']['sq_wait_task']) == sorted(task_ids[:2])
+
+    fill(sentinels, 'sq_wait_purge', 6)
+    fill(sentinels, 'sq_wait_trim', 6)
+    fill(sentinels, 'sq_wait_filtered', 6)
+    client.wait(1, 10000)
+    play[3] = {'celeryops.fleet.celery_task': sentinel_args(sentinels, queues=['sq_wait_task'], ids=task_ids[2:],
+                                                            timeout=1)}
+    os.kill(replica.pid, signal.SIGSTOP)
+    try:
+        paused = ansible.play(play, verbosity=3)
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+    for result in paused:
+        assert not result.get('failed') and result['changed'], result
+        found = replication_warnings(result)
+        assert len(found) == 1, result
+        # The module says how many replicas have it: none, and what that means.
+        assert unwrapped('0 of 1 replicas acknowledged it within 1.0s (Redis WAIT)') in unwrapped(found[0]), found
+        assert unwrapped('the removed messages may come back') in unwrapped(found[0])
+    named = [unwrapped(replication_warnings(result)[0]) for result in paused]
+    for index, what in enumerate(["purge of 'sq_wait_purge'", "trim of 'sq_wait_trim'",
+                                  "filtered purge of 'sq_wait_filtered'", "filtered purge of 'sq_wait_task'"]):
+        assert unwrapped(what) in named[index], (what, named[index])
+    assert sorted(paused[3]['removed']['sq_wait_task']) == sorted(task_ids[2:])
+    # The replica catches up once it runs again: the set can still fail over with nothing lost (tests below).
+    wait_for(lambda: in_sync(client), timeout=60, what='the replica to catch up')
+
+    fill(sentinels, 'sq_wait_plain', 3)
+    plain = 'redis://:%s@127.0.0.1:%d/0' % (sentinels.password, sentinels.master_port())
+    before = wait_calls(client)
+    result = ansible.module('celery_queue', dict(broker_url=plain, queues=['sq_wait_plain'], connect_timeout=2), verbosity=3)
+    assert not result.get('failed') and result['queues'][0]['removed'] == 3, result
+    assert wait_calls(client) == before and not replication_warnings(result), result
+    assert_clean(ansible, sentinels.password, sentinels.sentinel_password)
 
 
 # -- failover lists --------------------------------------------------------------------------
