@@ -15,6 +15,9 @@
   topic exchange (kombu's regular expression of the routing key); Redis keeps no exchange type.
 - Lists and the unacked hash are read in pieces bounded by bytes as well as by elements (CHUNK_BYTES), so the
   module's memory does not grow with the backlog.
+- On a master named by Sentinel, each purge, trim or removal ends with Redis WAIT (see replicate()): Redis replies
+  before it replicates, so a removal the master confirmed can come back after a failover to a replica that had not
+  got it. Plain redis:// is not waited for: nothing promotes its replica behind the module's back.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import os
 import re
 import uuid
 from functools import lru_cache
+
+from ansible.module_utils.common.warnings import warn as ansible_warn
 
 from ansible_collections.celeryops.fleet.plugins.module_utils._broker import BrokerError, Refused
 from ansible_collections.celeryops.fleet.plugins.module_utils._celery_names import is_internal_queue
@@ -63,6 +68,48 @@ _SMEMBERS_ALL = "local out = {} for i, key in ipairs(KEYS) do out[i] = redis.cal
 # The fields of a hash and the length of each value, without the values (the unacked hash holds whole messages).
 _HASH_SIZES = ("local out = {} for i, field in ipairs(redis.call('HKEYS', KEYS[1])) do "
                "out[2 * i - 1] = field out[2 * i] = redis.call('HSTRLEN', KEYS[1], field) end return out")
+
+# restore_held: KEYS unacked, unacked_index, the lists; ARGV tag, the entry as read, latest score, the message.
+_RESTORE_HELD = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[3]) then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+for i = 3, #KEYS do redis.call('RPUSH', KEYS[i], ARGV[4]) end
+return 1
+"""
+# kombu's bounds of a message's priority (virtual transport): anything else, or none, is 0.
+MIN_PRIORITY, MAX_PRIORITY = 0, 9
+
+
+def priority_step(message, steps):
+    """The priority step whose list kombu puts ``message`` (a decoded envelope) in: its properties' priority
+    bounded to 0..9, rounded down to a step of ``steps`` (sorted, starting at 0)."""
+    try:
+        priority = max(min(int(message['properties']['priority']), MAX_PRIORITY), MIN_PRIORITY)
+    except (TypeError, ValueError, KeyError, OverflowError):
+        priority = 0
+    return [step for step in steps if step <= priority][-1]
+
+
+def restore_payload(value):
+    """The message of an unacked entry (kombu's JSON [message, exchange, routing_key]) as it goes back to a queue:
+    marked redelivered in its headers and delivery_info where it has them; None for an entry that is not that."""
+    try:
+        entry = json.loads(value)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], dict)):
+        return None
+    message = entry[0]
+    for path in (('headers',), ('properties', 'delivery_info')):
+        table = message
+        for part in path:
+            table = table.get(part) if isinstance(table, dict) else None
+        if isinstance(table, dict):
+            table['redelivered'] = True
+    return message
 
 
 class RedisLayout(object):
@@ -252,6 +299,12 @@ class RedisQueues(object):
         self._llen_all = self.connection.script(_LLEN_ALL)
         self._smembers_all = self.connection.script(_SMEMBERS_ALL)
         self._hash_sizes = self.connection.script(_HASH_SIZES)
+        self._restore_held = self.connection.script(_RESTORE_HELD)
+        # replicate(): the connection of the last write that removed something, the cap on WAIT's timeout (the
+        # module's own timeout, if it has one) and where its warning goes (the module's warnings).
+        self._writer = None
+        self.replica_wait = None
+        self.warn = ansible_warn
 
     def close(self):
         self.connection.close()
@@ -349,7 +402,26 @@ class RedisQueues(object):
         pipe = self.connection.pipeline(transaction=True)
         pipe.hdel(self.layout.unacked, *tags)
         pipe.zrem(self.layout.unacked_index, *tags)
-        return self.call(pipe.execute)[0]
+        self._writer = None
+        deleted = self._write(pipe, lambda out: out[0])[0]
+        if deleted:
+            self.replicate('removal of %d held messages' % deleted)
+        return deleted
+
+    def restore_held(self, tag, value, not_after, queues):
+        """Put one held message back at the head of ``queues`` (those kombu routes it to) and drop it from the
+        unacked hash and index, in one script: only while the entry is still ``value`` (as read) and its
+        unacked_index score at most ``not_after`` (server time), else nothing changes (a worker acknowledged or
+        restored it meanwhile). What kombu's restore_by_tag does for an entry past its visibility timeout: the
+        message marked redelivered, pushed at the tail (the next to run) of the list of its priority step.
+        True when it was restored."""
+        message = restore_payload(value)
+        if message is None or not queues:
+            return False
+        step = priority_step(message, self.layout.steps)
+        keys = [self.layout.unacked, self.layout.unacked_index] + [self.layout.key(queue, step) for queue in queues]
+        return bool(self.call(self._restore_held, keys=keys, args=[tag, value, repr(float(not_after)),
+                                                                   json.dumps(message)]))
 
     def elements(self, name):
         """(priority step, raw element) of every ready message of a queue, in the order they would run."""
@@ -419,6 +491,7 @@ class RedisQueues(object):
             names = set(task_names)
             return len(self.purge_matching(name, lambda raw: task_name_of(raw) in names, check_mode))
         removed = 0
+        self._writer = None
         for _step, key in self.layout.keys(name):
             if check_mode:
                 removed += self.call(self.client.llen, key)
@@ -428,7 +501,9 @@ class RedisQueues(object):
                 pipe = self.connection.pipeline(transaction=True)
                 pipe.llen(key)
                 pipe.unlink(key)
-                removed += self.call(pipe.execute)[0]
+                removed += self._write(pipe, lambda out: out[0])[0]
+        if removed:
+            self.replicate('purge of %r' % name)
         return removed
 
     def purge_matching(self, name, matcher, check_mode=False):
@@ -436,8 +511,11 @@ class RedisQueues(object):
         true, keeping the others in their order; returns what it returned for each one removed (in check mode,
         that would be removed). ``matcher`` may be called more than once for an element (see _purge_where)."""
         removed = []
+        self._writer = None
         for _step, key in self.layout.keys(name):
             removed += self._purge_where(key, matcher, check_mode)
+        if removed and not check_mode:
+            self.replicate('filtered purge of %r' % name)
         return removed
 
     def _purge_where(self, key, matcher, check_mode):
@@ -480,7 +558,7 @@ class RedisQueues(object):
                         pipe.persist(key)
                 else:
                     pipe.unlink(key)
-                self.call(pipe.execute)
+                self._write(pipe, lambda out: True)
                 kept_key = None  # it is the list now
                 return removed
             except WatchError:
@@ -514,6 +592,7 @@ class RedisQueues(object):
         if drop == 'newest':
             keys = list(reversed(keys))
         removed = 0
+        self._writer = None
         for step, key in keys:
             while excess > 0:
                 n = min(excess, TRIM_CHUNK, depths[step])
@@ -526,14 +605,66 @@ class RedisQueues(object):
                 else:
                     pipe.ltrim(key, 0, -(n + 1))  # the tail holds the next to run
                 pipe.llen(key)
-                before, _ok, after = self.call(pipe.execute)
+                before, _ok, after = self._write(pipe, lambda out: out[0] - out[2])
                 gone = before - after
                 removed += gone
                 excess -= gone
                 depths[step] = after
                 if gone == 0:
                     break
+        if removed:
+            self.replicate('trim of %r' % name)
         return removed
+
+    # -- replication (Sentinel) ---------------------------------------------------------------
+
+    def _write(self, pipe, changed):
+        """Run a transaction ``pipe`` that removes messages; its replies. When ``changed(replies)`` says it removed
+        something, its connection is the one replicate() sends WAIT on."""
+        if pipe.connection is None:   # a pipeline under WATCH holds its connection already
+            pool = self.client.connection_pool
+            try:
+                pipe.connection = self.call(pool.get_connection)
+            except TypeError:  # redis-py before 5.3 wants a command name
+                pipe.connection = self.call(pool.get_connection, 'MULTI')
+        wire = pipe.connection
+        out = self.call(pipe.execute)
+        if changed(out):
+            self._writer = wire
+        return out
+
+    def replicate(self, what):
+        """On a master named by Sentinel: WAIT until the replicas it reports connected (at least 1) acknowledge the
+        removals so far, for at most half connect_timeout (a longer block would read as a dead server) and at most
+        ``replica_wait``; warn, naming how many did, when fewer than that did. The number that did, or None (not
+        through Sentinel, or nothing written).
+
+        WAIT counts the replicas that got the last write of the connection it is sent on (Redis 7 moves that mark
+        only on a write): it goes on the connection of the last removal, which covers every earlier one too, as
+        replication keeps their order. That connection is back in the pool, idle: nothing else runs meanwhile."""
+        wire, self._writer = self._writer, None
+        if wire is None or not self.broker.sentinels:
+            return None
+        seconds = self.broker.timeout / 2.0
+        if self.replica_wait:
+            seconds = min(seconds, self.replica_wait)
+        try:
+            replicas = self.call(self.client.info, 'replication').get('connected_slaves') or 0
+            wanted = max(1, int(replicas))
+            self.call(wire.send_command, 'WAIT', wanted, max(1, int(seconds * 1000)))
+            acknowledged = int(self.call(self.client.parse_response, wire, 'WAIT'))
+        except BrokerError as error:
+            if error.lost:
+                raise
+            self.warn('%s on %s: could not confirm that a replica has it (WAIT failed: %s); if Sentinel fails over '
+                      'before the replicas catch up, the removed messages may come back'
+                      % (what, self.broker.endpoint, error.msg))
+            return None
+        if acknowledged < wanted:
+            self.warn('%s on %s: %d of %d replicas acknowledged it within %ss (Redis WAIT); if Sentinel fails over to '
+                      'a replica that has not got it, the removed messages may come back'
+                      % (what, self.broker.endpoint, acknowledged, wanted, round(seconds, 3)))
+        return acknowledged
 
 
 def _route_of(value):
