@@ -91,13 +91,13 @@ def _limit(value, what):
                              % (what, repr(value) if isinstance(value, str) else kind(value)))
 
 
-def _queue(queue, index):
+def _queue(queue, index, what='queues'):
     """An entry of celery_queue_info's queues: a name and a number of ready messages at least."""
-    _mapping(queue, 'queues[%d]' % index)
+    _mapping(queue, '%s[%d]' % (what, index))
     if not _text(queue.get('name')):
-        raise AnsibleFilterError('fleet_health: queues[%d].name must be a non-empty string, got %s' % (index, _shown(queue.get('name'))))
+        raise AnsibleFilterError('fleet_health: %s[%d].name must be a non-empty string, got %s' % (what, index, _shown(queue.get('name'))))
     if not _is_number(queue.get('messages')):
-        raise AnsibleFilterError('fleet_health: queues[%d].messages must be a number, got %s' % (index, kind(queue.get('messages'))))
+        raise AnsibleFilterError('fleet_health: %s[%d].messages must be a number, got %s' % (what, index, kind(queue.get('messages'))))
     return queue
 
 
@@ -212,6 +212,90 @@ def _long_task_rows(expected, answered, max_task_runtime, now):
     return rows
 
 
+def _consumer_state(workers, node):
+    """A node's reply as {queues, active, reserved, processes}, or None when it cannot be judged: not answered, or
+    active, reserved or active_queues not asked for. processes is the pool's max-concurrency (stats), or None."""
+    if node not in workers:
+        return None
+    reply = _mapping(workers[node] or {}, 'workers.workers[%r]' % node)
+    if not all(key in reply for key in ('queues', 'active', 'reserved')):
+        return None
+    stats = reply.get('stats')
+    pool = stats.get('pool') if isinstance(stats, Mapping) else None
+    processes = pool.get('max-concurrency') if isinstance(pool, Mapping) else None
+    return {'queues': _list(reply.get('queues'), 'workers.workers[%r].queues' % node),
+            'active': len(_list(reply.get('active'), 'workers.workers[%r].active' % node)),
+            'reserved': len(_list(reply.get('reserved'), 'workers.workers[%r].reserved' % node)),
+            'processes': processes if _is_number(processes) else None}
+
+
+def _stalled_queues(state, depths):
+    """The queues a node lists with ready messages while it is idle (nothing active or reserved)."""
+    if state['active'] or state['reserved']:
+        return []
+    return [name for name in state['queues'] if depths.get(name, 0) > 0]
+
+
+def _starvation(states, node):
+    """Why tasks reserved on ``node`` wait while processes are idle, or None: they wait behind a running task while its
+    own pool has idle processes (active below max-concurrency), or its pool is busy while another node consuming one
+    of its queues is idle. Nothing active is a task just received, about to start: not judged."""
+    state = states[node]
+    if not state['reserved'] or not state['active'] or state['processes'] is None:
+        return None
+    if state['active'] < state['processes']:
+        return '%d task(s) reserved while only %d of its %d processes are busy' % (
+            state['reserved'], state['active'], state['processes'])
+    idle = [other for other in sorted(states) if other != node and states[other]['processes'] is not None
+            and not states[other]['reserved'] and states[other]['active'] < states[other]['processes']
+            and set(states[other]['queues']) & set(state['queues'])]
+    if not idle:
+        return None
+    return '%d task(s) reserved behind its %d busy process(es) while %s, consuming the same queue, has idle processes' % (
+        state['reserved'], state['processes'], ', '.join(idle))
+
+
+def _stall_rows(expected, answered, depths, end, stall_window):
+    """Stalled consumers: a row per (node, queue) where an answering node lists the queue in active_queues, the queue
+    has ready messages and the node is idle (kind stalled); a row per node whose reserved tasks wait while processes
+    are idle (kind prefetch_starvation, needs stats). With a window (``end``: the workers and queue depths asked
+    again at its end), a row only when the same holds at both samples."""
+    hosts = dict((entry.get('node'), entry.get('host')) for entry in expected if isinstance(entry, Mapping))
+    states = {}
+    for node in answered['workers']:
+        state = _consumer_state(answered['workers'], node)
+        if state is not None:
+            states[node] = state
+    later = {}
+    if end is not None:
+        for node in end['workers']:
+            state = _consumer_state(end['workers'], node)
+            if state is not None:
+                later[node] = state
+    rows = []
+    for node in sorted(states):
+        stalled = _stalled_queues(states[node], depths)
+        starved = _starvation(states, node)
+        if end is not None:
+            # Gone or silent at the window's end: the node rows judge that, not the stall check.
+            stalled = [name for name in stalled if node in later and name in _stalled_queues(later[node], end['depths'])]
+            starved = starved if node in later and _starvation(later, node) else None
+        for name in stalled:
+            if end is None:
+                how = '%d ready messages' % depths[name]
+            else:
+                how = '%d ready messages at the start of a %s s window and %d at its end' % (depths[name], stall_window, end['depths'][name])
+            rows.append({'host': hosts.get(node, '-'), 'node': node, 'queue': name, 'kind': 'stalled', 'ok': False,
+                         'status': 'queue %s stalled: %s, and %s lists it in active_queues but is idle (nothing active or '
+                                   'reserved)' % (name, how, node)})
+        if starved:
+            rows.append({'host': hosts.get(node, '-'), 'node': node, 'queue': ','.join(states[node]['queues']),
+                         'kind': 'prefetch_starvation', 'ok': False,
+                         'status': 'prefetch starvation: %s%s' % (starved, '' if end is None else ' (at both ends of a %s s window)'
+                                                                  % stall_window)})
+    return rows
+
+
 def _events_row(events, failures, events_window):
     """The event window, when there was one: no task failed while it listened."""
     if events is None:
@@ -228,9 +312,9 @@ def _events_row(events, failures, events_window):
     return {'failures': total, 'ok': False, 'status': status}
 
 
-def _table(rows, queue_rows, task_rows, problems):
+def _table(rows, queue_rows, task_rows, problems, stall_rows=()):
     """The summary as lines: the node table with aligned columns, one line per queue, one per task running too long,
-    one per problem."""
+    one per stalled consumer or prefetch starvation, one per problem."""
     header = dict((column, column.upper()) for column in COLUMNS)
     widths = [max(len(str(row[column])) for row in [header] + rows) for column in COLUMNS]
     lines = ['  '.join('%-*s' % (width, row[column]) for column, width in zip(COLUMNS, widths)).strip()
@@ -241,15 +325,18 @@ def _table(rows, queue_rows, task_rows, problems):
             queue['name'], queue['messages'], unacked, '' if queue['ok'] else ' - ' + queue['status']))
     lines.extend('task %s[%s] on %s: running for %s s, more than %s s' % (
         task['name'], task['id'], task['node'], task['runtime'], task['limit']) for task in task_rows)
+    lines.extend('%s on %s: %s' % (stall['kind'], stall['node'], stall['status']) for stall in stall_rows)
     lines.extend('UNHEALTHY ' + problem for problem in problems)
     return lines
 
 
 def fleet_health(expected, workers, queues=None, events=None, max_messages=None, queue_max_messages=None,
-                 fail_on_unexpected=False, events_window=10, max_task_runtime=None, now=None):
+                 fail_on_unexpected=False, events_window=10, max_task_runtime=None, now=None, workers_end=None,
+                 queues_end=None, stall_window=None):
     """The health check's judgement of the fleet: a row per node (expected, then unexpected), per queue, per task
-    running longer than max_task_runtime (at ``now``, epoch seconds) and for the event window, the problems in
-    words, and the summary table. Pure: the modules have asked the broker already."""
+    running longer than max_task_runtime (at ``now``, epoch seconds), per stalled consumer or prefetch starvation
+    (confirmed at the end of a window by ``workers_end`` and ``queues_end`` when given) and for the event window, the
+    problems in words, and the summary table. Pure: the modules have asked the broker already."""
     expected = _list(expected, 'expected (the expected nodes)')
     workers = _mapping(workers, 'workers (the result of celery_worker_info)')
     answered = {'workers': _mapping(workers.get('workers') or {}, 'workers.workers')}
@@ -270,14 +357,22 @@ def fleet_health(expected, workers, queues=None, events=None, max_messages=None,
     queue_rows = _queue_rows(queues, max_messages, queue_max_messages)
     event_row = _events_row(events, failures, events_window)
     task_rows = _long_task_rows(expected, answered, max_task_runtime, now)
+    end = None
+    if workers_end is not None:
+        _seconds_limit(stall_window, 'stall_window')
+        workers_end = _mapping(workers_end, 'workers_end (celery_worker_info at the end of the window)')
+        ends = [_queue(queue, index, 'queues_end') for index, queue in enumerate(_list(queues_end, 'queues_end'))]
+        end = {'workers': _mapping(workers_end.get('workers') or {}, 'workers_end.workers'),
+               'depths': dict((queue['name'], queue['messages']) for queue in ends)}
+    stall_rows = _stall_rows(expected, answered, depths, end, stall_window)
 
     problems = ['%s (host %s): %s' % (row['node'], row['host'], row['status']) for row in rows if not row['ok']]
     problems += ['queue %s: %s' % (row['name'], row['status']) for row in queue_rows if not row['ok']]
-    problems += ['%s (host %s): %s' % (row['node'], row['host'], row['status']) for row in task_rows]
+    problems += ['%s (host %s): %s' % (row['node'], row['host'], row['status']) for row in task_rows + stall_rows]
     if event_row and not event_row['ok']:
         problems.append(event_row['status'])
-    return {'healthy': not problems, 'rows': rows, 'queues': queue_rows, 'tasks': task_rows, 'events': event_row,
-            'problems': problems, 'table': _table(rows, queue_rows, task_rows, problems)}
+    return {'healthy': not problems, 'rows': rows, 'queues': queue_rows, 'tasks': task_rows, 'stalled': stall_rows,
+            'events': event_row, 'problems': problems, 'table': _table(rows, queue_rows, task_rows, problems, stall_rows)}
 
 
 class FilterModule(object):
