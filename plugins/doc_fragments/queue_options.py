@@ -16,8 +16,8 @@ options:
       - RabbitMQ only. Base URL of the management HTTP API, used to discover queues and count unacknowledged
         messages.
       - Defaults to the broker's host on port 15672 (C(http://)), or 15671 (C(https://)) for C(amqps://).
-      - Several URLs (a list, or separated by commas), such as the management API of each node of a cluster:
-        a request goes to the one that answered last, then to the others in order, and fails only when none
+      - Several URLs (a list, or separated by commas), such as the management API of each node of a cluster.
+        A request goes to the one that answered last, then to the others in order, and fails only when none
         answers, saying why for each. Any node tells about every queue of the cluster.
       - When the API cannot be reached, ready messages and consumers still come from AMQP, unacknowledged counts
         are V(null), and the module says why.
