@@ -210,7 +210,7 @@ queues:
         - RabbitMQ quorum queues. Where messages past RV(queues[].delivery_limit) (or rejected) go, C(exchange),
           C(routing_key) (V(null) keeps the message's own) and C(strategy), the queue's own C(x-dead-letter-*)
           arguments over its policy's.
-        - V(null) when none is set: such messages are dropped.
+        - V(null) when none is set, and such messages are dropped.
       returned: for a quorum queue
       type: dict
       sample: {exchange: dlx, routing_key: failed, strategy: at-most-once}
