@@ -5,6 +5,7 @@ injected there. These are throwaway processes on free loopback ports, in a tempo
 directory, stopped (and their files removed) when the test ends.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -476,6 +477,128 @@ class PrivateSentinelSet(object):
             if process.poll() is None:
                 process.kill()
                 process.wait(10)
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# -- a RabbitMQ cluster ----------------------------------------------------------------------
+
+class _ClusterNode(PrivateRabbit):
+    """One node of a PrivateRabbitCluster: a PrivateRabbit with the management plugin on a port of its own and the
+    cluster's HOME (its one Erlang cookie), so that the nodes and rabbitmqctl of each can talk to each other."""
+
+    def __init__(self, directory, name, home):
+        super(_ClusterNode, self).__init__(directory)
+        self.node = '%s@localhost' % name
+        self.management_port = free_port()
+        self.management_url = 'http://127.0.0.1:%d' % self.management_port
+        self.url = 'amqp://guest:guest@127.0.0.1:%d/%%2F' % self.port
+        self._write('rabbitmq.conf', '\n'.join([
+            'listeners.tcp.default = 127.0.0.1:%d' % self.port, 'loopback_users = none',
+            'management.tcp.ip = 127.0.0.1', 'management.tcp.port = %d' % self.management_port,
+            # The statistics the API shows (ready, unacked) are sampled every 5 s by default.
+            'collect_statistics_interval = 1000', '']))
+        self._write('enabled_plugins', '[rabbitmq_management].\n')
+        shutil.rmtree(os.path.join(directory, 'home'), ignore_errors=True)   # the cookie PrivateRabbit made
+        self.env.update(HOME=home, RABBITMQ_NODENAME=self.node)
+
+    def launch(self):
+        """rabbitmq-server -detached, not waiting for the node (the cluster starts its nodes side by side)."""
+        subprocess.run([os.path.join(RABBIT_BIN, 'rabbitmq-server'), '-detached'], env=self.env,
+                       capture_output=True, timeout=60, check=False)
+
+    def wait_up(self, timeout=120):
+        wait_port(self.port, timeout, 'RabbitMQ node %s' % self.node)
+        wait_port(self.management_port, timeout, 'the management API of %s' % self.node)
+        return self
+
+    def start(self):
+        self.launch()
+        return self.wait_up()
+
+    def plugins(self, *args):
+        """rabbitmq-plugins on this node (and its own enabled_plugins file)."""
+        return subprocess.run([os.path.join(RABBIT_BIN, 'rabbitmq-plugins'), '-n', self.node] + list(args),
+                              env=self.env, capture_output=True, text=True, timeout=120, check=True).stdout
+
+
+class PrivateRabbitCluster(object):
+    """Three RabbitMQ nodes of a test module's own on loopback (node names cof-a-<id>@localhost, ...; their own
+    AMQP, management and distribution ports, data and log directories), one Erlang cookie in a HOME of the
+    cluster's own, joined into one cluster with rabbitmqctl join_cluster. ``nodes`` A, B, C in order; stop() stops
+    each by rabbitmqctl stop, or its pid. The machine's own node and cookie are not touched."""
+
+    def __init__(self, directory, size=3):
+        self.directory = directory
+        home = os.path.join(directory, 'home')
+        os.makedirs(home, exist_ok=True)
+        cookie = os.path.join(home, '.erlang.cookie')
+        with open(cookie, 'w') as handle:
+            handle.write(uuid.uuid4().hex.upper())
+        os.chmod(cookie, 0o400)
+        suffix = uuid.uuid4().hex[:6]
+        self.nodes = []
+        for letter in 'abc'[:size]:
+            path = os.path.join(directory, letter)
+            os.makedirs(path, exist_ok=True)
+            self.nodes.append(_ClusterNode(path, 'cof-%s-%s' % (letter, suffix), home))
+
+    def start(self):
+        for node in self.nodes:
+            node.launch()
+        for node in self.nodes:
+            node.wait_up()
+        first = self.nodes[0]
+        for node in self.nodes[1:]:
+            node.ctl('stop_app')
+            node.ctl('join_cluster', first.node)
+            node.ctl('start_app')
+        self.wait_running(self.nodes)
+        return self
+
+    def running(self):
+        """The node names the cluster says are running, as the first node that answers sees them."""
+        for node in self.nodes:
+            try:
+                return set(json.loads(node.ctl('cluster_status', '--formatter', 'json', timeout=30))['running_nodes'])
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError, KeyError):
+                continue
+        return set()
+
+    def wait_running(self, nodes, timeout=120):
+        """Until exactly ``nodes`` are running in the cluster, each with its AMQP and management ports open."""
+        want = set(node.node for node in nodes)
+        deadline = time.monotonic() + timeout
+        while self.running() != want:
+            if time.monotonic() > deadline:
+                raise AssertionError('the cluster runs %s, not %s' % (sorted(self.running()), sorted(want)))
+            time.sleep(1)
+        for node in nodes:
+            node.wait_up(timeout)
+
+    def stop_node(self, node):
+        """Stop one node's Erlang VM (rabbitmqctl stop, or SIGKILL by pid); it stays a member of the cluster."""
+        node.stop()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(('127.0.0.1', node.port), timeout=1).close()
+            except OSError:
+                return
+            time.sleep(0.2)
+        node.kill()
+
+    def start_node(self, node):
+        """Start a stopped node again: it rejoins the cluster it left."""
+        node.start()
+        running = self.running()
+        self.wait_running([n for n in self.nodes if n is node or n.node in running])
+
+    def stop(self):
+        for node in self.nodes:
+            node.stop()
 
     def cleanup(self):
         self.stop()
