@@ -75,7 +75,7 @@ def _list(value, what):
     return list(value)
 
 
-def _limit(value, what):
+def _limit(value, what, unit='messages'):
     """A threshold as given (None or '' for none) and as the number compared with; a string is read as an
     integer, since -e on the command line gives strings."""
     if value is None or value == '':
@@ -87,8 +87,8 @@ def _limit(value, what):
             return int(value)
         except ValueError:
             pass
-    raise AnsibleFilterError('fleet_health: %s must be a whole number of messages, got %s'
-                             % (what, repr(value) if isinstance(value, str) else kind(value)))
+    raise AnsibleFilterError('fleet_health: %s must be a whole number of %s, got %s'
+                             % (what, unit, repr(value) if isinstance(value, str) else kind(value)))
 
 
 def _queue(queue, index, what='queues'):
@@ -160,6 +160,28 @@ def _queue_rows(queues, max_messages, queue_max_messages):
         over = number is not None and queue['messages'] > number
         rows.append({'name': name, 'messages': queue['messages'], 'unacked': queue.get('unacked'), 'limit': limit,
                      'ok': not over, 'status': '%d ready messages, more than %s' % (queue['messages'], limit) if over else 'ok'})
+    return rows
+
+
+def _finding_rows(findings, max_findings):
+    """One row per kind celery_broker_info checked (its ``summary``): how many were found, and whether more than
+    max_findings[kind] (a kind without a limit is reported, never judged)."""
+    if findings is None:
+        return []
+    findings = _mapping(findings, 'findings (the summary of celery_broker_info)')
+    limits = _mapping(max_findings or {}, 'max_findings')
+    unknown = sorted(str(name) for name in limits if name not in findings)
+    if unknown:
+        # A misspelt kind would never fire: say so, with the kinds there are.
+        raise AnsibleFilterError('fleet_health: max_findings names kinds celery_broker_info did not check on this '
+                                 'broker: %s (checked: %s)' % (', '.join(unknown), ', '.join(sorted(findings))))
+    rows = []
+    for name in sorted(findings):
+        count = _limit(findings[name], 'findings[%r]' % name, 'findings')
+        limit = _limit(limits.get(name), 'max_findings[%r]' % name, 'findings')
+        over = count is not None and limit is not None and count > limit
+        rows.append({'kind': name, 'count': count, 'limit': limits.get(name), 'ok': not over,
+                     'status': '%d found, more than %s' % (count, limit) if over else 'ok'})
     return rows
 
 
@@ -312,9 +334,10 @@ def _events_row(events, failures, events_window):
     return {'failures': total, 'ok': False, 'status': status}
 
 
-def _table(rows, queue_rows, task_rows, problems, stall_rows=()):
+def _table(rows, queue_rows, task_rows, problems, stall_rows=(), finding_rows=()):
     """The summary as lines: the node table with aligned columns, one line per queue, one per task running too long,
-    one per stalled consumer or prefetch starvation, one per problem."""
+    one per stalled consumer or prefetch starvation, one per kind of broker finding found or over its limit, one per
+    problem."""
     header = dict((column, column.upper()) for column in COLUMNS)
     widths = [max(len(str(row[column])) for row in [header] + rows) for column in COLUMNS]
     lines = ['  '.join('%-*s' % (width, row[column]) for column, width in zip(COLUMNS, widths)).strip()
@@ -326,17 +349,20 @@ def _table(rows, queue_rows, task_rows, problems, stall_rows=()):
     lines.extend('task %s[%s] on %s: running for %s s, more than %s s' % (
         task['name'], task['id'], task['node'], task['runtime'], task['limit']) for task in task_rows)
     lines.extend('%s on %s: %s' % (stall['kind'], stall['node'], stall['status']) for stall in stall_rows)
+    lines.extend('broker %s: %d found%s' % (row['kind'], row['count'], '' if row['ok'] else ' - ' + row['status'])
+                 for row in finding_rows if row['count'] or not row['ok'])
     lines.extend('UNHEALTHY ' + problem for problem in problems)
     return lines
 
 
 def fleet_health(expected, workers, queues=None, events=None, max_messages=None, queue_max_messages=None,
                  fail_on_unexpected=False, events_window=10, max_task_runtime=None, now=None, workers_end=None,
-                 queues_end=None, stall_window=None):
+                 queues_end=None, stall_window=None, findings=None, max_findings=None):
     """The health check's judgement of the fleet: a row per node (expected, then unexpected), per queue, per task
     running longer than max_task_runtime (at ``now``, epoch seconds), per stalled consumer or prefetch starvation
-    (confirmed at the end of a window by ``workers_end`` and ``queues_end`` when given) and for the event window, the
-    problems in words, and the summary table. Pure: the modules have asked the broker already."""
+    (confirmed at the end of a window by ``workers_end`` and ``queues_end`` when given), per kind of broker finding
+    (``findings``: celery_broker_info's summary, judged by ``max_findings``) and for the event window, the problems in
+    words, and the summary table. Pure: the modules have asked the broker already."""
     expected = _list(expected, 'expected (the expected nodes)')
     workers = _mapping(workers, 'workers (the result of celery_worker_info)')
     answered = {'workers': _mapping(workers.get('workers') or {}, 'workers.workers')}
@@ -365,14 +391,17 @@ def fleet_health(expected, workers, queues=None, events=None, max_messages=None,
         end = {'workers': _mapping(workers_end.get('workers') or {}, 'workers_end.workers'),
                'depths': dict((queue['name'], queue['messages']) for queue in ends)}
     stall_rows = _stall_rows(expected, answered, depths, end, stall_window)
+    finding_rows = _finding_rows(findings, max_findings)
 
     problems = ['%s (host %s): %s' % (row['node'], row['host'], row['status']) for row in rows if not row['ok']]
     problems += ['queue %s: %s' % (row['name'], row['status']) for row in queue_rows if not row['ok']]
     problems += ['%s (host %s): %s' % (row['node'], row['host'], row['status']) for row in task_rows + stall_rows]
+    problems += ['broker %s: %s' % (row['kind'], row['status']) for row in finding_rows if not row['ok']]
     if event_row and not event_row['ok']:
         problems.append(event_row['status'])
     return {'healthy': not problems, 'rows': rows, 'queues': queue_rows, 'tasks': task_rows, 'stalled': stall_rows,
-            'events': event_row, 'problems': problems, 'table': _table(rows, queue_rows, task_rows, problems, stall_rows)}
+            'findings': finding_rows, 'events': event_row, 'problems': problems,
+            'table': _table(rows, queue_rows, task_rows, problems, stall_rows, finding_rows)}
 
 
 class FilterModule(object):

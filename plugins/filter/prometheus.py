@@ -17,7 +17,7 @@ from ansible_collections.celeryops.fleet.plugins.module_utils._messages import k
 # Label names as the format allows them; a leading __ is reserved for Prometheus itself.
 _LABEL_NAME = re.compile(r'^[a-zA-Z_][a-zA-Z0-9_]*$')
 # The labels the metrics set themselves: a constant label of the same name would make two labels of one name.
-_OWN_LABELS = ('queue', 'priority', 'node')
+_OWN_LABELS = ('queue', 'priority', 'node', 'kind')
 
 # Every metric family: name -> help text. Its TYPE is gauge: each is a value read at the time of the check.
 FAMILIES = {
@@ -28,6 +28,7 @@ FAMILIES = {
     'celery_worker_up': 'Whether the Celery worker node answered (1) or not (0).',
     'celery_worker_active_tasks': 'Tasks the Celery worker node was running.',
     'celery_worker_reserved_tasks': 'Tasks the Celery worker node had prefetched and not yet started.',
+    'celery_broker_findings': 'Findings of celeryops.fleet.celery_broker_info of one kind (0: checked, none found).',
     'celery_fleet_healthy': 'Whether the health check found the Celery fleet healthy (1) or not (0).',
     'celery_check_timestamp_seconds': 'Unix time at which the facts were gathered.',
 }
@@ -166,15 +167,21 @@ def _worker_samples(samples, workers):
         samples.add('celery_worker_up', 0, node=_name(node, 'workers.missing[%d]' % index))
 
 
-def prometheus_text(queues, workers=None, healthy=None, timestamp=None, labels=None):
+def _finding_samples(samples, findings):
+    """celery_broker_info's summary: a count per kind checked."""
+    for name, count in _mapping(findings, 'findings').items():
+        samples.add('celery_broker_findings', _number(count, 'findings[%r]' % (name,)), kind=_name(name, 'findings key'))
+
+
+def prometheus_text(queues, workers=None, healthy=None, timestamp=None, labels=None, findings=None):
     """The facts given as a Prometheus text file: HELP and TYPE lines, then one line per series. Pure: the modules
     have asked the broker already. A fact not given (None) writes no series."""
     samples = _Samples(_labels(labels))
     _queue_samples(samples, queues)
     if workers is not None:
         _worker_samples(samples, workers)
-    # celery_broker_info's findings (issue 19) get their families here, from its summary (a count per kind), once
-    # that module exists: one more FAMILIES entry and one more _*_samples function.
+    if findings is not None:
+        _finding_samples(samples, findings)
     if healthy is not None:
         if not isinstance(healthy, bool):
             _fail('healthy must be a boolean, got %s' % kind(healthy))

@@ -4,6 +4,8 @@
 """worker_nodes (the node names of a host's celery_workers) and fleet_health (the health check's judgement):
 plain dicts shaped as celery_worker_info, celery_queue_info and celery_events_info return them."""
 
+import re
+
 import pytest
 from ansible.errors import AnsibleFilterError
 
@@ -307,3 +309,30 @@ def test_an_active_task_not_shaped_as_celery_sends_it_is_named():
     with pytest.raises(AnsibleFilterError) as caught:
         fleet_health(FLEET[:1], workers, max_task_runtime=1, now=NOW)
     assert str(caught.value) == "fleet_health: workers.workers['default@web1'].active[0] must be a dict, got str"
+
+
+def test_broker_findings_are_reported_per_kind_and_judged_only_with_a_limit():
+    summary = {'orphan_reply': 12, 'no_consumer': 0, 'overdue_unacked': 2}
+    health = fleet_health(FLEET, HEALTHY, queues=QUEUES, findings=summary, max_findings={'orphan_reply': 0, 'overdue_unacked': '5'})
+    assert [(row['kind'], row['count'], row['ok']) for row in health['findings']] == [
+        ('no_consumer', 0, True), ('orphan_reply', 12, False), ('overdue_unacked', 2, True)]
+    assert health['problems'] == ['broker orphan_reply: 12 found, more than 0'] and not health['healthy']
+    # A line per kind found or over its limit; none for a kind with nothing found.
+    assert 'broker orphan_reply: 12 found - 12 found, more than 0' in health['table']
+    assert 'broker overdue_unacked: 2 found' in health['table']
+    assert not any(line.startswith('broker no_consumer') for line in health['table'])
+    # Reported without limits, never judged; without findings, no rows.
+    assert fleet_health(FLEET, HEALTHY, queues=QUEUES, findings=summary)['healthy']
+    assert fleet_health(FLEET, HEALTHY, queues=QUEUES)['findings'] == []
+
+
+@pytest.mark.parametrize('findings, max_findings, message', [
+    ({'orphan_reply': 1}, {'orphan_replies': 0}, 'max_findings names kinds celery_broker_info did not check on this broker: '
+                                                 'orphan_replies (checked: orphan_reply)'),
+    ({'orphan_reply': 1}, {'orphan_reply': 'none'}, "max_findings['orphan_reply'] must be a whole number of findings"),
+    ({'orphan_reply': 'x'}, {}, "findings['orphan_reply'] must be a whole number of findings"),
+    (['orphan_reply'], {}, 'findings (the summary of celery_broker_info) must be a dict'),
+])
+def test_bad_findings_and_limits_are_named(findings, max_findings, message):
+    with pytest.raises(AnsibleFilterError, match=re.escape(message)):
+        fleet_health(FLEET, HEALTHY, queues=QUEUES, findings=findings, max_findings=max_findings)

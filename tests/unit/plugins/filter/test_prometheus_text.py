@@ -34,7 +34,8 @@ def parsed(text):
 
 
 def test_every_fact_is_a_gauge_with_help_and_labels():
-    text = prometheus_text(QUEUES, workers=WORKERS, healthy=False, timestamp=1765148400.25, labels={'source': 'health_check'})
+    text = prometheus_text(QUEUES, workers=WORKERS, healthy=False, timestamp=1765148400.25, labels={'source': 'health_check'},
+                           findings={'orphan_reply': 4, 'no_consumer': 0})
     samples, types, helps = parsed(text)
     src = ('source', 'health_check')
     assert samples['celery_queue_messages_ready'] == {(('queue', 'celery'), src): 12, (('queue', 'reports'), src): 0}
@@ -50,6 +51,8 @@ def test_every_fact_is_a_gauge_with_help_and_labels():
     assert samples['celery_worker_reserved_tasks'] == {(('node', 'default@web1'), src): 1}
     assert samples['celery_fleet_healthy'] == {(src,): 0}
     assert samples['celery_check_timestamp_seconds'] == {(src,): 1765148400.25}
+    # Every kind celery_broker_info checked, 0 included.
+    assert samples['celery_broker_findings'] == {(('kind', 'no_consumer'), src): 0, (('kind', 'orphan_reply'), src): 4}
     assert set(types) == set(FAMILIES) and set(types.values()) == {'gauge'}
     assert all(helps[name] == FAMILIES[name] for name in FAMILIES)
     for line in text.splitlines():
@@ -136,3 +139,12 @@ def test_what_is_not_shaped_as_the_modules_return_it_is_named(args, kwargs, mess
 
 def test_the_filter_is_registered():
     assert FilterModule().filters() == {'prometheus_text': prometheus_text}
+
+
+def test_findings_must_be_counts_per_kind():
+    with pytest.raises(AnsibleFilterError, match=r"findings\['orphan_reply'\]"):
+        prometheus_text([], findings={'orphan_reply': 'many'})
+    with pytest.raises(AnsibleFilterError, match='findings must be'):
+        prometheus_text([], findings=['orphan_reply'])
+    with pytest.raises(AnsibleFilterError, match="'kind' is a label the metrics set themselves"):
+        prometheus_text([], labels={'kind': 'x'})

@@ -55,6 +55,7 @@ def test_management_tries_each_url_and_keeps_the_one_that_answered():
     # The next request goes straight to the URL that answered.
     assert management.get('/api/queues/x') == [] and asked == ['http://a:15672'] + ['http://ops:hunter22@b:15672'] * 2
     # None answers: each URL's reason, no password.
+
     def refuse(url, path):
         raise OSError('refused by %s' % url)
     management._open = refuse
