@@ -58,6 +58,8 @@ def has_pika():
 
 # What a passive declare says of a queue that is exclusive to another connection (405 RESOURCE_LOCKED).
 LOCKED = 'locked'
+# What queue.delete with if_unused says of a queue that has a consumer (406 PRECONDITION_FAILED).
+IN_USE = 'in use'
 
 
 @contextlib.contextmanager
@@ -343,6 +345,26 @@ class AmqpConnection(object):
             self._channel = None
             return None if ok == 404 else LOCKED
         return ok.method.message_count, ok.method.consumer_count
+
+    def delete_unused(self, queue):
+        """queue.delete with if_unused: the broker deletes ``queue`` only if no consumer is on it at that moment
+        (checked by the broker itself, so a consumer that attached a moment ago keeps it). The number of messages
+        it held; None when there is no such queue, IN_USE when it has a consumer, LOCKED when it is exclusive to
+        another connection (whose owner is alive: an exclusive queue goes with its connection)."""
+        channel = self.channel()
+
+        def delete():
+            try:
+                return channel.queue_delete(queue=queue, if_unused=True)
+            except pika_exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code in (404, 405, 406):   # no such queue / exclusive / a consumer (if_unused)
+                    return exc.reply_code
+                raise
+        ok = self.call(delete, what='deleting (if unused) on')
+        if isinstance(ok, int):
+            self._channel = None
+            return {404: None, 405: LOCKED, 406: IN_USE}[ok]
+        return ok.method.message_count
 
     def check_queue(self, queue, what):
         """Fail unless ``queue`` is still there: a call that proves the broker still answers."""

@@ -268,6 +268,16 @@ def message_fields(raw):
     return task_id, view.get('task'), view.get('eta')
 
 
+def reported_ids(replies):
+    """The task ids the answering workers hold (active, reserved, scheduled): held entries of other ids have lost
+    their holder."""
+    reported = set(task.get('id') for command in ('active', 'reserved') for tasks in replies.first(command).values()
+                   for task in tasks)
+    reported |= set((entry.get('request') or {}).get('id') for tasks in replies.first('scheduled').values()
+                    for entry in tasks if isinstance(entry.get('request'), dict))
+    return reported
+
+
 def held_fields(value):
     """(message, exchange, routing_key) of an unacked entry (kombu's JSON [message, exchange, routing_key]), or None."""
     try:
@@ -297,19 +307,16 @@ class RedisHygiene(object):
         self.call = queues.call
         self.client = queues.client
         self.notes = {}
+        self.orphan_lists = {}   # orphan_reply queue -> its lists (keys), from the last orphan_replies()
+        self.overdue_entries = []   # from the last held(): dict(tag, queue, queues, id, age) of each overdue entry
 
     def findings(self):
         bindings = self.queues.bindings()
         out = self.orphan_replies(bindings)   # first: before our own broadcast makes a reply list
-        replies = self.control.request(BROADCAST, self._expectation(), timeout=self.params['timeout'])
-        answered = sorted(replies.nodes('active_queues'))
-        expectation = self._expectation()
-        self.notes.update(nodes=answered, missing=expectation.missing(set(answered)), duplicates=replies.duplicates())
+        replies = self.broadcast()
+        answered = self.notes['nodes']
         consumed = set(q['name'] for queues in replies.first('active_queues').values() for q in queues)
-        reported = set(task.get('id') for command in ('active', 'reserved') for tasks in replies.first(command).values()
-                       for task in tasks)
-        reported |= set((entry.get('request') or {}).get('id') for tasks in replies.first('scheduled').values()
-                        for entry in tasks if isinstance(entry.get('request'), dict))
+        reported = reported_ids(replies)
         names = self.queues.discover(bindings=bindings)
         depths = dict((name, sum(steps.values())) for name, steps in self.queues.depths(names).items())
         out += no_consumer_findings(depths, consumed, answered)
@@ -324,6 +331,17 @@ class RedisHygiene(object):
         out += self.results()
         out += self.settings()
         return out
+
+    def broadcast(self):
+        """One broadcast of BROADCAST; notes who answered."""
+        replies = self.control.request(BROADCAST, self._expectation(), timeout=self.params['timeout'])
+        answered = sorted(replies.nodes('active_queues'))
+        self.notes.update(nodes=answered, missing=self._expectation().missing(set(answered)), duplicates=replies.duplicates())
+        return replies
+
+    def overdue(self, bindings):
+        """The overdue_unacked findings alone (one broadcast, the unacked hash); self.overdue_entries names them."""
+        return self.held(bindings, reported_ids(self.broadcast()), self._server_time(), {}, Tally())
 
     def _expectation(self):
         from ansible_collections.celeryops.fleet.plugins.module_utils._control import Expectation
@@ -376,6 +394,7 @@ class RedisHygiene(object):
             idle = None if row['unknown'] else row['idle']
             if is_orphan(idle, queue in bound, self.params['orphan_after']):
                 orphans.append((queue, row, idle))
+        self.orphan_lists = dict((queue, row['keys']) for queue, row, _idle in orphans)
         lengths = {}
         countable = [key for queue, row, _idle in orphans if no_touch or queue not in bound for key in row['keys']]
         for start in range(0, len(countable), BATCH):
@@ -401,6 +420,8 @@ class RedisHygiene(object):
         """overdue_unacked findings; fills ``places`` (ids) and ``eta_tally`` from kombu's unacked hash."""
         from ansible_collections.celeryops.fleet.plugins.module_utils._redis_queues import route
         entries = []   # (tag, size, task id, eta, queue)
+        routes = {}   # tag -> every queue kombu would restore the entry to
+        self.overdue_entries = []
         cursor = 0
         while True:
             cursor, page = self.call(self.client.hscan, self.layout.unacked, cursor, count=HSCAN_COUNT)
@@ -409,7 +430,7 @@ class RedisHygiene(object):
                 if held is None:
                     continue
                 task_id, _task, eta = message_fields(held[0])
-                routed = route(bindings, held[1], held[2])
+                routed = routes[tag] = route(bindings, held[1], held[2])
                 entries.append((tag, len(value), task_id, eta, routed[0] if routed else held[2] or '?'))
             if not cursor:
                 break
@@ -427,6 +448,7 @@ class RedisHygiene(object):
                     eta_tally.add(queue, size, age, 'held, %s' % task_id)
                 if age is not None and age > limit and task_id not in reported:
                     overdue.add(queue, size, age, task_id)
+                    self.overdue_entries.append(dict(tag=tag, queue=queue, queues=routes[tag], id=task_id, age=age))
         return overdue.findings('overdue_unacked', lambda queue, row: (
             '%d held for more than %ss (visibility_timeout) by no answering worker; oldest %ss (%s)' % (
                 row['count'], limit, int(row['oldest']), ', '.join(row['notes']))))
@@ -587,13 +609,17 @@ class AmqpHygiene(object):
         self.control = control
         self.notes = {}
 
-    def findings(self):
+    def queue_records(self):
         from urllib.parse import quote
-        from ansible_collections.celeryops.fleet.plugins.module_utils._control import Expectation
         queues = self.management.get('/api/queues/%s?columns=%s' % (quote(self.broker.vhost, safe=''), self.QUEUE_COLUMNS))
         if not isinstance(queues, list) or not all(isinstance(r, dict) for r in queues):
             raise BrokerError('management API at %s: the answer is not a list of queues' % self.management.url,
                               option='management_url', endpoint=self.management.url)
+        return queues
+
+    def findings(self):
+        from ansible_collections.celeryops.fleet.plugins.module_utils._control import Expectation
+        queues = self.queue_records()
         try:
             nodes = self.management.get('/api/nodes?columns=%s' % self.NODE_COLUMNS)
         except BrokerError as error:   # /api/nodes wants the monitoring tag: the alarms stay unknown
@@ -691,3 +717,186 @@ def broker_info(params, broker, result):
     problems = threshold_problems(found['summary'], limits)
     if problems:
         raise BrokerError(problems[0][1], option='max_findings')
+
+
+# -- clean-up (celery_broker) ---------------------------------------------------------------------
+
+CLEAN_KINDS = ('orphan_reply', 'stale_event_queue')
+
+# Deletes the lists of one orphaned reply queue only if it still is one (is_orphan, at this instant): not bound
+# again, or bound but still untouched for orphan_after seconds; and only lists (a key of another type under the
+# name is left alone). KEYS: the n lists, then the two binding sets of the reply exchange. ARGV: n, orphan_after,
+# the binding members that would bind the queue. Returns the replies deleted, or -1 (in use) / -2 (not a list).
+_DELETE_ORPHAN = """
+local n = tonumber(ARGV[1])
+local bound = false
+for s = n + 1, n + 2 do
+  for m = 3, #ARGV do
+    if redis.call('SISMEMBER', KEYS[s], ARGV[m]) == 1 then bound = true end
+  end
+end
+for i = 1, n do
+  local kind = redis.call('TYPE', KEYS[i])['ok']
+  if kind ~= 'list' and kind ~= 'none' then return -2 end
+  if kind == 'list' and bound then
+    local idle = redis.pcall('OBJECT', 'IDLETIME', KEYS[i])
+    if type(idle) ~= 'number' or idle < tonumber(ARGV[2]) then return -1 end
+  end
+end
+local replies = 0
+for i = 1, n do replies = replies + redis.call('LLEN', KEYS[i]) end
+redis.call('UNLINK', unpack(KEYS, 1, n))
+return replies
+"""
+
+
+def cleanup_argument_spec():
+    spec = hygiene_argument_spec()
+    out = dict((name, spec[name]) for name in ('visibility_timeout', 'orphan_after', 'expected_nodes', 'expected_count',
+                                               'timeout'))
+    out.update(
+        state=dict(type='str', default='cleaned', choices=['cleaned']),
+        kinds=dict(type='list', elements='str', choices=list(CLEAN_KINDS), default=[]),
+        restore_overdue=dict(type='bool', default=False),
+    )
+    return out
+
+
+def check_cleanup_params(params):
+    for option in ('visibility_timeout', 'orphan_after', 'timeout'):
+        check_seconds(params[option], option)
+    if params['expected_count'] is not None and params['expected_count'] < 0:
+        raise OptionError('expected_count must be 0 or more, got %d' % params['expected_count'], option='expected_count')
+    if params['expected_nodes'] is not None and not params['expected_nodes']:
+        raise OptionError('expected_nodes is empty: omit it or name at least one node', option='expected_nodes')
+    if not params['kinds'] and not params['restore_overdue']:
+        raise OptionError('nothing to do: give kinds (%s) or restore_overdue: true' % ', '.join(CLEAN_KINDS),
+                          option='kinds')
+
+
+def cleanup_diff(findings, cleaned):
+    """before/after: the targeted findings' names per kind (and the overdue ids), then what is left."""
+    before, after = {}, {}
+    gone = set((c['kind'], c['name']) for c in cleaned)
+    for item in findings:
+        if item['kind'] == 'overdue_unacked':
+            continue
+        before.setdefault(item['kind'], []).append(item['name'])
+        if (item['kind'], item['name']) not in gone:
+            after.setdefault(item['kind'], []).append(item['name'])
+    return dict(before=before, after=after)
+
+
+def _cleanup_redis(params, hygiene, check_mode, result):
+    from ansible_collections.celeryops.fleet.plugins.module_utils._redis_queues import priority_step, restore_payload
+    layout, queues = hygiene.layout, hygiene.queues
+    bindings = queues.bindings()
+    kinds = params['kinds']
+    if 'orphan_reply' in kinds:
+        found = hygiene.orphan_replies(bindings)
+        result['findings'] += found
+        bound = dict()
+        for routing_key, queue in bindings.get(REPLY_EXCHANGE, ()):
+            bound.setdefault(queue, set()).add(layout.binding_member(routing_key, queue))
+        script = None if check_mode else queues.connection.script(_DELETE_ORPHAN)
+        for item in found:
+            queue = item['name']
+            lists = [key if isinstance(key, bytes) else key.encode('utf-8') for key in hygiene.orphan_lists[queue]]
+            lists += [key.encode('utf-8') for _step, key in layout.keys(queue) if key.encode('utf-8') not in lists]
+            members = sorted(bound.get(queue, set()) | set([layout.binding_member(queue[:-len(REPLY_SUFFIX)], queue)]))
+            row = dict(kind='orphan_reply', name=queue, count=item['count'], bytes=item['bytes'])
+            if not check_mode:
+                gone = hygiene.call(script, keys=lists + [layout.binding_key(REPLY_EXCHANGE),
+                                                          layout.permanent_binding_key(REPLY_EXCHANGE)],
+                                    args=[len(lists), params['orphan_after']] + members)
+                if gone < 0:
+                    result['kept'].append(dict(kind='orphan_reply', name=queue, reason=(
+                        'bound again and touched within orphan_after: a client reads it' if gone == -1 else
+                        'a key of its name is no longer a list')))
+                    continue
+                row['count'] = gone
+            result['cleaned'].append(row)
+    if params['restore_overdue']:
+        found = hygiene.overdue(bindings)
+        result['findings'] += found
+        result.update(nodes=hygiene.notes['nodes'], missing=hygiene.notes['missing'])
+        now = hygiene._server_time()
+        for entry in hygiene.overdue_entries:
+            tag = _text(entry['tag'])
+            row = dict(id=entry['id'], queue=entry['queue'], queues=entry['queues'], delivery_tag=tag,
+                       held_seconds=round(entry['age'], 3))
+            if not entry['queues']:
+                result['not_restored'].append(dict(row, reason='no queue is bound for its exchange and routing key'))
+                continue
+            value = hygiene.call(hygiene.client.hget, layout.unacked, entry['tag'])
+            message = restore_payload(value) if value is not None else None
+            if message is None:
+                result['not_restored'].append(dict(row, reason='gone from unacked meanwhile (acknowledged or restored)'))
+                continue
+            row['priority_step'] = priority_step(message, layout.steps)
+            if not check_mode and not queues.restore_held(entry['tag'], value,
+                                                          now - params['visibility_timeout'], entry['queues']):
+                result['not_restored'].append(dict(row, reason='changed meanwhile (acknowledged or restored by a worker)'))
+                continue
+            result['restored'].append(row)
+
+
+def _cleanup_amqp(params, hygiene, connection, check_mode, result):
+    from ansible_collections.celeryops.fleet.plugins.module_utils._amqp_connection import IN_USE, LOCKED
+    found = [f for f in amqp_findings(hygiene.queue_records(), []) if f['kind'] in params['kinds']]
+    result['findings'] += found
+    for item in found:
+        name = item['name']
+        kept = None
+        counts = connection.declare_passive(name)   # real time: the management API's counts lag
+        if counts is None:
+            kept = 'gone meanwhile'
+        elif counts == LOCKED:
+            kept = 'exclusive to a live connection'
+        elif counts[1]:
+            kept = 'a consumer is on it now (%d)' % counts[1]
+        count = counts[0] if isinstance(counts, tuple) else None
+        if kept is None and not check_mode:
+            count = connection.delete_unused(name)
+            kept = {None: 'gone meanwhile', IN_USE: 'a consumer attached before the delete (if_unused refused it)',
+                    LOCKED: 'exclusive to a live connection'}.get(count)
+        if kept is not None:
+            result['kept'].append(dict(kind=item['kind'], name=name, reason=kept))
+        else:
+            result['cleaned'].append(dict(kind=item['kind'], name=name, count=count, bytes=item['bytes']))
+
+
+def broker_cleanup(params, broker, check_mode, result):
+    """celery_broker: delete the findings of ``kinds`` and restore overdue unacked messages; fill ``result``
+    (findings, cleaned, kept, restored, not_restored, diff, changed). Each deletion and restore re-checks, at that
+    instant and on the broker, that it still applies."""
+    result.update(findings=[], cleaned=[], kept=[], restored=[], not_restored=[])
+    if broker.transport == 'redis':
+        hygiene, opened = _open(params, broker)
+        try:
+            _cleanup_redis(params, hygiene, check_mode, result)
+        finally:
+            for thing in opened:
+                thing.close()
+    else:
+        if params['restore_overdue']:
+            raise OptionError('restore_overdue is for Redis: RabbitMQ requeues what a consumer held as soon as its '
+                              'connection closes', option='restore_overdue')
+        from ansible_collections.celeryops.fleet.plugins.module_utils._amqp_connection import AmqpConnection
+        from ansible_collections.celeryops.fleet.plugins.module_utils._management import Management
+        from ansible_collections.celeryops.fleet.plugins.module_utils._queues import check_management_url
+        if params.get('management_url'):
+            check_management_url(params['management_url'])
+        management = Management(broker, params.get('management_url'), params.get('management_user'),
+                                params.get('management_password'), params.get('management_validate_certs', True))
+        connection = AmqpConnection(broker)
+        try:
+            _cleanup_amqp(params, AmqpHygiene(params, broker, management, None), connection, check_mode, result)
+        finally:
+            connection.close()
+    result['diff'] = cleanup_diff(result['findings'], result['cleaned'])
+    if params['restore_overdue']:
+        result['diff']['before']['overdue_unacked'] = sorted(e['id'] or e['delivery_tag'] for e in
+                                                             result['restored'] + result['not_restored'])
+        result['diff']['after']['overdue_unacked'] = sorted(e['id'] or e['delivery_tag'] for e in result['not_restored'])
+    result['changed'] = bool(result['cleaned'] or result['restored'])

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 MODULES = ('celery_queue_info', 'celery_queue', 'celery_worker_info', 'celery_worker', 'celery_events_info', 'celery_task_info',
-           'celery_task')
+           'celery_task', 'celery_broker')
 MODULE_MUST_NOT_IMPORT = ('celery', 'kombu', 'pika', 'ansible.module_utils.urls')
 
 PLUGINS = ('lookup.queue_depth', 'filter.celery', 'inventory.celery_workers')
