@@ -7,6 +7,7 @@ check mode changes nothing and a second run changes nothing. The races (a consum
 detection and the delete) are timed in process, by running the same code with a hook between the two steps.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -239,6 +240,37 @@ def test_restore_skips_an_entry_acknowledged_meanwhile(redis_env, monkeypatch, w
     assert [r['id'] for r in result['restored']] == [ids[1]], result
     assert [r['id'] for r in result['not_restored']] == [ids[0]] and 'meanwhile' in result['not_restored'][0]['reason']
     assert [m for m in client.lrange('held', 0, -1) if ids[0].encode() in m] == []
+
+
+def test_key_prefix_sep_and_priority_steps(redis_env, ansible):
+    """global_keyprefix (with glob characters), sep and priority_steps as the workers have them: the prefixed orphan
+    and held message are the ones cleaned and restored, to the prefixed list of the message's step; another app's
+    keys without the prefix stay."""
+    client, prefix = redis_env.client, 'app[1]*?:'
+    client.lpush(prefix + 'dead.reply.celery.pidbox', b'{}')
+    client.lpush('other.reply.celery.pidbox', b'{}')               # not this app's
+    task_id = str(uuid.uuid4())
+    message = {'body': 'W1tdLCB7fSwge31d', 'content-encoding': 'utf-8', 'content-type': 'application/json',
+               'headers': {'id': task_id, 'task': 'fleet_tasks.add', 'lang': 'py'},
+               'properties': {'priority': 6, 'delivery_tag': 'tag-1', 'body_encoding': 'base64',
+                              'delivery_info': {'exchange': '', 'routing_key': 'q'}}}
+    for key_prefix in (prefix, ''):   # the same entry in both apps: only the prefixed one is restored
+        client.hset(key_prefix + 'unacked', 'tag-1', json.dumps([message, '', 'q']))
+        client.zadd(key_prefix + 'unacked_index', {'tag-1': time.time() - 4000})
+    before = redis_env.snapshot()
+    args = dict(broker_url=redis_env.url, global_keyprefix=prefix, sep=':', priority_steps=[0, 5],
+                kinds=['orphan_reply'], restore_overdue=True, timeout=0.3, orphan_after=3600)
+    result = clean(ansible, **args)
+    assert not result.get('failed'), result
+    assert [c['name'] for c in result['cleaned']] == ['dead.reply.celery.pidbox'], result
+    assert [(r['id'], r['priority_step'], r['queues']) for r in result['restored']] == [(task_id, 5, ['q'])], result
+    [restored] = client.lrange(prefix + 'q:5', 0, -1)
+    assert json.loads(restored)['headers']['redelivered'] is True and json.loads(restored)['headers']['id'] == task_id
+    changed = ((prefix + 'dead.reply.celery.pidbox').encode(), (prefix + 'unacked').encode(),
+               (prefix + 'unacked_index').encode(), (prefix + 'q:5').encode())
+    assert without(redis_env.snapshot(), *changed) == without(before, *changed)
+    assert client.hlen(prefix + 'unacked') == 0 and client.zcard(prefix + 'unacked_index') == 0
+    assert clean(ansible, **args)['changed'] is False
 
 
 @pytest.mark.parametrize('args, option, text', [
