@@ -230,6 +230,13 @@ nodes_error:
   description: RabbitMQ. Why the nodes (alarms) could not be read (the management user lacks the monitoring tag).
   returned: when C(/api/nodes) failed
   type: str
+broadcast_error:
+  description:
+    - RabbitMQ. Why the workers could not be asked (for C(eta_beyond_visibility)) while a node is in alarm. An alarm
+      blocks every publisher of the cluster, this module's broadcast too; the alarm findings are reported, and
+      RV(nodes) and RV(missing) are empty.
+  returned: when a C(memory_alarm) or C(disk_alarm) is found and the broadcast could not be sent
+  type: str
 waited:
   description: Seconds spent waiting for O(max_findings), with O(wait=true).
   returned: when O(wait=true) and O(max_findings)

@@ -373,3 +373,29 @@ def test_drain_waiting_when_its_node_stops_goes_on_through_the_next_url(cluster,
         assert recorded(ran) == [slow]
     finally:
         cluster.start_node(a)
+
+
+def test_broker_info_names_the_node_in_alarm_though_the_module_asks_another(cluster, nodes, ansible):
+    """celery_broker_info's memory_alarm and disk_alarm, made real on B (its watermark and free-disk limit set past
+    what it has), seen through A and the cluster's management API; cleared after."""
+    a, b, c = nodes
+
+    def alarms():
+        return dict((node['name'], (node.get('mem_alarm'), node.get('disk_free_alarm')))
+                    for node in api(a, 'GET', '/api/nodes?columns=name,mem_alarm,disk_free_alarm'))
+    b.memory_alarm(True)
+    b.ctl('set_disk_free_limit', '100000GB')
+    try:
+        wait_for(lambda: alarms().get(b.node) == (True, True), 60, 'the memory and disk alarms on B')
+        result = ansible.module('celery_broker_info', dict(broker_url=a.url, management_url=management_urls(nodes),
+                                                           timeout=0.5))
+    finally:
+        b.memory_alarm(False)
+        b.ctl('set_disk_free_limit', '50MB')
+        wait_for(lambda: alarms().get(b.node) == (False, False), 60, 'the alarms on B to clear')
+    assert not result.get('failed'), result.get('msg')
+    found = sorted((f['kind'], f['name']) for f in result['findings'] if f['kind'] in ('memory_alarm', 'disk_alarm'))
+    assert found == [('disk_alarm', b.node), ('memory_alarm', b.node)], result['findings']
+    assert result['summary']['memory_alarm'] == 1 and result['summary']['disk_alarm'] == 1
+    # The alarm blocks every publisher of the cluster, the module's broadcast too: said, not a failure.
+    assert 'blocked the connection' in result['broadcast_error'] and result['nodes'] == [], result
