@@ -76,6 +76,7 @@ def without(snapshot, *keys):
 HOSTILE = 'a*b[c]?\n\\x.reply.celery.pidbox'
 
 
+@pytest.mark.mitogen
 def test_orphan_replies_cleaned_nothing_else_touched(redis_env, ansible, workers):
     url, client = redis_env.url, redis_env.client
     worker = workers.start(url, 'late@cleanup', ['hq'])

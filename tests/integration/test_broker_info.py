@@ -93,6 +93,7 @@ def test_orphan_reply_from_a_killed_inspect(redis_env, ansible, workers):
     assert found['name'] == queue and 'unbound' in found['detail'] and found['count'] == 1, result
 
 
+@pytest.mark.mitogen
 def test_no_consumer_from_one_broadcast(redis_env, ansible, workers):
     url = redis_env.url
     workers.start(url, 'served@hygiene', ['served'])
