@@ -54,6 +54,18 @@ MIN_DUPLICATE_GRACE = 0.02
 # acknowledgement, {'ok': text} or {'error': text}.
 REPLY_TYPES = {'stats': dict, 'conf': dict, 'memdump': str, 'active': list, 'reserved': list, 'scheduled': list,
                'active_queues': list, 'registered': list, 'revoked': list}
+# Control commands newer than the oldest Celery the collection supports (5.2), and the release that brought each.
+COMMANDS_SINCE = {'revoke_by_stamped_headers': '5.3'}
+
+
+def plain_error(command, value):
+    """A worker's reply to ``command``, its error said plainly when the worker has no such command: kombu's pidbox
+    answers one with the repr of the KeyError its handler lookup raised, which names neither a command nor a version."""
+    if not isinstance(value, dict) or value.get('error') not in ("KeyError('%s')" % command, 'KeyError("%s")' % command):
+        return value
+    since = COMMANDS_SINCE.get(command)
+    return dict(value, error='the worker has no control command %s%s (it answered %s)'
+                % (command, ', which came with Celery %s' % since if since else '', value['error']))
 
 
 def readable_reply(command, value):
@@ -358,7 +370,7 @@ class Control(object):
                 elif command is not None:   # else a late reply to an earlier request
                     for node, value in reply[1].items():
                         if readable_reply(command, value):
-                            replies.add(command, node, value)
+                            replies.add(command, node, plain_error(command, value))
                         else:
                             replies.undecodable += 1
         replies.elapsed = time.monotonic() - started

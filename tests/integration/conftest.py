@@ -20,6 +20,8 @@ def pytest_configure(config):
                                        'tests among these, at least one per module; everything Ansible itself takes '
                                        'part in (roles, playbooks, plugins, option checks, no_log, the SSH fleet) runs '
                                        'on both')
+    config.addinivalue_line('markers', 'celery_matrix: workers of every Celery 5.x (test_celery_matrix.py), the step '
+                                       'celery-matrix of scripts/test; the other integration steps leave them out')
 
 
 @pytest.fixture(scope='session')

@@ -276,14 +276,15 @@ class Worker(object):
     """A real `celery worker` process of the test app."""
 
     def __init__(self, url, name, queues, pool='threads', concurrency=2, prefetch=4, events=False,
-                 global_keyprefix=None, logdir=None, autoscale=None, heartbeat_interval=None, config=()):
+                 global_keyprefix=None, logdir=None, autoscale=None, heartbeat_interval=None, config=(), python=None):
         self.url = url
         self.name = name
         self.queues = queues
         # One file per process: a node name can be started again (or twice).
         self.logfile = tempfile.mkstemp(prefix=name.replace('@', '_') + '-', suffix='.log',
                                         dir=logdir or tempfile.mkdtemp(prefix='celery-worker-'))[1]
-        argv = [sys.executable, '-m', 'celery', '-A', 'fleet_tasks', 'worker', '-n', name, '-Q', ','.join(queues),
+        # python: another virtualenv's (the Celery-version matrix runs workers of each Celery 5.x)
+        argv = [python or sys.executable, '-m', 'celery', '-A', 'fleet_tasks', 'worker', '-n', name, '-Q', ','.join(queues),
                 '-P', pool, '--prefetch-multiplier', str(prefetch),
                 '--without-mingle', '--without-gossip', '-l', 'INFO', '--logfile', self.logfile]
         if concurrency:
