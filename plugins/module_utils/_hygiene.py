@@ -695,7 +695,7 @@ def report(findings, notes, transport):
 def broker_info(params, broker, result):
     """celery_broker_info: fill ``result`` with findings, summary and what was checked; with wait, poll until
     max_findings holds; raise BrokerError when it does not."""
-    from ansible_collections.celeryops.fleet.plugins.module_utils._wait import wait_until
+    from ansible_collections.celeryops.fleet.plugins.module_utils._wait import wait_in_result
     hygiene, opened = _open(params, broker)
     limits = params['max_findings']
     try:
@@ -708,15 +708,8 @@ def broker_info(params, broker, result):
             for thing in opened:
                 thing.reconnect()
         if params['wait'] and limits:
-            try:
-                found, waited = wait_until(probe, params['wait_timeout'], params['wait_sleep'],
-                                           lambda f: threshold_problems(f['summary'], limits)[0][1] if f else 'no answer',
-                                           reconnect=reconnect)
-            except BrokerError as error:
-                if 'last_state' in error.details:
-                    result.update(error.details.pop('last_state'))
-                raise
-            result['waited'] = round(waited, 3)
+            found = wait_in_result(result, probe, params, lambda f: threshold_problems(f['summary'], limits)[0][1]
+                                   if f else 'no answer', dict.update, reconnect=reconnect)
         else:
             found = probe()[1]
     finally:

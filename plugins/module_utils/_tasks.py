@@ -35,7 +35,7 @@ from ansible_collections.celeryops.fleet.plugins.module_utils._messages import (
     NotAnEnvelope, describe_message, load_envelope, loads, task_arguments, undecodable)
 from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
     check_queue_names, queue_states, redis_layout, refuse_unsafe)
-from ansible_collections.celeryops.fleet.plugins.module_utils._wait import wait_until
+from ansible_collections.celeryops.fleet.plugins.module_utils._wait import wait_in_result, wait_until
 
 # What one broadcast asks every worker.
 SNAPSHOT = {'ping': {}, 'stats': {}, 'active': {}, 'reserved': {}, 'scheduled': {}, 'revoked': {},
@@ -482,15 +482,8 @@ def task_info(params, broker, result):
             queues.reconnect()
         thresholds = params['max_stuck'] is not None or params['max_tasks'] is not None
         if params['wait'] and thresholds:
-            try:
-                found, waited = wait_until(probe, params['wait_timeout'], params['wait_sleep'],
-                                           lambda f: '; '.join(text for _o, text in info_thresholds(f, params))
-                                           if f else 'no answer', reconnect=reconnect)
-            except BrokerError as error:
-                if 'last_state' in error.details:
-                    result.update(error.details.pop('last_state'))
-                raise
-            result['waited'] = round(waited, 3)
+            found = wait_in_result(result, probe, params, lambda f: '; '.join(text for _o, text in info_thresholds(f, params))
+                                   if f else 'no answer', dict.update, reconnect=reconnect)
         else:
             found = find(params, control, queues)
         if queues.management_error:

@@ -25,6 +25,20 @@ def check_wait_params(params):
             check_seconds(params[option], option)
 
 
+def wait_in_result(result, probe, params, describe, keep, reconnect=None):
+    """``wait_until`` with the module's O(wait_timeout) and O(wait_sleep), for a module that returns what it saw: on
+    timeout ``keep(result, last state)`` puts the state last seen into ``result`` before the error goes on (it is what
+    the module returns, not a detail of the failure). Returns the state; ``result['waited']`` says how long it took."""
+    try:
+        state, waited = wait_until(probe, params['wait_timeout'], params['wait_sleep'], describe, reconnect=reconnect)
+    except BrokerError as error:
+        if 'last_state' in error.details:
+            keep(result, error.details.pop('last_state'))
+        raise
+    result['waited'] = round(waited, 3)
+    return state
+
+
 def wait_until(probe, timeout, sleep, describe, reconnect=None, lost=None):
     """Call ``probe()`` until it returns (True, state) or ``timeout`` seconds pass.
 

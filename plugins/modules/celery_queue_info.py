@@ -360,7 +360,7 @@ from ansible_collections.celeryops.fleet.plugins.module_utils._messages import U
 from ansible_collections.celeryops.fleet.plugins.module_utils._module import FleetModule
 from ansible_collections.celeryops.fleet.plugins.module_utils._queues import (
     PRIORITIES_ALL, PRIORITIES_USED, check_queue_names, open_queues, queue_states, refuse_unsafe)
-from ansible_collections.celeryops.fleet.plugins.module_utils._wait import check_wait_params, wait_until
+from ansible_collections.celeryops.fleet.plugins.module_utils._wait import check_wait_params, wait_in_result
 
 MAX_PEEK = 10000
 # A threshold that does not hold: the option that sets it, and a phrase for the operator.
@@ -416,16 +416,8 @@ def describe(params, result):
             return not unmet_thresholds(states, params), states
 
         if params['wait'] and thresholds:
-            try:
-                states, waited = wait_until(probe, params['wait_timeout'], params['wait_sleep'],
-                                            lambda s: '; '.join(p.text for p in unmet_thresholds(s, params)),
-                                            reconnect=queues.reconnect)
-            except BrokerError as error:
-                # The states last seen are what the result returns, not a detail of the failure.
-                if 'last_state' in error.details:
-                    result['queues'] = error.details.pop('last_state')
-                raise
-            result['waited'] = round(waited, 3)
+            states = wait_in_result(result, probe, params, lambda s: '; '.join(p.text for p in unmet_thresholds(s, params)),
+                                    lambda result, states: result.update(queues=states), reconnect=queues.reconnect)
         else:
             states = queue_states(queues, names, params['include_internal'], priorities)
         result['queues'] = states
