@@ -181,97 +181,19 @@ management_error:
 broker:
   description:
     - The broker that answered, without credentials.
-    - With a failover list (C(url1;url2) in O(broker_url)) or Redis Sentinel (C(sentinel://)), C(host), C(port) and the
-      rest name the URL that answered, or the master the Sentinels named (after a failover, the new one), not the first
-      URL given.
-    - C(user) is V(null), with a warning, when the password is the user name or part of it (showing the user would show the password).
+    - Its C(transport) (V(redis) or V(amqp)), C(tls), C(host), C(port), C(user), and C(db) (Redis) or C(vhost) (RabbitMQ).
+    - With a failover list (C(url1;url2) in O(broker_url)) or Redis Sentinel (C(sentinel://)), C(host) and C(port) name
+      the URL that answered, or the master the Sentinels named (after a failover, the new one). C(failover) then says
+      which URL answered (C(answered), its position from 1, of C(urls)) and why each one before it was skipped
+      (C(unreachable), each with C(endpoint) and C(error)); C(sentinel) gives the C(master_name), the C(sentinels)
+      (C(host:port), in the order given) and the one that C(answered).
+    - C(user) is V(null), with a warning, when the password is the user name or part of it (showing the user would show
+      the password).
   returned: always
   type: dict
   sample: {"transport": "redis", "tls": false, "host": "127.0.0.1", "port": 6380, "db": 0, "user": null,
-            "sentinel": {"master_name": "mymaster", "sentinels": ["127.0.0.1:26379", "127.0.0.1:26380"],
-                         "answered": "127.0.0.1:26379"}}
-  contains:
-    transport:
-      description: V(redis) or V(amqp).
-      returned: always
-      type: str
-      sample: redis
-    tls:
-      description: Whether the connection to the broker (the master, through Sentinel) uses TLS.
-      returned: always
-      type: bool
-      sample: false
-    host:
-      description: Host of the broker that answered (through Sentinel, of the master it named).
-      returned: always
-      type: str
-      sample: "127.0.0.1"
-    port:
-      description: Port of the broker that answered (through Sentinel, of the master it named).
-      returned: always
-      type: int
-      sample: 6380
-    user:
-      description: User name, if any; V(null) when it would show the password.
-      returned: always
-      type: str
-      sample: celery
-    db:
-      description: Redis database number.
-      returned: on Redis
-      type: int
-      sample: 0
-    vhost:
-      description: RabbitMQ virtual host.
-      returned: on RabbitMQ
-      type: str
-      sample: /
-    failover:
-      description: Which URL of a failover list answered, and why the ones before it were skipped.
-      returned: when O(broker_url) lists several URLs
-      type: dict
-      sample: {"answered": 2, "urls": 2, "unreachable": [{"endpoint": "redis 10.0.0.5:6379 db 0",
-               "error": "cannot connect to redis 10.0.0.5:6379 db 0: Connection refused"}]}
-      contains:
-        answered:
-          description: Position (from 1) of the URL that answered, in the order given.
-          type: int
-          returned: always
-          sample: 2
-        urls:
-          description: Number of URLs in the list.
-          type: int
-          returned: always
-          sample: 2
-        unreachable:
-          description: The URLs tried before it that did not answer (refused, reset or silent within O(connect_timeout)),
-            without credentials, each with its error.
-          type: list
-          elements: dict
-          returned: always
-          sample: [{"endpoint": "redis 10.0.0.5:6379 db 0", "error": "cannot connect to redis 10.0.0.5:6379 db 0: Connection refused"}]
-    sentinel:
-      description: Redis Sentinel that named the master (C(host) and C(port) are the master's).
-      returned: with a C(sentinel://) O(broker_url)
-      type: dict
-      sample: {"master_name": "mymaster", "sentinels": ["127.0.0.1:26379", "127.0.0.1:26380"], "answered": "127.0.0.1:26379"}
-      contains:
-        master_name:
-          description: The master's name, from O(master_name).
-          type: str
-          returned: always
-          sample: mymaster
-        sentinels:
-          description: The Sentinels of O(broker_url), as C(host:port), in the order given.
-          type: list
-          elements: str
-          returned: always
-          sample: ["127.0.0.1:26379", "127.0.0.1:26380"]
-        answered:
-          description: The Sentinel (C(host:port)) that named the master; V(null) if none did (the task failed).
-          type: str
-          returned: always
-          sample: "127.0.0.1:26379"
+           "sentinel": {"master_name": "mymaster", "sentinels": ["127.0.0.1:26379", "127.0.0.1:26380"],
+                        "answered": "127.0.0.1:26379"}}
 diff:
   description: Selected messages per queue and selected tasks per node, before and after.
   returned: in diff mode
