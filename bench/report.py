@@ -982,7 +982,8 @@ def reproduce():
         'BENCH_WORKER_SIZES (default 3,12), BENCH_FLOOR_ROUNDS (section 1b, default 7, quick 3), BENCH_RESULTS '
         '(output file), BENCH_SECTIONS (only these sections, e.g. `BENCH_SECTIONS=floor bench/run`: into '
         'bench/RESULTS.partial.md unless BENCH_RESULTS says), BENCH_SENTINEL_ROUNDS (section 9, default 5, quick 3; '
-        '`BENCH_SECTIONS=sentinel bench/run` runs it alone: bench/sentinel.py writes its own section, like 7 and 8).',
+        '`BENCH_SECTIONS=sentinel bench/run` runs it alone: bench/sentinel.py writes its own section, like 7 and 8); '
+        '`BENCH_SECTIONS=quorum bench/run` runs section 10 alone (bench/quorum.py, on the bench\'s RabbitMQ vhost).',
         '',
     ]
 
