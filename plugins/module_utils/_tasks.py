@@ -356,19 +356,24 @@ def open_states(queues, names):
 def backend_broker(params):
     """The Redis result backend to read (result_backend, or result_backend_broker: the broker's), parsed; or None.
     Raises OptionError naming the option."""
-    if params.get('result_backend_broker'):
+    broker = params.get('result_backend_broker')
+    if broker:
         url, option = params['broker_url'], 'result_backend_broker'
     else:
         url, option = params.get('result_backend'), 'result_backend'
         if not url:
             return None
-    if not url or not url.lower().startswith(('redis://', 'rediss://')):
-        raise OptionError('%s: the result backend must be a redis:// or rediss:// URL' % option, option=option)
+    # The broker's own Redis may sit behind Sentinel (its master_name and sentinel_password are the broker's).
+    schemes, shown = (('redis://', 'rediss://', 'sentinel://'), 'redis://, rediss:// or sentinel://') if broker else \
+        (('redis://', 'rediss://'), 'redis:// or rediss://')
+    if not url or not url.lower().startswith(schemes):
+        raise OptionError('%s: the result backend must be a %s URL' % (option, shown), option=option)
     try:
-        return parse_broker_url(url, password=params.get('broker_password') if option == 'result_backend_broker'
-                                else None, timeout=params['connect_timeout'], tls_ca_file=params.get('tls_ca_file'),
+        return parse_broker_url(url, password=params.get('broker_password') if broker else None,
+                                timeout=params['connect_timeout'], tls_ca_file=params.get('tls_ca_file'),
                                 tls_cert_file=params.get('tls_cert_file'), tls_key_file=params.get('tls_key_file'),
-                                tls_verify=params.get('tls_verify'))
+                                tls_verify=params.get('tls_verify'), master_name=params.get('master_name') if broker else None,
+                                sentinel_password=params.get('sentinel_password') if broker else None)
     except OptionError as error:
         raise OptionError('%s: %s' % (option, error.msg), option=option)
 

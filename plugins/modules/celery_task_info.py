@@ -34,7 +34,8 @@ options:
   result_backend_broker:
     description:
       - Read results as O(result_backend) does, from the broker's own Redis (O(broker_url)), when the result
-        backend is the broker.
+        backend is the broker. A C(sentinel://) broker works too (its master, named by the Sentinels with
+        O(master_name) and O(sentinel_password)); O(result_backend) itself takes C(redis://) or C(rediss://) only.
     type: bool
     default: false
   max_stuck:

@@ -82,6 +82,29 @@ def test_queue_info_through_sentinel_names_the_master(sentinels, ansible):
     assert_clean(ansible, sentinels.password, sentinels.sentinel_password)
 
 
+def test_task_info_reads_the_result_backend_of_a_broker_behind_sentinel(sentinels, ansible):
+    """result_backend_broker: true with a sentinel:// broker reads the results from the master the Sentinels name
+    (the broker's master_name and sentinel_password); a sentinel:// result_backend of its own is refused by name."""
+    task_id = str(uuid.uuid4())
+    client = sentinels.master_client()
+    client.set('celery-task-meta-' + task_id, json.dumps({'status': 'SUCCESS', 'result': 3, 'task_id': task_id,
+                                                          'date_done': '2026-12-07T23:00:00'}))
+    try:
+        found, refused = ansible.play([
+            {'celeryops.fleet.celery_task_info': sentinel_args(sentinels, ids=[task_id], result_backend_broker=True,
+                                                               timeout=0.5)},
+            {'celeryops.fleet.celery_task_info': sentinel_args(sentinels, ids=[task_id], result_backend=sentinels.url(),
+                                                               timeout=0.5)},
+        ])
+    finally:
+        client.delete('celery-task-meta-' + task_id)
+    assert not found.get('failed'), found.get('msg')
+    assert found['result_states'][task_id]['state'] == 'SUCCESS', found['result_states']
+    assert refused.get('failed') and refused['option'] == 'result_backend', refused
+    assert 'the result backend must be a redis:// or rediss:// URL' in refused['msg'], refused['msg']
+    assert_clean(ansible, sentinels.password, sentinels.sentinel_password)
+
+
 def test_lookup_and_worker_info_through_sentinel(sentinels, ansible, workers):
     worker = workers.start(sentinels.url(), 'sentinel@fleet', ['sq_workers'], config=worker_config(sentinels))
     lookup = ("{{ lookup('celeryops.fleet.queue_depth', 'sq_workers', broker_url=url, master_name='%s', "
