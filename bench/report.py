@@ -983,7 +983,8 @@ def reproduce():
         '(output file), BENCH_SECTIONS (only these sections, e.g. `BENCH_SECTIONS=floor bench/run`: into '
         'bench/RESULTS.partial.md unless BENCH_RESULTS says), BENCH_SENTINEL_ROUNDS (section 9, default 5, quick 3; '
         '`BENCH_SECTIONS=sentinel bench/run` runs it alone: bench/sentinel.py writes its own section, like 7 and 8); '
-        '`BENCH_SECTIONS=quorum bench/run` runs section 10 alone (bench/quorum.py, on the bench\'s RabbitMQ vhost).',
+        '`BENCH_SECTIONS=quorum bench/run` runs section 10 alone (bench/quorum.py, on the bench\'s RabbitMQ vhost); '
+        '`BENCH_SECTIONS=hygiene bench/run` section 11 (bench/hygiene.py, on the bench\'s Redis database).',
         '',
     ]
 

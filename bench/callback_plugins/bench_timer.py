@@ -48,7 +48,8 @@ def _summary(result):
     workers = result.get('workers')
     if isinstance(workers, dict):  # celery_worker_info: the sections each node answered
         out['sections'] = dict((node, sorted(info)) for node, info in workers.items() if isinstance(info, dict))
-    for key in ('msg', 'rc', 'ping', 'changed', 'online', 'missing', 'unexpected', 'duplicates', 'count', 'elapsed'):
+    for key in ('msg', 'rc', 'ping', 'changed', 'online', 'missing', 'unexpected', 'duplicates', 'count', 'elapsed',
+                'summary'):
         if key in result:
             out[key] = result[key]
     if 'stdout' in result:
