@@ -374,9 +374,10 @@ def test_filtered_purge_in_flight_during_a_failover_fails_clearly_and_loses_noth
     outcome = {}
 
     def run():
+        # connect_timeout 10: asking the Sentinels must not fail on a loaded machine before the purge begins.
         outcome['result'] = ansible.module('celery_queue', sentinel_args(
-            sentinels, queues=['sq_other', 'sq_purge', 'sq_after'], state='purged', task_names=['fleet_tasks.mail']),
-            verbosity=3)
+            sentinels, queues=['sq_other', 'sq_purge', 'sq_after'], state='purged', task_names=['fleet_tasks.mail'],
+            connect_timeout=10), verbosity=3)
     thread = threading.Thread(target=run)
     thread.start()
     killed = False
