@@ -65,11 +65,16 @@ def connect(env):
                                                              pika.PlainCredentials('guest', 'guest')))
 
 
+def opened(where):
+    """A connection to ``where``: the test's vhost (an env), or what a function returns (a node of a cluster)."""
+    return where() if callable(where) else connect(where)
+
+
 def send(env, name, tasks):
     """Publish Celery protocol 2 messages (task name, id headers) straight to ``name``, confirmed;
     returns their ids in send order. Celery itself would redeclare the queue as a classic one."""
     ids = []
-    connection = connect(env)
+    connection = opened(env)
     try:
         channel = connection.channel()
         channel.confirm_delivery()
@@ -86,21 +91,22 @@ def send(env, name, tasks):
 
 def ready(env, name):
     """Ready messages now, from a passive declare (which neither delivers nor requeues)."""
-    connection = connect(env)
+    connection = opened(env)
     try:
         return connection.channel().queue_declare(name, passive=True).method.message_count
     finally:
         connection.close()
 
 
-def drain(env, name):
-    """Every message's task id, in delivery order, each acked: the end of the queue's story."""
+def drain(env, name, quiet=2):
+    """Every message's task id, in delivery order, each acked: the end of the queue's story (after ``quiet``
+    seconds without a delivery)."""
     ids = []
-    connection = connect(env)
+    connection = opened(env)
     try:
         channel = connection.channel()
         channel.basic_qos(prefetch_count=1000)
-        for method, properties, _body in channel.consume(name, inactivity_timeout=2):
+        for method, properties, _body in channel.consume(name, inactivity_timeout=quiet):
             if method is None:
                 break
             ids.append(properties.headers['id'])

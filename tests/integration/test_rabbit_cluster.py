@@ -16,14 +16,13 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 
 import pika
 import pytest
 
 from harness import close_publishers, publish, recorded, wait_for
 from private_brokers import PrivateRabbitCluster, wait_port
-from test_adversarial_quorum import refused
+from test_adversarial_quorum import drain as quorum_drain, ready as quorum_ready, refused, send as quorum_send
 
 # The module's own work on the brokers, alike on every ansible-core (conftest). One xdist worker runs them all
 # (scripts/test: --dist loadgroup), so that one cluster is started per run, not one per worker.
@@ -88,49 +87,17 @@ def declare_quorum(node, name, **arguments):
         connection.close()
 
 
+# The quorum tests' helpers, through a node of the cluster.
 def send(node, name, tasks):
-    """Celery protocol 2 messages (task name and id headers) straight to ``name`` through ``node``, confirmed; their
-    ids in send order (Celery itself would declare the queue again as a classic one)."""
-    ids = []
-    connection = connect(node)
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        for task in tasks:
-            task_id = str(uuid.uuid4())
-            channel.basic_publish('', name, json.dumps([[1, 2], {}, {}]).encode(), pika.BasicProperties(
-                content_type='application/json', content_encoding='utf-8', delivery_mode=2,
-                headers={'task': task, 'id': task_id, 'lang': 'py', 'argsrepr': '(1, 2)', 'kwargsrepr': '{}'}))
-            ids.append(task_id)
-    finally:
-        connection.close()
-    return ids
+    return quorum_send(lambda: connect(node), name, tasks)
 
 
 def ready(node, name):
-    connection = connect(node)
-    try:
-        return connection.channel().queue_declare(name, passive=True).method.message_count
-    finally:
-        connection.close()
+    return quorum_ready(lambda: connect(node), name)
 
 
 def drain(node, name):
-    """Every message's task id in delivery order, each acked."""
-    ids = []
-    connection = connect(node)
-    try:
-        channel = connection.channel()
-        channel.basic_qos(prefetch_count=1000)
-        for method, properties, _body in channel.consume(name, inactivity_timeout=3):
-            if method is None:
-                break
-            ids.append(properties.headers['id'])
-            channel.basic_ack(method.delivery_tag)
-        channel.cancel()
-    finally:
-        connection.close()
-    return ids
+    return quorum_drain(lambda: connect(node), name, quiet=3)
 
 
 def record(node, name):
