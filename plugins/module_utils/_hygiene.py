@@ -610,12 +610,7 @@ class AmqpHygiene(object):
         self.notes = {}
 
     def queue_records(self):
-        from urllib.parse import quote
-        queues = self.management.get('/api/queues/%s?columns=%s' % (quote(self.broker.vhost, safe=''), self.QUEUE_COLUMNS))
-        if not isinstance(queues, list) or not all(isinstance(r, dict) for r in queues):
-            raise BrokerError('management API at %s: the answer is not a list of queues' % self.management.url,
-                              option='management_url', endpoint=self.management.url)
-        return queues
+        return list(self.management.queues(self.broker.vhost, self.QUEUE_COLUMNS).values())
 
     def findings(self):
         from ansible_collections.celeryops.fleet.plugins.module_utils._control import Expectation
@@ -651,14 +646,9 @@ def _open(params, broker):
     from ansible_collections.celeryops.fleet.plugins.module_utils._control import Control
     from ansible_collections.celeryops.fleet.plugins.module_utils._queues import open_queues, redis_layout
     if broker.transport != 'redis':
-        from ansible_collections.celeryops.fleet.plugins.module_utils._management import Management
-        from ansible_collections.celeryops.fleet.plugins.module_utils._queues import check_management_url
-        if params.get('management_url'):
-            check_management_url(params['management_url'])
-        management = Management(broker, params.get('management_url'), params.get('management_user'),
-                                params.get('management_password'), params.get('management_validate_certs', True))
+        from ansible_collections.celeryops.fleet.plugins.module_utils._queues import open_management
         control = Control(broker, redis_layout(params))
-        return AmqpHygiene(params, broker, management, control), [control]
+        return AmqpHygiene(params, broker, open_management(params, broker), control), [control]
     from ansible_collections.celeryops.fleet.plugins.module_utils._redis_connection import RedisConnection
     from ansible_collections.celeryops.fleet.plugins.module_utils._tasks import backend_broker
     opened = []
@@ -885,12 +875,8 @@ def broker_cleanup(params, broker, check_mode, result):
             raise OptionError('restore_overdue is for Redis: RabbitMQ requeues what a consumer held as soon as its '
                               'connection closes', option='restore_overdue')
         from ansible_collections.celeryops.fleet.plugins.module_utils._amqp_connection import AmqpConnection
-        from ansible_collections.celeryops.fleet.plugins.module_utils._management import Management
-        from ansible_collections.celeryops.fleet.plugins.module_utils._queues import check_management_url
-        if params.get('management_url'):
-            check_management_url(params['management_url'])
-        management = Management(broker, params.get('management_url'), params.get('management_user'),
-                                params.get('management_password'), params.get('management_validate_certs', True))
+        from ansible_collections.celeryops.fleet.plugins.module_utils._queues import open_management
+        management = open_management(params, broker)
         connection = AmqpConnection(broker)
         try:
             _cleanup_amqp(params, AmqpHygiene(params, broker, management, None), connection, check_mode, result)
